@@ -1,0 +1,418 @@
+// CPU kernels of the UAAL cross-entropy and pixel entropy. Compiled once per instruction set; the
+// per-pixel math is uaal_math.h's, run on at::vec::Vectorized lanes of neighbouring pixels.
+//
+// Work is cut into blocks of kPixels consecutive pixels along the innermost pixel dimension. A
+// block's logits (C rows of kPixels values) are read from memory once and then stay in L1/L2 for
+// the block's second look (the target logit in forward, the gradient pass in backward), so every
+// op streams the logits exactly once. Blocks are a fixed partition of the pixels, which makes the
+// reductions independent of the thread count.
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cpu/loss_kernels.h"
+#include "cpu/vec_lanes.h"
+
+#ifndef CPU_CAPABILITY
+#error "loss_kernels.cpp is compiled once per CPU_CAPABILITY (see CMakeLists.txt)"
+#endif
+
+namespace uaal::cpu::CPU_CAPABILITY {
+namespace {  // internal linkage: nothing compiled with this file's -m flags may leak to another
+
+using at::vec::Vectorized;
+
+constexpr int kVectorsPerBlock = 4;
+
+template <typename acc_t>
+constexpr int pixels_per_block() {
+  return kVectorsPerBlock * Vectorized<acc_t>::size();
+}
+
+// A block's logits as C rows of kPixels accumulation-type values.
+template <typename acc_t>
+struct BlockRows {
+  const acc_t* data;
+  int64_t row_stride;
+  const acc_t* row(int64_t c) const { return data + c * row_stride; }
+};
+
+// Runs body(block_index, first_pixel, count, in_offset, out_offset) over all blocks in parallel.
+template <typename Body>
+void parallel_blocks(const PixelGeometry& g, int64_t block_pixels, const Body& body) {
+  if (g.num_pixels == 0) return;
+  const int last = g.ndim - 1;
+  const int64_t inner = g.size[last];
+  const int64_t blocks_per_row = (inner + block_pixels - 1) / block_pixels;
+  const int64_t num_blocks = (g.num_pixels / inner) * blocks_per_row;
+  // Enough blocks per task to amortise scheduling; more tasks than threads for balance.
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, g.num_classes * block_pixels / 64));
+  at::parallel_for(0, num_blocks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t row = b / blocks_per_row;
+      const int64_t start = (b % blocks_per_row) * block_pixels;
+      int64_t in_offset = start * g.in_stride[last];
+      int64_t out_offset = start * g.out_stride[last];
+      int64_t rest = row;
+      for (int d = last - 1; d >= 0; --d) {
+        const int64_t i = rest % g.size[d];
+        rest /= g.size[d];
+        in_offset += i * g.in_stride[d];
+        out_offset += i * g.out_stride[d];
+      }
+      body(b, row * inner + start, std::min(block_pixels, inner - start), in_offset, out_offset);
+    }
+  });
+}
+
+// Reads a block of logits: in place when they already are contiguous accumulation-type rows,
+// otherwise converted / gathered into `staging` (reduced precision, channels-last, strided views,
+// and the last partial block, whose missing lanes are padded with 0).
+template <typename scalar_t, typename acc_t>
+BlockRows<acc_t> load_rows(const PixelGeometry& g, const scalar_t* input, int64_t offset, int64_t count,
+                           acc_t* staging) {
+  constexpr int64_t P = pixels_per_block<acc_t>();
+  const int64_t C = g.num_classes;
+  const int64_t cs = g.in_channel_stride;
+  const int64_t ps = g.in_stride[g.ndim - 1];
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (ps == 1 && count == P) return {input + offset, cs};
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    const scalar_t* src = input + offset + c * cs;
+    acc_t* dst = staging + c * P;
+    for (int64_t l = 0; l < count; ++l) dst[l] = static_cast<acc_t>(src[l * ps]);
+    for (int64_t l = count; l < P; ++l) dst[l] = acc_t(0);
+  }
+  return {staging, P};
+}
+
+// Whether a block's gradient rows can be stored straight into the output.
+template <typename scalar_t, typename acc_t>
+bool writes_in_place(const PixelGeometry& g, int64_t count) {
+  return std::is_same_v<scalar_t, acc_t> && g.out_stride[g.ndim - 1] == 1 &&
+         count == pixels_per_block<acc_t>();
+}
+
+template <typename scalar_t, typename acc_t>
+void store_rows(const PixelGeometry& g, scalar_t* out, int64_t offset, int64_t count, const acc_t* rows) {
+  constexpr int64_t P = pixels_per_block<acc_t>();
+  const int64_t ps = g.out_stride[g.ndim - 1];
+  for (int64_t c = 0; c < g.num_classes; ++c) {
+    scalar_t* dst = out + offset + c * g.out_channel_stride;
+    for (int64_t l = 0; l < count; ++l) dst[l * ps] = static_cast<scalar_t>(rows[c * P + l]);
+  }
+}
+
+template <typename acc_t>
+acc_t* thread_buffer(std::vector<acc_t>& buffer, int64_t size) {
+  if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(size);
+  return buffer.data();
+}
+
+// Per-pixel inputs of one block, gathered lane by lane (targets pick one logit each, which no
+// vector load can do); lanes past `count` are invalid.
+template <typename acc_t>
+struct BlockTargets {
+  static constexpr int P = pixels_per_block<acc_t>();
+  alignas(64) acc_t valid[P];          // 1 or 0
+  alignas(64) acc_t target_class[P];   // y as a float, to compare with a channel index
+  alignas(64) acc_t target_logit[P];   // z_y
+  alignas(64) acc_t target_weight[P];  // c_y, 0 when invalid
+  alignas(64) acc_t uncertainty[P];    // user map (kMap)
+  alignas(64) acc_t grad[P];           // incoming gradient (backward)
+
+  template <bool kNeedLogit, UncertaintySource kSource>
+  void gather(const CrossEntropyProblem& pr, const BlockRows<acc_t>& rows, int64_t first, int64_t count) {
+    const int64_t C = pr.geometry.num_classes;
+    const auto* class_weight = static_cast<const acc_t*>(pr.class_weight);
+    const auto* uncertainty_map = static_cast<const acc_t*>(pr.uncertainty);
+    for (int64_t l = 0; l < P; ++l) {
+      const int64_t pixel = first + l;
+      const int64_t y = l < count ? read_target(pr.target, pr.target_type, pixel) : pr.ignore_index;
+      const bool is_valid = l < count && y != pr.ignore_index;
+      if (is_valid && (y < 0 || y >= C)) {
+        TORCH_CHECK_VALUE(false, "uaal_cross_entropy: target holds class ", y, " at pixel ", pixel,
+                          " (flat index over (N, *spatial)), outside [0, ", C,
+                          ") and not ignore_index (", pr.ignore_index, ")");
+      }
+      valid[l] = is_valid ? acc_t(1) : acc_t(0);
+      target_class[l] = is_valid ? static_cast<acc_t>(y) : acc_t(-1);
+      target_weight[l] = is_valid ? (class_weight ? class_weight[y] : acc_t(1)) : acc_t(0);
+      if constexpr (kNeedLogit) target_logit[l] = is_valid ? rows.row(y)[l] : acc_t(0);
+      if constexpr (kSource == UncertaintySource::kMap) {
+        const acc_t u = l < count ? uncertainty_map[pixel] : acc_t(0);
+        if (is_valid && u < acc_t(0)) {
+          TORCH_CHECK_VALUE(false, "uaal_cross_entropy: uncertainty must be >= 0, got ", u, " at pixel ",
+                            pixel, " (flat index over (N, *spatial))");
+        }
+        uncertainty[l] = u;
+      }
+    }
+  }
+
+  void gather_grad(const CrossEntropyProblem& pr, int64_t first, int64_t count) {
+    const auto* g = static_cast<const acc_t*>(pr.grad);
+    for (int64_t l = 0; l < P; ++l) grad[l] = l < count ? g[(first + l) * pr.grad_stride] : acc_t(0);
+  }
+};
+
+template <typename acc_t, UncertaintySource kSource>
+Vectorized<acc_t> pixel_weight(const CrossEntropyProblem& pr, const Vectorized<acc_t>& entropy,
+                               const acc_t* uncertainty_lanes) {
+  using Vec = Vectorized<acc_t>;
+  if constexpr (kSource == UncertaintySource::kNone) {
+    return Vec(acc_t(1));
+  } else {
+    const Vec u = kSource == UncertaintySource::kEntropy ? entropy : Vec::loadu(uncertainty_lanes);
+    return uncertainty_weight(u, acc_t(pr.inv_scale), acc_t(pr.alpha), acc_t(pr.exponent), acc_t(pr.s_max));
+  }
+}
+
+template <typename acc_t>
+int lanes_left(int64_t count, int u) {
+  return static_cast<int>(std::clamp<int64_t>(count - u * Vectorized<acc_t>::size(), 0, Vectorized<acc_t>::size()));
+}
+
+// ---------------------------------------------------------------------------------------------
+template <typename scalar_t, typename acc_t, UncertaintySource kSource, bool kSmoothing>
+void cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
+  using Vec = Vectorized<acc_t>;
+  using L = Lanes<Vec>;
+  constexpr int W = Vec::size();
+  constexpr int P = pixels_per_block<acc_t>();
+  const PixelGeometry& g = pr.geometry;
+  const int64_t C = g.num_classes;
+  const auto* input = static_cast<const scalar_t*>(pr.input);
+  const auto* class_weight = static_cast<const acc_t*>(pr.class_weight);
+  auto* lse_out = static_cast<acc_t*>(pr.lse);
+  auto* loss_out = static_cast<acc_t*>(pr.pixel_loss);
+  const acc_t inv_c = acc_t(1) / static_cast<acc_t>(C);
+
+  const int64_t inner = g.num_pixels ? g.size[g.ndim - 1] : 1;
+  std::vector<double> block_sums(3 * (g.num_pixels / inner) * ((inner + P - 1) / P));
+  parallel_blocks(g, P, [&](int64_t block, int64_t first, int64_t count, int64_t in_offset, int64_t) {
+    thread_local std::vector<acc_t> staging_buffer;
+    const BlockRows<acc_t> rows = load_rows(g, input, in_offset, count, thread_buffer(staging_buffer, C * P));
+
+    OnlineSoftmax<Vec> stats[kVectorsPerBlock];
+    Vec weighted_logit_sum[kVectorsPerBlock];
+    acc_t class_weight_total = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const acc_t* row = rows.row(c);
+      const acc_t w_c = class_weight ? class_weight[c] : acc_t(1);
+      class_weight_total += w_c;
+      for (int u = 0; u < kVectorsPerBlock; ++u) {
+        const Vec z = Vec::loadu(row + u * W);
+        stats[u].update(z);
+        if constexpr (kSmoothing) weighted_logit_sum[u] = at::vec::fmadd(Vec(w_c), z, weighted_logit_sum[u]);
+      }
+    }
+
+    BlockTargets<acc_t> t;
+    t.template gather<true, kSource>(pr, rows, first, count);
+    Vec loss_sum(0), weight_sum(0), weighted_weight_sum(0);
+    for (int u = 0; u < kVectorsPerBlock; ++u) {
+      const int lanes = lanes_left<acc_t>(count, u);
+      if (lanes == 0) break;
+      const Vec lse = stats[u].log_sum_exp();
+      lse.store(lse_out + first + u * W, lanes);
+      const Vec w = pixel_weight<acc_t, kSource>(pr, stats[u].entropy(), t.uncertainty + u * W);
+      const Vec loss = pixel_cross_entropy<kSmoothing>(
+          lse, Vec::loadu(t.target_logit + u * W), Vec::loadu(t.target_weight + u * W), Vec(class_weight_total),
+          weighted_logit_sum[u], acc_t(pr.label_smoothing), inv_c);
+      const Vec valid = Vec::loadu(t.valid + u * W) > Vec(0);
+      const Vec weighted = L::select(valid, w * loss, Vec(0));  // ignored pixels are 0 even for NaN logits
+      if (loss_out) weighted.store(loss_out + first + u * W, lanes);
+      const Vec target_weight = Vec::loadu(t.target_weight + u * W);
+      loss_sum = loss_sum + weighted;
+      weight_sum = weight_sum + target_weight;
+      weighted_weight_sum = weighted_weight_sum + L::select(valid, target_weight * w, Vec(0));
+    }
+    alignas(64) acc_t lane_values[3][W];
+    loss_sum.store(lane_values[0]);
+    weight_sum.store(lane_values[1]);
+    weighted_weight_sum.store(lane_values[2]);
+    for (int k = 0; k < 3; ++k) {
+      double total = 0;
+      for (int l = 0; l < W; ++l) total += lane_values[k][l];
+      block_sums[3 * block + k] = total;
+    }
+  });
+  sums[0] = sums[1] = sums[2] = 0;
+  for (size_t b = 0; b < block_sums.size(); b += 3) {
+    for (int k = 0; k < 3; ++k) sums[k] += block_sums[b + k];
+  }
+}
+
+// Backward: one read of the logits, one write of the gradient. Pass 1 turns the block's logits into
+// probabilities (and, for the entropy weight, the entropy) using the forward's lse; pass 2 turns
+// them into gradients, both on the block held in cache.
+template <typename scalar_t, typename acc_t, UncertaintySource kSource, bool kSmoothing>
+void cross_entropy_backward(const CrossEntropyProblem& pr) {
+  using Vec = Vectorized<acc_t>;
+  using L = Lanes<Vec>;
+  constexpr int W = Vec::size();
+  constexpr int P = pixels_per_block<acc_t>();
+  const PixelGeometry& g = pr.geometry;
+  const int64_t C = g.num_classes;
+  const auto* input = static_cast<const scalar_t*>(pr.input);
+  auto* out = static_cast<scalar_t*>(pr.grad_input);
+  const auto* class_weight = static_cast<const acc_t*>(pr.class_weight);
+  const auto* lse_in = static_cast<const acc_t*>(pr.lse);
+  const acc_t target_share = acc_t(1) - acc_t(pr.label_smoothing);
+  const acc_t smooth_share = acc_t(pr.label_smoothing) / static_cast<acc_t>(C);
+
+  parallel_blocks(g, P, [&](int64_t, int64_t first, int64_t count, int64_t in_offset, int64_t out_offset) {
+    thread_local std::vector<acc_t> staging_buffer, prob_buffer;
+    const BlockRows<acc_t> rows = load_rows(g, input, in_offset, count, thread_buffer(staging_buffer, C * P));
+    acc_t* probs = thread_buffer(prob_buffer, C * P);
+
+    BlockTargets<acc_t> t;
+    t.template gather<false, kSource>(pr, rows, first, count);
+    t.gather_grad(pr, first, count);
+    Vec lse[kVectorsPerBlock], entropy[kVectorsPerBlock];
+    for (int u = 0; u < kVectorsPerBlock; ++u) {
+      lse[u] = Vec::loadu(lse_in + first + u * W, lanes_left<acc_t>(count, u));
+      entropy[u] = Vec(0);
+    }
+    acc_t class_weight_total = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const acc_t* row = rows.row(c);
+      acc_t* prob_row = probs + c * P;
+      class_weight_total += class_weight ? class_weight[c] : acc_t(1);
+      for (int u = 0; u < kVectorsPerBlock; ++u) {
+        const Vec log_p = Vec::loadu(row + u * W) - lse[u];
+        const Vec p = L::exp(log_p);
+        p.store(prob_row + u * W);
+        if constexpr (kSource == UncertaintySource::kEntropy) entropy[u] = entropy[u] + entropy_term(p, log_p);
+      }
+    }
+
+    Vec target_coef[kVectorsPerBlock], smooth_coef[kVectorsPerBlock], target_class[kVectorsPerBlock];
+    for (int u = 0; u < kVectorsPerBlock; ++u) {
+      const Vec valid = Vec::loadu(t.valid + u * W) > Vec(0);
+      const Vec scaled_grad = Vec::loadu(t.grad + u * W) * pixel_weight<acc_t, kSource>(pr, entropy[u], t.uncertainty + u * W);
+      target_coef[u] = L::select(valid, scaled_grad * Vec(target_share) * Vec::loadu(t.target_weight + u * W), Vec(0));
+      smooth_coef[u] = L::select(valid, scaled_grad * Vec(smooth_share), Vec(0));
+      target_class[u] = Vec::loadu(t.target_class + u * W);
+    }
+
+    const bool in_place = writes_in_place<scalar_t, acc_t>(g, count);
+    for (int64_t c = 0; c < C; ++c) {
+      const acc_t w_c = class_weight ? class_weight[c] : acc_t(1);
+      const Vec channel(static_cast<acc_t>(c));
+      acc_t* prob_row = probs + c * P;
+      acc_t* dst = in_place ? reinterpret_cast<acc_t*>(out + out_offset + c * g.out_channel_stride) : prob_row;
+      for (int u = 0; u < kVectorsPerBlock; ++u) {
+        const Vec grad = cross_entropy_logit_grad<kSmoothing>(Vec::loadu(prob_row + u * W), target_class[u] == channel,
+                                                              target_coef[u], smooth_coef[u],
+                                                              Vec(class_weight_total), w_c);
+        grad.store(dst + u * W);
+      }
+    }
+    if (!in_place) store_rows(g, out, out_offset, count, probs);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+template <typename scalar_t, typename acc_t>
+void pixel_entropy_forward(const EntropyProblem& pr) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int W = Vec::size();
+  constexpr int P = pixels_per_block<acc_t>();
+  const PixelGeometry& g = pr.geometry;
+  const auto* input = static_cast<const scalar_t*>(pr.input);
+  auto* entropy_out = static_cast<acc_t*>(pr.entropy);
+  parallel_blocks(g, P, [&](int64_t, int64_t first, int64_t count, int64_t in_offset, int64_t) {
+    thread_local std::vector<acc_t> staging_buffer;
+    const BlockRows<acc_t> rows = load_rows(g, input, in_offset, count, thread_buffer(staging_buffer, g.num_classes * P));
+    OnlineSoftmax<Vec> stats[kVectorsPerBlock];
+    for (int64_t c = 0; c < g.num_classes; ++c) {
+      for (int u = 0; u < kVectorsPerBlock; ++u) stats[u].update(Vec::loadu(rows.row(c) + u * W));
+    }
+    for (int u = 0; u < kVectorsPerBlock; ++u) {
+      const int lanes = lanes_left<acc_t>(count, u);
+      if (lanes == 0) break;
+      (stats[u].entropy() * Vec(acc_t(pr.scale))).store(entropy_out + first + u * W, lanes);
+    }
+  });
+}
+
+template <typename scalar_t, typename acc_t>
+void pixel_entropy_backward(const EntropyProblem& pr) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int W = Vec::size();
+  constexpr int P = pixels_per_block<acc_t>();
+  const PixelGeometry& g = pr.geometry;
+  const int64_t C = g.num_classes;
+  const auto* input = static_cast<const scalar_t*>(pr.input);
+  auto* out = static_cast<scalar_t*>(pr.grad_input);
+  const auto* grad = static_cast<const acc_t*>(pr.grad);
+  parallel_blocks(g, P, [&](int64_t, int64_t first, int64_t count, int64_t in_offset, int64_t out_offset) {
+    thread_local std::vector<acc_t> staging_buffer, grad_buffer;
+    const BlockRows<acc_t> rows = load_rows(g, input, in_offset, count, thread_buffer(staging_buffer, C * P));
+    acc_t* grads = thread_buffer(grad_buffer, C * P);
+    OnlineSoftmax<Vec> stats[kVectorsPerBlock];
+    for (int64_t c = 0; c < C; ++c) {
+      for (int u = 0; u < kVectorsPerBlock; ++u) stats[u].update(Vec::loadu(rows.row(c) + u * W));
+    }
+    Vec lse[kVectorsPerBlock], entropy[kVectorsPerBlock], grad_scale[kVectorsPerBlock];
+    for (int u = 0; u < kVectorsPerBlock; ++u) {
+      lse[u] = stats[u].log_sum_exp();
+      entropy[u] = stats[u].entropy();
+      grad_scale[u] = Vec::loadu(grad + first + u * W, lanes_left<acc_t>(count, u)) * Vec(acc_t(pr.scale));
+    }
+    const bool in_place = writes_in_place<scalar_t, acc_t>(g, count);
+    for (int64_t c = 0; c < C; ++c) {
+      acc_t* dst = in_place ? reinterpret_cast<acc_t*>(out + out_offset + c * g.out_channel_stride) : grads + c * P;
+      for (int u = 0; u < kVectorsPerBlock; ++u) {
+        const Vec log_p = Vec::loadu(rows.row(c) + u * W) - lse[u];
+        entropy_logit_grad(Lanes<Vec>::exp(log_p), log_p, entropy[u], grad_scale[u]).store(dst + u * W);
+      }
+    }
+    if (!in_place) store_rows(g, out, out_offset, count, grads);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+void run_cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
+  dispatch_float_type(pr.input_type, [&](auto scalar, auto acc) {
+    dispatch_variant(pr.source, pr.smoothing(), [&](auto source, auto smoothing) {
+      cross_entropy_forward<decltype(scalar), decltype(acc), decltype(source)::value, decltype(smoothing)::value>(pr, sums);
+    });
+  });
+}
+
+void run_cross_entropy_backward(const CrossEntropyProblem& pr) {
+  dispatch_float_type(pr.input_type, [&](auto scalar, auto acc) {
+    dispatch_variant(pr.source, pr.smoothing(), [&](auto source, auto smoothing) {
+      cross_entropy_backward<decltype(scalar), decltype(acc), decltype(source)::value, decltype(smoothing)::value>(pr);
+    });
+  });
+}
+
+void run_pixel_entropy_forward(const EntropyProblem& pr) {
+  dispatch_float_type(pr.input_type, [&](auto scalar, auto acc) {
+    pixel_entropy_forward<decltype(scalar), decltype(acc)>(pr);
+  });
+}
+
+void run_pixel_entropy_backward(const EntropyProblem& pr) {
+  dispatch_float_type(pr.input_type, [&](auto scalar, auto acc) {
+    pixel_entropy_backward<decltype(scalar), decltype(acc)>(pr);
+  });
+}
+
+}  // namespace
+
+const KernelTable& kernel_table() {
+  static const KernelTable table{run_cross_entropy_forward, run_cross_entropy_backward,
+                                 run_pixel_entropy_forward, run_pixel_entropy_backward};
+  return table;
+}
+
+}  // namespace uaal::cpu::CPU_CAPABILITY

@@ -1,0 +1,22 @@
+// The CPU kernels, compiled once per instruction set (CMakeLists.txt: DEFAULT, AVX2, AVX512) into
+// namespaces of that name; loss_cpu.cpp picks the best table the running CPU supports.
+#pragma once
+
+#include "loss_problem.h"
+
+namespace uaal::cpu {
+
+struct KernelTable {
+  // Forward: writes lse (and the per-pixel loss when asked) and returns, summed over valid pixels in
+  // a fixed block order (identical for any thread count), {sum w l, sum c_y, sum c_y w}.
+  void (*cross_entropy_forward)(const CrossEntropyProblem&, double sums[3]);
+  void (*cross_entropy_backward)(const CrossEntropyProblem&);
+  void (*pixel_entropy_forward)(const EntropyProblem&);
+  void (*pixel_entropy_backward)(const EntropyProblem&);
+};
+
+namespace DEFAULT { const KernelTable& kernel_table(); }
+namespace AVX2 { const KernelTable& kernel_table(); }
+namespace AVX512 { const KernelTable& kernel_table(); }
+
+}  // namespace uaal::cpu

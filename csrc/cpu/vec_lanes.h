@@ -1,0 +1,23 @@
+// Lanes<> for ATen's SIMD vectors: the shared per-pixel math (uaal_math.h) then runs on a vector of
+// neighbouring pixels of one channel, the layout ATen's own channel-dim softmax uses.
+#pragma once
+
+#include <ATen/cpu/vec/vec.h>
+
+#include "uaal_math.h"
+
+namespace uaal {
+
+template <typename T>
+struct Lanes<at::vec::Vectorized<T>> {
+  using V = at::vec::Vectorized<T>;
+  using Scalar = T;
+  using Mask = V;  // comparisons of Vectorized give all-ones / all-zeros lanes
+  static V exp(const V& x) { return x.exp(); }
+  static V log(const V& x) { return x.log(); }
+  static V pow(const V& x, T e) { return x.pow(V(e)); }
+  static V abs(const V& x) { return x.abs(); }
+  static V select(const V& mask, const V& a, const V& b) { return V::blendv(b, a, mask); }
+};
+
+}  // namespace uaal

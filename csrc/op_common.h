@@ -1,0 +1,270 @@
+// Host-side code every backend's op shares: argument checks with messages that name the argument,
+// the pixel geometry of the logits, and the op bodies (allocate outputs, describe the call, hand it
+// to the backend's launcher). A backend supplies only `Launcher` (see loss_cpu.cpp, loss_cuda.cu).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "loss_problem.h"
+
+namespace uaal {
+
+inline bool is_supported_float(at::ScalarType t) {
+  return t == at::kDouble || t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
+}
+
+inline FloatType float_type_of(at::ScalarType t) {
+  switch (t) {
+    case at::kDouble: return FloatType::kFloat64;
+    case at::kHalf: return FloatType::kFloat16;
+    case at::kBFloat16: return FloatType::kBFloat16;
+    default: return FloatType::kFloat32;
+  }
+}
+
+// float32 accumulation for every reduced-precision type; float64 stays float64 (for gradcheck).
+inline at::ScalarType accumulation_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// (N, C, d1, ...) -> (N, d1, ...): the shape of everything defined per pixel.
+inline std::vector<int64_t> pixel_shape(const at::Tensor& input) {
+  std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
+  shape.erase(shape.begin() + 1);
+  return shape;
+}
+
+inline void check_logits(const at::Tensor& input, const char* op) {
+  TORCH_CHECK_TYPE(is_supported_float(input.scalar_type()), op,
+                   ": input must be float64, float32, float16 or bfloat16 logits, got ", input.scalar_type());
+  TORCH_CHECK_VALUE(input.dim() >= 2, op, ": input must have shape (N, C) or (N, C, *spatial), got ",
+                    input.sizes());
+  TORCH_CHECK_VALUE(input.size(1) >= 1, op, ": input needs at least one class (dim 1), got shape ", input.sizes());
+}
+
+inline void check_per_pixel(const at::Tensor& t, const at::Tensor& input, const char* op, const char* name,
+                            const char* what) {
+  TORCH_CHECK_VALUE(t.sizes() == at::IntArrayRef(pixel_shape(input)), op, ": ", name, " must have shape ",
+                    at::IntArrayRef(pixel_shape(input)), " (input ", input.sizes(),
+                    " without its class dim 1) ", what, ", got ", t.sizes());
+  TORCH_CHECK_VALUE(t.device() == input.device(), op, ": ", name, " is on ", t.device(), " but input is on ",
+                    input.device());
+}
+
+struct CrossEntropyScalars {
+  int64_t ignore_index;
+  double label_smoothing, alpha, exponent, inv_scale, s_max;
+};
+
+inline void check_cross_entropy_args(const at::Tensor& input, const at::Tensor& target,
+                                     const std::optional<at::Tensor>& uncertainty,
+                                     const std::optional<at::Tensor>& weight, const CrossEntropyScalars& s) {
+  const char* op = "uaal_cross_entropy";
+  check_logits(input, op);
+  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong || target.scalar_type() == at::kInt ||
+                       target.scalar_type() == at::kByte,
+                   op, ": target must hold class indices as int64, int32 or uint8, got ", target.scalar_type(),
+                   at::isFloatingType(target.scalar_type()) ? " (class probabilities are not supported)" : "");
+  check_per_pixel(target, input, op, "target", "of class indices");
+  if (uncertainty) {
+    TORCH_CHECK_TYPE(is_supported_float(uncertainty->scalar_type()), op,
+                     ": uncertainty must be a floating-point map, got ", uncertainty->scalar_type());
+    check_per_pixel(*uncertainty, input, op, "uncertainty", "(one value per pixel)");
+  }
+  if (weight) {
+    TORCH_CHECK_TYPE(is_supported_float(weight->scalar_type()), op,
+                     ": weight must be a floating-point tensor of class weights, got ", weight->scalar_type());
+    TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == input.size(1), op,
+                      ": weight must have shape [", input.size(1), "] (one per class of input ", input.sizes(),
+                      "), got ", weight->sizes());
+    TORCH_CHECK_VALUE(weight->device() == input.device(), op, ": weight is on ", weight->device(),
+                      " but input is on ", input.device());
+  }
+  TORCH_CHECK_VALUE(s.label_smoothing >= 0.0 && s.label_smoothing <= 1.0, op,
+                    ": label_smoothing must be in [0, 1], got ", s.label_smoothing);
+  TORCH_CHECK_VALUE(std::isfinite(s.alpha) && s.alpha >= 0.0, op, ": alpha must be finite and >= 0, got ", s.alpha);
+  TORCH_CHECK_VALUE(std::isfinite(s.exponent) && s.exponent >= 0.0, op,
+                    ": exponent must be finite and >= 0, got ", s.exponent);
+  TORCH_CHECK_VALUE(std::isfinite(s.inv_scale) && s.inv_scale >= 0.0, op,
+                    ": the uncertainty scale must be positive and finite (inv_scale = ", s.inv_scale, ")");
+  TORCH_CHECK_VALUE(s.s_max >= 0.0, op, ": s_max must be >= 0 (or None for no cap), got ", s.s_max);
+}
+
+// Pixel geometry of `input` (and of `grad_input`, written with its own strides). Pixel dims of
+// size 1 are dropped and neighbours that are contiguous in both tensors merged; returns false when
+// more than kMaxPixelDims remain.
+inline bool make_geometry(const at::Tensor& input, const at::Tensor& grad_input, PixelGeometry& g) {
+  const bool has_out = grad_input.defined();
+  g = PixelGeometry{};
+  g.num_classes = input.size(1);
+  g.in_channel_stride = input.stride(1);
+  g.out_channel_stride = has_out ? grad_input.stride(1) : 0;
+  g.num_pixels = 1;
+  for (int64_t d = 0; d < input.dim(); ++d) {
+    if (d == 1) continue;
+    const int64_t size = input.size(d);
+    g.num_pixels *= size;
+    if (size == 1) continue;
+    const int64_t in_stride = input.stride(d);
+    const int64_t out_stride = has_out ? grad_input.stride(d) : 0;
+    if (g.ndim > 0 && g.in_stride[g.ndim - 1] == in_stride * size && g.out_stride[g.ndim - 1] == out_stride * size) {
+      g.size[g.ndim - 1] *= size;
+      g.in_stride[g.ndim - 1] = in_stride;
+      g.out_stride[g.ndim - 1] = out_stride;
+      continue;
+    }
+    if (g.ndim == kMaxPixelDims) return false;
+    g.size[g.ndim] = size;
+    g.in_stride[g.ndim] = in_stride;
+    g.out_stride[g.ndim] = out_stride;
+    ++g.ndim;
+  }
+  if (g.ndim == 0) {  // a single pixel
+    g.ndim = 1;
+    g.size[0] = 1;
+  }
+  return true;
+}
+
+// The logits as the kernels will read them: as they are when the geometry fits, else contiguous.
+inline at::Tensor readable_logits(const at::Tensor& input, PixelGeometry& g) {
+  if (make_geometry(input, at::Tensor(), g)) return input;
+  at::Tensor contiguous = input.contiguous();
+  TORCH_INTERNAL_ASSERT(make_geometry(contiguous, at::Tensor(), g));
+  return contiguous;
+}
+
+// Tensors a call needs alive while the kernels run, and the call's description.
+struct PreparedCrossEntropy {
+  at::Tensor input, target, uncertainty, weight;
+  CrossEntropyProblem problem;
+};
+
+inline PreparedCrossEntropy prepare_cross_entropy(const at::Tensor& input, const at::Tensor& target,
+                                                  const std::optional<at::Tensor>& uncertainty,
+                                                  const std::optional<at::Tensor>& weight,
+                                                  const CrossEntropyScalars& s) {
+  check_cross_entropy_args(input, target, uncertainty, weight, s);
+  PreparedCrossEntropy prep;
+  CrossEntropyProblem& pr = prep.problem;
+  const at::ScalarType acc = accumulation_type(input.scalar_type());
+  prep.input = readable_logits(input, pr.geometry);
+  // Per-pixel and per-class tensors are C (or more) times smaller than the logits: a copy into the
+  // layout the kernels index directly costs little and keeps the kernels simple.
+  prep.target = target.contiguous();
+  if (uncertainty) prep.uncertainty = uncertainty->to(acc).contiguous();
+  if (weight) prep.weight = weight->to(acc).contiguous();
+  pr.input_type = float_type_of(input.scalar_type());
+  pr.input = prep.input.data_ptr();
+  pr.target_type = target.scalar_type() == at::kLong  ? IndexType::kInt64
+                   : target.scalar_type() == at::kInt ? IndexType::kInt32
+                                                       : IndexType::kUInt8;
+  pr.target = prep.target.data_ptr();
+  pr.uncertainty = prep.uncertainty.defined() ? prep.uncertainty.data_ptr() : nullptr;
+  pr.class_weight = prep.weight.defined() ? prep.weight.data_ptr() : nullptr;
+  pr.source = s.alpha == 0.0 ? UncertaintySource::kNone
+              : uncertainty  ? UncertaintySource::kMap
+                             : UncertaintySource::kEntropy;
+  pr.ignore_index = s.ignore_index;
+  pr.label_smoothing = s.label_smoothing;
+  pr.alpha = s.alpha;
+  pr.exponent = s.exponent;
+  pr.inv_scale = s.inv_scale;
+  pr.s_max = s.s_max;
+  return prep;
+}
+
+// ---- op bodies, shared by the backends ---------------------------------------------------------
+// Launcher::cross_entropy_forward(problem, options) -> Tensor (3,) {sum w l, sum c_y, sum c_y w}
+// Launcher::cross_entropy_backward(problem), ::pixel_entropy_forward(problem),
+// ::pixel_entropy_backward(problem).
+
+template <typename Launcher>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_op(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& uncertainty,
+    const std::optional<at::Tensor>& weight, int64_t ignore_index, double label_smoothing, double alpha,
+    double exponent, double inv_scale, double s_max, bool reduce) {
+  PreparedCrossEntropy prep = prepare_cross_entropy(
+      input, target, uncertainty, weight, {ignore_index, label_smoothing, alpha, exponent, inv_scale, s_max});
+  const auto options = input.options().dtype(accumulation_type(input.scalar_type()));
+  at::Tensor lse = at::empty(pixel_shape(input), options);
+  at::Tensor pixel_loss = reduce ? at::Tensor() : at::empty(pixel_shape(input), options);
+  prep.problem.lse = lse.data_ptr();
+  prep.problem.pixel_loss = reduce ? nullptr : pixel_loss.data_ptr();
+  at::Tensor totals = Launcher::cross_entropy_forward(prep.problem, options);
+  at::Tensor loss = reduce ? totals.select(0, 0).clone() : pixel_loss;
+  return {loss, lse, totals.slice(0, 1, 3).clone()};
+}
+
+template <typename Launcher>
+at::Tensor cross_entropy_backward_op(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& target,
+                                     const at::Tensor& lse, const std::optional<at::Tensor>& uncertainty,
+                                     const std::optional<at::Tensor>& weight, int64_t ignore_index,
+                                     double label_smoothing, double alpha, double exponent, double inv_scale,
+                                     double s_max) {
+  PreparedCrossEntropy prep = prepare_cross_entropy(
+      input, target, uncertainty, weight, {ignore_index, label_smoothing, alpha, exponent, inv_scale, s_max});
+  const at::ScalarType acc = accumulation_type(input.scalar_type());
+  TORCH_CHECK_VALUE(grad.dim() == 0 || grad.sizes() == at::IntArrayRef(pixel_shape(input)),
+                    "uaal_cross_entropy backward: grad must be a scalar or have shape ",
+                    at::IntArrayRef(pixel_shape(input)), ", got ", grad.sizes());
+  TORCH_CHECK_VALUE(lse.sizes() == at::IntArrayRef(pixel_shape(input)) && lse.scalar_type() == acc,
+                    "uaal_cross_entropy backward: lse must be the forward's (", acc, ", shape ",
+                    at::IntArrayRef(pixel_shape(input)), "), got ", lse.scalar_type(), " ", lse.sizes());
+  const at::Tensor grad_acc = grad.to(acc).contiguous();
+  const at::Tensor lse_acc = lse.contiguous();
+  // Same strides as the logits whenever they are dense (contiguous, channels-last, permuted).
+  at::Tensor grad_input = at::empty_like(prep.input);
+  TORCH_INTERNAL_ASSERT(make_geometry(prep.input, grad_input, prep.problem.geometry));
+  CrossEntropyProblem& pr = prep.problem;
+  pr.lse = const_cast<void*>(lse_acc.data_ptr());
+  pr.grad = grad_acc.data_ptr();
+  pr.grad_stride = grad.dim() == 0 ? 0 : 1;
+  pr.grad_input = grad_input.data_ptr();
+  Launcher::cross_entropy_backward(pr);
+  return grad_input;
+}
+
+inline double entropy_scale(const at::Tensor& input, bool normalized) {
+  const int64_t C = input.size(1);
+  // One class carries no uncertainty: H = 0, and its normalised value is defined as 0 too.
+  return normalized ? (C > 1 ? 1.0 / std::log(static_cast<double>(C)) : 0.0) : 1.0;
+}
+
+template <typename Launcher>
+at::Tensor pixel_entropy_op(const at::Tensor& input, bool normalized) {
+  check_logits(input, "pixel_entropy");
+  EntropyProblem pr;
+  const at::Tensor logits = readable_logits(input, pr.geometry);
+  at::Tensor entropy = at::empty(pixel_shape(input), input.options().dtype(accumulation_type(input.scalar_type())));
+  pr.input_type = float_type_of(input.scalar_type());
+  pr.input = logits.data_ptr();
+  pr.scale = entropy_scale(input, normalized);
+  pr.entropy = entropy.data_ptr();
+  Launcher::pixel_entropy_forward(pr);
+  return entropy.to(input.scalar_type());
+}
+
+template <typename Launcher>
+at::Tensor pixel_entropy_backward_op(const at::Tensor& grad, const at::Tensor& input, bool normalized) {
+  check_logits(input, "pixel_entropy");
+  check_per_pixel(grad, input, "pixel_entropy backward", "grad", "(one value per pixel)");
+  EntropyProblem pr;
+  const at::Tensor logits = readable_logits(input, pr.geometry);
+  const at::Tensor grad_acc = grad.to(accumulation_type(input.scalar_type())).contiguous();
+  at::Tensor grad_input = at::empty_like(logits);
+  TORCH_INTERNAL_ASSERT(make_geometry(logits, grad_input, pr.geometry));
+  pr.input_type = float_type_of(input.scalar_type());
+  pr.input = logits.data_ptr();
+  pr.scale = entropy_scale(input, normalized);
+  pr.grad = grad_acc.data_ptr();
+  pr.grad_input = grad_input.data_ptr();
+  Launcher::pixel_entropy_backward(pr);
+  return grad_input;
+}
+
+}  // namespace uaal

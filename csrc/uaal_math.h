@@ -1,0 +1,165 @@
+// Per-pixel math of uaal_ext, written once for every backend.
+//
+// Every function here is UAAL_HOST_DEVICE and generic over a "lane" type V: a scalar (one pixel per
+// CUDA thread) or a SIMD vector (the CPU backend, whose lanes are neighbouring pixels of one
+// channel). Lanes<V> supplies the few primitives the math needs (exp, log, select, ...); the CPU
+// backend adds specialisations for at::vec::Vectorized in cpu/vec_lanes.h. Nothing here sees a
+// tensor: callers pass per-pixel values and per-class scalars.
+//
+// Notation (SPEC section 2): logits z_c of one pixel, p = softmax(z), target y, class weights c_c,
+// label smoothing eps, lse = log sum_c exp(z_c), H = -sum_c p_c log p_c.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define UAAL_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define UAAL_HOST_DEVICE inline
+#endif
+
+namespace uaal {
+
+template <typename V>
+struct Lanes;
+
+template <>
+struct Lanes<float> {
+  using Scalar = float;
+  using Mask = bool;
+  static UAAL_HOST_DEVICE float exp(float x) { return ::expf(x); }
+  static UAAL_HOST_DEVICE float log(float x) { return ::logf(x); }
+  static UAAL_HOST_DEVICE float pow(float x, float e) { return ::powf(x, e); }
+  static UAAL_HOST_DEVICE float abs(float x) { return ::fabsf(x); }
+  static UAAL_HOST_DEVICE float select(bool m, float a, float b) { return m ? a : b; }
+};
+
+template <>
+struct Lanes<double> {
+  using Scalar = double;
+  using Mask = bool;
+  static UAAL_HOST_DEVICE double exp(double x) { return ::exp(x); }
+  static UAAL_HOST_DEVICE double log(double x) { return ::log(x); }
+  static UAAL_HOST_DEVICE double pow(double x, double e) { return ::pow(x, e); }
+  static UAAL_HOST_DEVICE double abs(double x) { return ::fabs(x); }
+  static UAAL_HOST_DEVICE double select(bool m, double a, double b) { return m ? a : b; }
+};
+
+// Online softmax statistics of one pixel, one logit at a time (SPEC section 2):
+//   max = running maximum m, sum = sum_c e^(z_c - m), dot = sum_c e^(z_c - m) (z_c - m),
+// rescaled whenever m grows, so lse = m + log(sum) and H = log(sum) - dot / sum need a single read
+// of the logits. Each update costs one exp: e = e^(-|z - m|) is either the new term (m unchanged)
+// or the factor that rescales the old terms (m grows to z, new term e^0 = 1).
+template <typename V>
+struct OnlineSoftmax {
+  using L = Lanes<V>;
+  using S = typename L::Scalar;
+  V max, sum, dot;
+
+  // Starting from the lowest finite value (not -inf) keeps z - max finite for -inf logits, so a
+  // -inf logit adds exactly zero to sum and dot instead of poisoning them with inf - inf.
+  UAAL_HOST_DEVICE OnlineSoftmax()
+      : max(V(std::numeric_limits<S>::lowest())), sum(V(S(0))), dot(V(S(0))) {}
+
+  UAAL_HOST_DEVICE void update(V z) {
+    const V zero(S(0)), one(S(1));
+    const V d = z - max;
+    const V e = L::exp(zero - L::abs(d));
+    const auto grows = d > zero;
+    const auto nonzero = e > zero;  // guards 0 * inf where a term or the rescale underflowed
+    const V sum_grown = sum * e + one;
+    const V dot_grown = L::select(nonzero, e * (dot - sum * d), zero);
+    const V sum_kept = sum + e;
+    const V dot_kept = dot + L::select(nonzero, e * d, zero);
+    max = L::select(grows, z, max);
+    sum = L::select(grows, sum_grown, sum_kept);
+    dot = L::select(grows, dot_grown, dot_kept);
+  }
+
+  // m - m is NaN exactly when m is +inf, which is how PyTorch's log_softmax treats a +inf logit
+  // (inf - inf); a NaN logit already made sum NaN.
+  UAAL_HOST_DEVICE V infinite_to_nan() const { return max - max; }
+  UAAL_HOST_DEVICE V log_sum_exp() const { return max + L::log(sum) + infinite_to_nan(); }
+  UAAL_HOST_DEVICE V entropy() const { return L::log(sum) - dot / sum + infinite_to_nan(); }
+};
+
+// Contribution -p log p of one class to the entropy, from p = e^(z - lse) and log p = z - lse;
+// p == 0 contributes 0 (SPEC: -inf logits give zero entropy contribution).
+template <typename V>
+UAAL_HOST_DEVICE V entropy_term(V p, V log_p) {
+  using L = Lanes<V>;
+  using S = typename L::Scalar;
+  return L::select(p > V(S(0)), V(S(0)) - p * log_p, V(S(0)));
+}
+
+// d H / d z_c = -p_c (log p_c + H), times the incoming gradient (already scaled by 1/log C when the
+// entropy is normalised). p_c == 0 gives 0.
+template <typename V>
+UAAL_HOST_DEVICE V entropy_logit_grad(V p, V log_p, V entropy, V grad_scale) {
+  using L = Lanes<V>;
+  using S = typename L::Scalar;
+  return L::select(p > V(S(0)), V(S(0)) - grad_scale * p * (log_p + entropy), V(S(0)));
+}
+
+// u^E with the common exponents exact and cheap; the branch is uniform across lanes and threads.
+template <typename V>
+UAAL_HOST_DEVICE V power(V u, typename Lanes<V>::Scalar exponent) {
+  using S = typename Lanes<V>::Scalar;
+  if (exponent == S(2)) return u * u;
+  if (exponent == S(1)) return u;
+  return Lanes<V>::pow(u, exponent);
+}
+
+// UAAL pixel weight (SPEC section 2, paper Eq. 6): w = 1 + alpha * min((U * inv_scale)^E, s_max).
+// s_max = +inf means no cap; a NaN uncertainty stays NaN (comparisons with NaN are false).
+template <typename V>
+UAAL_HOST_DEVICE V uncertainty_weight(V uncertainty, typename Lanes<V>::Scalar inv_scale,
+                                      typename Lanes<V>::Scalar alpha, typename Lanes<V>::Scalar exponent,
+                                      typename Lanes<V>::Scalar s_max) {
+  using L = Lanes<V>;
+  using S = typename L::Scalar;
+  const V scaled = power(uncertainty * V(inv_scale), exponent);
+  const V capped = L::select(scaled > V(s_max), V(s_max), scaled);
+  return V(S(1)) + V(alpha) * capped;
+}
+
+// Per-pixel cross-entropy exactly as torch.nn.functional.cross_entropy defines it:
+//   l = (1 - eps) c_y (lse - z_y) + (eps / C) sum_c c_c (lse - z_c),
+// with sum_c c_c (lse - z_c) = lse * sum_c c_c - sum_c c_c z_c, both sums gathered in the same pass.
+template <bool kSmoothing, typename V>
+UAAL_HOST_DEVICE V pixel_cross_entropy(V lse, V target_logit, V target_class_weight,
+                                       V class_weight_total, V weighted_logit_sum,
+                                       typename Lanes<V>::Scalar label_smoothing,
+                                       typename Lanes<V>::Scalar inv_num_classes) {
+  using S = typename Lanes<V>::Scalar;
+  const V nll = target_class_weight * (lse - target_logit);
+  if constexpr (!kSmoothing) {
+    return nll;
+  } else {
+    const V smooth = lse * class_weight_total - weighted_logit_sum;
+    return V(S(1) - label_smoothing) * nll + V(label_smoothing * inv_num_classes) * smooth;
+  }
+}
+
+// Gradient of the weighted per-pixel loss with respect to one logit (derivation: d lse / d z_c = p_c):
+//   d(w l)/d z_c = target_coef (p_c - [c == y]) + smooth_coef (p_c sum_j c_j - c_c),
+// target_coef = g w (1 - eps) c_y and smooth_coef = g w eps / C, g the incoming gradient; both are 0
+// at ignored pixels.
+template <bool kSmoothing, typename V>
+UAAL_HOST_DEVICE V cross_entropy_logit_grad(V p, typename Lanes<V>::Mask is_target, V target_coef,
+                                            V smooth_coef, V class_weight_total,
+                                            typename Lanes<V>::Scalar class_weight) {
+  V grad = target_coef * p;
+  if constexpr (kSmoothing) {
+    grad = grad + smooth_coef * (p * class_weight_total - V(class_weight));
+  }
+  return Lanes<V>::select(is_target, grad - target_coef, grad);
+}
+
+// Where the UAAL weight's uncertainty comes from: none (alpha == 0: plain cross-entropy), the
+// entropy of the same logits (computed in the same pass), or a per-pixel map given by the caller.
+enum class UncertaintySource : int { kNone = 0, kEntropy = 1, kMap = 2 };
+
+}  // namespace uaal

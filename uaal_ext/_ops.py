@@ -1,0 +1,85 @@
+"""Fake (meta) kernels and autograd formulas of the ``torch.ops.uaal_ext`` ops.
+
+The C++ side (csrc/ops.cpp) defines the schemas and the CPU/CUDA kernels; registering the fake
+kernels lets ``torch.compile`` trace the ops without running them, and the autograd registration
+makes the forward ops differentiable with respect to their logits.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _C  # noqa: F401  (importing the extension registers the ops)
+
+_ops = torch.ops.uaal_ext
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _pixel_shape(input: torch.Tensor) -> tuple[int, ...]:
+    return (input.shape[0], *input.shape[2:])
+
+
+@torch.library.register_fake("uaal_ext::cross_entropy_forward")
+def _cross_entropy_forward_fake(input, target, uncertainty, weight, ignore_index, label_smoothing, alpha,
+                                exponent, inv_scale, s_max, reduce):
+    acc = _accumulation_dtype(input.dtype)
+    loss = input.new_empty(() if reduce else _pixel_shape(input), dtype=acc)
+    lse = input.new_empty(_pixel_shape(input), dtype=acc)
+    return loss, lse, input.new_empty((2,), dtype=acc)
+
+
+@torch.library.register_fake("uaal_ext::cross_entropy_backward")
+def _cross_entropy_backward_fake(grad, input, target, lse, uncertainty, weight, ignore_index, label_smoothing,
+                                 alpha, exponent, inv_scale, s_max):
+    return torch.empty_like(input)
+
+
+@torch.library.register_fake("uaal_ext::pixel_entropy")
+def _pixel_entropy_fake(input, normalized):
+    return input.new_empty(_pixel_shape(input))
+
+
+@torch.library.register_fake("uaal_ext::pixel_entropy_backward")
+def _pixel_entropy_backward_fake(grad, input, normalized):
+    return torch.empty_like(input)
+
+
+def _cross_entropy_setup_context(ctx, inputs, output):
+    input, target, uncertainty, weight, *scalars, _reduce = inputs
+    _, lse, sums = output
+    ctx.save_for_backward(input, target, uncertainty, weight, lse)
+    ctx.scalars = scalars  # ignore_index, label_smoothing, alpha, exponent, inv_scale, s_max
+    # The UAAL weight and the class weights are constants for autograd (SPEC section 2), so the
+    # mean's denominators carry no gradient.
+    ctx.mark_non_differentiable(lse, sums)
+
+
+def _cross_entropy_backward(ctx, grad_loss, _grad_lse, _grad_sums):
+    input, target, uncertainty, weight, lse = ctx.saved_tensors
+    grad_input = None
+    if ctx.needs_input_grad[0]:
+        grad_input = _ops.cross_entropy_backward(grad_loss, input, target, lse, uncertainty, weight, *ctx.scalars)
+    return (grad_input,) + (None,) * 10
+
+
+torch.library.register_autograd(
+    "uaal_ext::cross_entropy_forward", _cross_entropy_backward, setup_context=_cross_entropy_setup_context
+)
+
+
+def _pixel_entropy_setup_context(ctx, inputs, output):
+    input, normalized = inputs
+    ctx.save_for_backward(input)
+    ctx.normalized = normalized
+
+
+def _pixel_entropy_backward(ctx, grad):
+    (input,) = ctx.saved_tensors
+    return _ops.pixel_entropy_backward(grad, input, ctx.normalized), None
+
+
+torch.library.register_autograd(
+    "uaal_ext::pixel_entropy", _pixel_entropy_backward, setup_context=_pixel_entropy_setup_context
+)
