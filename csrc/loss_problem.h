@@ -21,7 +21,7 @@ enum class FloatType : int { kFloat64 = 0, kFloat32 = 1, kFloat16 = 2, kBFloat16
 enum class IndexType : int { kInt64 = 0, kInt32 = 1, kUInt8 = 2 };
 
 // Pixels are the (N, *spatial) index space in row-major order, so pixel p of a contiguous per-pixel
-// tensor (target, uncertainty, lse, per-pixel loss) is element p. The logits (and the gradient we
+// tensor (target, uncertainty, log_normalizer, per-pixel loss) is element p. The logits (and the gradient we
 // write for them) are strided: pixel dims that are contiguous in both are merged, which turns NCHW
 // into 2 dims (N, H*W) and channels-last into 1 dim.
 struct PixelGeometry {
@@ -36,7 +36,9 @@ struct PixelGeometry {
 };
 
 // One call of the UAAL cross-entropy forward or backward. Per-pixel arrays are contiguous and in
-// the accumulation type (float, or double for float64 logits) unless stated.
+// the accumulation type (float, or double for float64 logits) unless stated. log_normalizer is
+// lse - max_c z_c per pixel: what the backward needs besides the logits, relative to the max so
+// that logits with a large common offset keep their precision.
 struct CrossEntropyProblem {
   PixelGeometry geometry;
   FloatType input_type = FloatType::kFloat32;
@@ -54,7 +56,7 @@ struct CrossEntropyProblem {
   double s_max = 0.0;                        // +inf: no cap
 
   // forward outputs
-  void* lse = nullptr;                       // per pixel, accumulation type
+  void* log_normalizer = nullptr;            // forward output / backward input, per pixel
   void* pixel_loss = nullptr;                // per pixel (reduction "none"), accumulation type, or null
   double* block_sums = nullptr;              // CPU: per block {sum w l, sum c_y, sum c_y w}
 

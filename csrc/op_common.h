@@ -181,47 +181,50 @@ inline PreparedCrossEntropy prepare_cross_entropy(const at::Tensor& input, const
 // ---- op bodies, shared by the backends ---------------------------------------------------------
 // Launcher::cross_entropy_forward(problem, options) -> Tensor (3,) {sum w l, sum c_y, sum c_y w}
 // Launcher::cross_entropy_backward(problem), ::pixel_entropy_forward(problem),
-// ::pixel_entropy_backward(problem).
+// ::pixel_entropy_backward(problem); Launcher::empty(sizes, options) and ::empty_like(tensor)
+// allocate the outputs (at::empty_like's layout); Launcher::Guard(input) makes input's device current.
 
 template <typename Launcher>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_op(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& uncertainty,
     const std::optional<at::Tensor>& weight, int64_t ignore_index, double label_smoothing, double alpha,
     double exponent, double inv_scale, double s_max, bool reduce) {
+  typename Launcher::Guard guard(input);
   PreparedCrossEntropy prep = prepare_cross_entropy(
       input, target, uncertainty, weight, {ignore_index, label_smoothing, alpha, exponent, inv_scale, s_max});
   const auto options = input.options().dtype(accumulation_type(input.scalar_type()));
-  at::Tensor lse = at::empty(pixel_shape(input), options);
-  at::Tensor pixel_loss = reduce ? at::Tensor() : at::empty(pixel_shape(input), options);
-  prep.problem.lse = lse.data_ptr();
+  at::Tensor log_normalizer = Launcher::empty(pixel_shape(input), options);
+  at::Tensor pixel_loss = reduce ? at::Tensor() : Launcher::empty(pixel_shape(input), options);
+  prep.problem.log_normalizer = log_normalizer.data_ptr();
   prep.problem.pixel_loss = reduce ? nullptr : pixel_loss.data_ptr();
   at::Tensor totals = Launcher::cross_entropy_forward(prep.problem, options);
   at::Tensor loss = reduce ? totals.select(0, 0).clone() : pixel_loss;
-  return {loss, lse, totals.slice(0, 1, 3).clone()};
+  return {loss, log_normalizer, totals.slice(0, 1, 3).clone()};
 }
 
 template <typename Launcher>
 at::Tensor cross_entropy_backward_op(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& target,
-                                     const at::Tensor& lse, const std::optional<at::Tensor>& uncertainty,
+                                     const at::Tensor& log_normalizer, const std::optional<at::Tensor>& uncertainty,
                                      const std::optional<at::Tensor>& weight, int64_t ignore_index,
                                      double label_smoothing, double alpha, double exponent, double inv_scale,
                                      double s_max) {
+  typename Launcher::Guard guard(input);
   PreparedCrossEntropy prep = prepare_cross_entropy(
       input, target, uncertainty, weight, {ignore_index, label_smoothing, alpha, exponent, inv_scale, s_max});
   const at::ScalarType acc = accumulation_type(input.scalar_type());
   TORCH_CHECK_VALUE(grad.dim() == 0 || grad.sizes() == at::IntArrayRef(pixel_shape(input)),
                     "uaal_cross_entropy backward: grad must be a scalar or have shape ",
                     at::IntArrayRef(pixel_shape(input)), ", got ", grad.sizes());
-  TORCH_CHECK_VALUE(lse.sizes() == at::IntArrayRef(pixel_shape(input)) && lse.scalar_type() == acc,
-                    "uaal_cross_entropy backward: lse must be the forward's (", acc, ", shape ",
-                    at::IntArrayRef(pixel_shape(input)), "), got ", lse.scalar_type(), " ", lse.sizes());
+  TORCH_CHECK_VALUE(log_normalizer.sizes() == at::IntArrayRef(pixel_shape(input)) && log_normalizer.scalar_type() == acc,
+                    "uaal_cross_entropy backward: log_normalizer must be the forward's (", acc, ", shape ",
+                    at::IntArrayRef(pixel_shape(input)), "), got ", log_normalizer.scalar_type(), " ", log_normalizer.sizes());
   const at::Tensor grad_acc = grad.to(acc).contiguous();
-  const at::Tensor lse_acc = lse.contiguous();
+  const at::Tensor log_normalizer_acc = log_normalizer.contiguous();
   // Same strides as the logits whenever they are dense (contiguous, channels-last, permuted).
-  at::Tensor grad_input = at::empty_like(prep.input);
+  at::Tensor grad_input = Launcher::empty_like(prep.input);
   TORCH_INTERNAL_ASSERT(make_geometry(prep.input, grad_input, prep.problem.geometry));
   CrossEntropyProblem& pr = prep.problem;
-  pr.lse = const_cast<void*>(lse_acc.data_ptr());
+  pr.log_normalizer = const_cast<void*>(log_normalizer_acc.data_ptr());
   pr.grad = grad_acc.data_ptr();
   pr.grad_stride = grad.dim() == 0 ? 0 : 1;
   pr.grad_input = grad_input.data_ptr();
@@ -238,9 +241,11 @@ inline double entropy_scale(const at::Tensor& input, bool normalized) {
 template <typename Launcher>
 at::Tensor pixel_entropy_op(const at::Tensor& input, bool normalized) {
   check_logits(input, "pixel_entropy");
+  typename Launcher::Guard guard(input);
   EntropyProblem pr;
   const at::Tensor logits = readable_logits(input, pr.geometry);
-  at::Tensor entropy = at::empty(pixel_shape(input), input.options().dtype(accumulation_type(input.scalar_type())));
+  at::Tensor entropy =
+      Launcher::empty(pixel_shape(input), input.options().dtype(accumulation_type(input.scalar_type())));
   pr.input_type = float_type_of(input.scalar_type());
   pr.input = logits.data_ptr();
   pr.scale = entropy_scale(input, normalized);
@@ -253,10 +258,11 @@ template <typename Launcher>
 at::Tensor pixel_entropy_backward_op(const at::Tensor& grad, const at::Tensor& input, bool normalized) {
   check_logits(input, "pixel_entropy");
   check_per_pixel(grad, input, "pixel_entropy backward", "grad", "(one value per pixel)");
+  typename Launcher::Guard guard(input);
   EntropyProblem pr;
   const at::Tensor logits = readable_logits(input, pr.geometry);
   const at::Tensor grad_acc = grad.to(accumulation_type(input.scalar_type())).contiguous();
-  at::Tensor grad_input = at::empty_like(logits);
+  at::Tensor grad_input = Launcher::empty_like(logits);
   TORCH_INTERNAL_ASSERT(make_geometry(logits, grad_input, pr.geometry));
   pr.input_type = float_type_of(input.scalar_type());
   pr.input = logits.data_ptr();

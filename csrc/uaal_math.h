@@ -25,6 +25,13 @@ namespace uaal {
 template <typename V>
 struct Lanes;
 
+// Lanes<V>::exp may map NaN to a number (the CPU's fast exp does); code that must propagate NaN
+// adds nan_if_not_finite(x) = x - x (0 for finite x, NaN for NaN or +-inf) of a per-pixel value.
+template <typename V>
+UAAL_HOST_DEVICE V nan_if_not_finite(V x) {
+  return x - x;
+}
+
 template <>
 struct Lanes<float> {
   using Scalar = float;
@@ -33,6 +40,9 @@ struct Lanes<float> {
   static UAAL_HOST_DEVICE float log(float x) { return ::logf(x); }
   static UAAL_HOST_DEVICE float pow(float x, float e) { return ::powf(x, e); }
   static UAAL_HOST_DEVICE float abs(float x) { return ::fabsf(x); }
+  static UAAL_HOST_DEVICE float clamp_min(float x, float lo) { return ::fmaxf(x, lo); }
+  // NaN if either is NaN (unlike fmax).
+  static UAAL_HOST_DEVICE float maximum(float a, float b) { return (a != a || a > b) ? a : (b != b ? b : ::fmaxf(a, b)); }
   static UAAL_HOST_DEVICE float select(bool m, float a, float b) { return m ? a : b; }
 };
 
@@ -44,46 +54,83 @@ struct Lanes<double> {
   static UAAL_HOST_DEVICE double log(double x) { return ::log(x); }
   static UAAL_HOST_DEVICE double pow(double x, double e) { return ::pow(x, e); }
   static UAAL_HOST_DEVICE double abs(double x) { return ::fabs(x); }
+  static UAAL_HOST_DEVICE double clamp_min(double x, double lo) { return ::fmax(x, lo); }
+  // NaN if either is NaN (unlike fmax).
+  static UAAL_HOST_DEVICE double maximum(double a, double b) { return (a != a || a > b) ? a : (b != b ? b : ::fmax(a, b)); }
   static UAAL_HOST_DEVICE double select(bool m, double a, double b) { return m ? a : b; }
 };
 
 // Online softmax statistics of one pixel, one logit at a time (SPEC section 2):
 //   max = running maximum m, sum = sum_c e^(z_c - m), dot = sum_c e^(z_c - m) (z_c - m),
-// rescaled whenever m grows, so lse = m + log(sum) and H = log(sum) - dot / sum need a single read
-// of the logits. Each update costs one exp: e = e^(-|z - m|) is either the new term (m unchanged)
-// or the factor that rescales the old terms (m grows to z, new term e^0 = 1).
+// rescaled whenever m grows, so a single read of the logits gives lse = m + log(sum) and
+// H = log(sum) - dot / sum. Each update costs one exp: e = e^(-|z - m|) is either the new term
+// (m unchanged) or the factor that rescales the old terms (m grows to z, new term e^0 = 1).
+// Results are kept relative to m (log_normalizer = lse - m): differences of logits stay exact when
+// all logits share a large offset, where lse - z_y would cancel catastrophically.
 template <typename V>
 struct OnlineSoftmax {
   using L = Lanes<V>;
   using S = typename L::Scalar;
+  using Mask = typename L::Mask;
   V max, sum, dot;
 
-  // Starting from the lowest finite value (not -inf) keeps z - max finite for -inf logits, so a
-  // -inf logit adds exactly zero to sum and dot instead of poisoning them with inf - inf.
-  UAAL_HOST_DEVICE OnlineSoftmax()
-      : max(V(std::numeric_limits<S>::lowest())), sum(V(S(0))), dot(V(S(0))) {}
+  // What one update did, for accumulators that follow the same running max.
+  struct Step {
+    V shift;     // z - m before the update
+    Mask grows;  // z became the new max
+  };
 
-  UAAL_HOST_DEVICE void update(V z) {
+  // The lowest finite value (not -inf) as the starting max keeps z - max finite for -inf logits, so
+  // a -inf logit adds exactly zero to sum and dot instead of poisoning them with inf - inf.
+  static UAAL_HOST_DEVICE V initial_max() { return V(std::numeric_limits<S>::lowest()); }
+
+  UAAL_HOST_DEVICE OnlineSoftmax() : max(initial_max()), sum(V(S(0))), dot(V(S(0))) {}
+
+  UAAL_HOST_DEVICE Step update(V z) {
     const V zero(S(0)), one(S(1));
     const V d = z - max;
     const V e = L::exp(zero - L::abs(d));
-    const auto grows = d > zero;
-    const auto nonzero = e > zero;  // guards 0 * inf where a term or the rescale underflowed
+    const Mask grows = d > zero;
+    // A -inf logit gives d = -inf and e = 0; clamping d keeps e * d at 0 rather than 0 * inf = NaN.
+    const V d_finite = L::clamp_min(d, V(std::numeric_limits<S>::lowest()));
     const V sum_grown = sum * e + one;
-    const V dot_grown = L::select(nonzero, e * (dot - sum * d), zero);
+    const V dot_grown = e * (dot - sum * d_finite);
     const V sum_kept = sum + e;
-    const V dot_kept = dot + L::select(nonzero, e * d, zero);
-    max = L::select(grows, z, max);
+    const V dot_kept = dot + e * d_finite;
+    // NaN-propagating, so a NaN logit makes the pixel NaN even where exp does not carry NaN through.
+    max = L::maximum(max, z);
     sum = L::select(grows, sum_grown, sum_kept);
     dot = L::select(grows, dot_grown, dot_kept);
+    return {d, grows};
   }
 
-  // m - m is NaN exactly when m is +inf, which is how PyTorch's log_softmax treats a +inf logit
-  // (inf - inf); a NaN logit already made sum NaN.
-  UAAL_HOST_DEVICE V infinite_to_nan() const { return max - max; }
-  UAAL_HOST_DEVICE V log_sum_exp() const { return max + L::log(sum) + infinite_to_nan(); }
-  UAAL_HOST_DEVICE V entropy() const { return L::log(sum) - dot / sum + infinite_to_nan(); }
+  // max is NaN after a NaN logit and +inf after a +inf one; both make the pixel NaN, as PyTorch's
+  // log_softmax does (inf - inf).
+  UAAL_HOST_DEVICE V log_normalizer() const { return L::log(sum) + nan_if_not_finite(max); }
+  UAAL_HOST_DEVICE V entropy() const { return L::log(sum) - dot / sum + nan_if_not_finite(max); }
 };
+
+// sum_c c_c (z_c - m) over the classes seen so far, relative to OnlineSoftmax's running max m: the
+// label-smoothing term, free of the cancellation lse * sum_c c_c - sum_c c_c z_c would suffer.
+template <typename V>
+struct OnlineShiftedSum {
+  using L = Lanes<V>;
+  using S = typename L::Scalar;
+  V value = V(S(0));
+  S weight_seen = S(0);
+
+  UAAL_HOST_DEVICE void update(const typename OnlineSoftmax<V>::Step& step, S class_weight) {
+    // Growing the max by d moves every earlier term down by d; the new term is then z - m = 0.
+    value = L::select(step.grows, value - V(weight_seen) * step.shift, value + V(class_weight) * step.shift);
+    weight_seen += class_weight;
+  }
+};
+
+// Log-probability of a logit, from the pixel's max and log_normalizer (exact for offset logits).
+template <typename V>
+UAAL_HOST_DEVICE V log_probability(V z, V max, V log_normalizer) {
+  return (z - max) - log_normalizer;
+}
 
 // Contribution -p log p of one class to the entropy, from p = e^(z - lse) and log p = z - lse;
 // p == 0 contributes 0 (SPEC: -inf logits give zero entropy contribution).
@@ -127,18 +174,19 @@ UAAL_HOST_DEVICE V uncertainty_weight(V uncertainty, typename Lanes<V>::Scalar i
 
 // Per-pixel cross-entropy exactly as torch.nn.functional.cross_entropy defines it:
 //   l = (1 - eps) c_y (lse - z_y) + (eps / C) sum_c c_c (lse - z_c),
-// with sum_c c_c (lse - z_c) = lse * sum_c c_c - sum_c c_c z_c, both sums gathered in the same pass.
+// with lse - z_y = (m - z_y) + log_normalizer and
+// sum_c c_c (lse - z_c) = log_normalizer * sum_c c_c - sum_c c_c (z_c - m) (OnlineShiftedSum).
 template <bool kSmoothing, typename V>
-UAAL_HOST_DEVICE V pixel_cross_entropy(V lse, V target_logit, V target_class_weight,
-                                       V class_weight_total, V weighted_logit_sum,
+UAAL_HOST_DEVICE V pixel_cross_entropy(V max, V log_normalizer, V target_logit, V target_class_weight,
+                                       V class_weight_total, V shifted_weighted_sum,
                                        typename Lanes<V>::Scalar label_smoothing,
                                        typename Lanes<V>::Scalar inv_num_classes) {
   using S = typename Lanes<V>::Scalar;
-  const V nll = target_class_weight * (lse - target_logit);
+  const V nll = target_class_weight * ((max - target_logit) + log_normalizer);
   if constexpr (!kSmoothing) {
     return nll;
   } else {
-    const V smooth = lse * class_weight_total - weighted_logit_sum;
+    const V smooth = log_normalizer * class_weight_total - shifted_weighted_sum;
     return V(S(1) - label_smoothing) * nll + V(label_smoothing * inv_num_classes) * smooth;
   }
 }

@@ -26,12 +26,12 @@ def _cross_entropy_forward_fake(input, target, uncertainty, weight, ignore_index
                                 exponent, inv_scale, s_max, reduce):
     acc = _accumulation_dtype(input.dtype)
     loss = input.new_empty(() if reduce else _pixel_shape(input), dtype=acc)
-    lse = input.new_empty(_pixel_shape(input), dtype=acc)
-    return loss, lse, input.new_empty((2,), dtype=acc)
+    log_normalizer = input.new_empty(_pixel_shape(input), dtype=acc)
+    return loss, log_normalizer, input.new_empty((2,), dtype=acc)
 
 
 @torch.library.register_fake("uaal_ext::cross_entropy_backward")
-def _cross_entropy_backward_fake(grad, input, target, lse, uncertainty, weight, ignore_index, label_smoothing,
+def _cross_entropy_backward_fake(grad, input, target, log_normalizer, uncertainty, weight, ignore_index, label_smoothing,
                                  alpha, exponent, inv_scale, s_max):
     return torch.empty_like(input)
 
@@ -48,19 +48,19 @@ def _pixel_entropy_backward_fake(grad, input, normalized):
 
 def _cross_entropy_setup_context(ctx, inputs, output):
     input, target, uncertainty, weight, *scalars, _reduce = inputs
-    _, lse, sums = output
-    ctx.save_for_backward(input, target, uncertainty, weight, lse)
+    _, log_normalizer, sums = output
+    ctx.save_for_backward(input, target, uncertainty, weight, log_normalizer)
     ctx.scalars = scalars  # ignore_index, label_smoothing, alpha, exponent, inv_scale, s_max
     # The UAAL weight and the class weights are constants for autograd (SPEC section 2), so the
     # mean's denominators carry no gradient.
-    ctx.mark_non_differentiable(lse, sums)
+    ctx.mark_non_differentiable(log_normalizer, sums)
 
 
 def _cross_entropy_backward(ctx, grad_loss, _grad_lse, _grad_sums):
-    input, target, uncertainty, weight, lse = ctx.saved_tensors
+    input, target, uncertainty, weight, log_normalizer = ctx.saved_tensors
     grad_input = None
     if ctx.needs_input_grad[0]:
-        grad_input = _ops.cross_entropy_backward(grad_loss, input, target, lse, uncertainty, weight, *ctx.scalars)
+        grad_input = _ops.cross_entropy_backward(grad_loss, input, target, log_normalizer, uncertainty, weight, *ctx.scalars)
     return (grad_input,) + (None,) * 10
 
 

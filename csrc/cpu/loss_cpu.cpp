@@ -1,10 +1,12 @@
 // CPU implementations of the uaal_ext ops: the shared op bodies (op_common.h) with a launcher that
 // runs the kernels compiled for the best instruction set this CPU supports.
 #include <ATen/Version.h>
+#include <c10/util/strides.h>
 #include <torch/library.h>
 
 #include <string>
 
+#include "cpu/buffer_cache.h"
 #include "cpu/loss_kernels.h"
 #include "op_common.h"
 
@@ -28,6 +30,13 @@ const KernelTable& best_kernel_table() {
 }
 
 struct CpuLauncher {
+  struct Guard {
+    explicit Guard(const at::Tensor&) {}
+  };
+  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+    return empty_cached(sizes, c10::contiguous_strides(sizes), options.dtype().toScalarType());
+  }
+  static at::Tensor empty_like(const at::Tensor& like) { return empty_cached_like(like); }
   static at::Tensor cross_entropy_forward(const CrossEntropyProblem& pr, const at::TensorOptions& options) {
     double sums[3];
     best_kernel_table().cross_entropy_forward(pr, sums);

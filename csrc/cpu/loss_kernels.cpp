@@ -188,7 +188,7 @@ void cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
   const int64_t C = g.num_classes;
   const auto* input = static_cast<const scalar_t*>(pr.input);
   const auto* class_weight = static_cast<const acc_t*>(pr.class_weight);
-  auto* lse_out = static_cast<acc_t*>(pr.lse);
+  auto* log_normalizer_out = static_cast<acc_t*>(pr.log_normalizer);
   auto* loss_out = static_cast<acc_t*>(pr.pixel_loss);
   const acc_t inv_c = acc_t(1) / static_cast<acc_t>(C);
 
@@ -199,16 +199,15 @@ void cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
     const BlockRows<acc_t> rows = load_rows(g, input, in_offset, count, thread_buffer(staging_buffer, C * P));
 
     OnlineSoftmax<Vec> stats[kVectorsPerBlock];
-    Vec weighted_logit_sum[kVectorsPerBlock];
+    OnlineShiftedSum<Vec> shifted_sum[kVectorsPerBlock];
     acc_t class_weight_total = 0;
     for (int64_t c = 0; c < C; ++c) {
       const acc_t* row = rows.row(c);
       const acc_t w_c = class_weight ? class_weight[c] : acc_t(1);
       class_weight_total += w_c;
       for (int u = 0; u < kVectorsPerBlock; ++u) {
-        const Vec z = Vec::loadu(row + u * W);
-        stats[u].update(z);
-        if constexpr (kSmoothing) weighted_logit_sum[u] = at::vec::fmadd(Vec(w_c), z, weighted_logit_sum[u]);
+        const auto step = stats[u].update(Vec::loadu(row + u * W));
+        if constexpr (kSmoothing) shifted_sum[u].update(step, w_c);
       }
     }
 
@@ -218,12 +217,12 @@ void cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
     for (int u = 0; u < kVectorsPerBlock; ++u) {
       const int lanes = lanes_left<acc_t>(count, u);
       if (lanes == 0) break;
-      const Vec lse = stats[u].log_sum_exp();
-      lse.store(lse_out + first + u * W, lanes);
+      const Vec log_normalizer = stats[u].log_normalizer();
+      log_normalizer.store(log_normalizer_out + first + u * W, lanes);
       const Vec w = pixel_weight<acc_t, kSource>(pr, stats[u].entropy(), t.uncertainty + u * W);
       const Vec loss = pixel_cross_entropy<kSmoothing>(
-          lse, Vec::loadu(t.target_logit + u * W), Vec::loadu(t.target_weight + u * W), Vec(class_weight_total),
-          weighted_logit_sum[u], acc_t(pr.label_smoothing), inv_c);
+          stats[u].max, log_normalizer, Vec::loadu(t.target_logit + u * W), Vec::loadu(t.target_weight + u * W),
+          Vec(class_weight_total), shifted_sum[u].value, acc_t(pr.label_smoothing), inv_c);
       const Vec valid = Vec::loadu(t.valid + u * W) > Vec(0);
       const Vec weighted = L::select(valid, w * loss, Vec(0));  // ignored pixels are 0 even for NaN logits
       if (loss_out) weighted.store(loss_out + first + u * W, lanes);
@@ -248,9 +247,10 @@ void cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
   }
 }
 
-// Backward: one read of the logits, one write of the gradient. Pass 1 turns the block's logits into
-// probabilities (and, for the entropy weight, the entropy) using the forward's lse; pass 2 turns
-// them into gradients, both on the block held in cache.
+// Backward: one read of the logits, one write of the gradient. Pass 0 finds each pixel's max logit
+// again (cheaper than keeping it from the forward: memory is the bottleneck), pass 1 turns the
+// block's logits into probabilities (and, for the entropy weight, the entropy) with the forward's
+// log_normalizer, pass 2 turns them into gradients; passes 1 and 2 work on the block held in cache.
 template <typename scalar_t, typename acc_t, UncertaintySource kSource, bool kSmoothing>
 void cross_entropy_backward(const CrossEntropyProblem& pr) {
   using Vec = Vectorized<acc_t>;
@@ -262,7 +262,7 @@ void cross_entropy_backward(const CrossEntropyProblem& pr) {
   const auto* input = static_cast<const scalar_t*>(pr.input);
   auto* out = static_cast<scalar_t*>(pr.grad_input);
   const auto* class_weight = static_cast<const acc_t*>(pr.class_weight);
-  const auto* lse_in = static_cast<const acc_t*>(pr.lse);
+  const auto* log_normalizer_in = static_cast<const acc_t*>(pr.log_normalizer);
   const acc_t target_share = acc_t(1) - acc_t(pr.label_smoothing);
   const acc_t smooth_share = acc_t(pr.label_smoothing) / static_cast<acc_t>(C);
 
@@ -274,10 +274,14 @@ void cross_entropy_backward(const CrossEntropyProblem& pr) {
     BlockTargets<acc_t> t;
     t.template gather<false, kSource>(pr, rows, first, count);
     t.gather_grad(pr, first, count);
-    Vec lse[kVectorsPerBlock], entropy[kVectorsPerBlock];
+    Vec max[kVectorsPerBlock], log_normalizer[kVectorsPerBlock], entropy[kVectorsPerBlock];
     for (int u = 0; u < kVectorsPerBlock; ++u) {
-      lse[u] = Vec::loadu(lse_in + first + u * W, lanes_left<acc_t>(count, u));
+      max[u] = OnlineSoftmax<Vec>::initial_max();
+      log_normalizer[u] = Vec::loadu(log_normalizer_in + first + u * W, lanes_left<acc_t>(count, u));
       entropy[u] = Vec(0);
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      for (int u = 0; u < kVectorsPerBlock; ++u) max[u] = L::maximum(max[u], Vec::loadu(rows.row(c) + u * W));
     }
     acc_t class_weight_total = 0;
     for (int64_t c = 0; c < C; ++c) {
@@ -285,7 +289,7 @@ void cross_entropy_backward(const CrossEntropyProblem& pr) {
       acc_t* prob_row = probs + c * P;
       class_weight_total += class_weight ? class_weight[c] : acc_t(1);
       for (int u = 0; u < kVectorsPerBlock; ++u) {
-        const Vec log_p = Vec::loadu(row + u * W) - lse[u];
+        const Vec log_p = log_probability(Vec::loadu(row + u * W), max[u], log_normalizer[u]);
         const Vec p = L::exp(log_p);
         p.store(prob_row + u * W);
         if constexpr (kSource == UncertaintySource::kEntropy) entropy[u] = entropy[u] + entropy_term(p, log_p);
@@ -295,7 +299,10 @@ void cross_entropy_backward(const CrossEntropyProblem& pr) {
     Vec target_coef[kVectorsPerBlock], smooth_coef[kVectorsPerBlock], target_class[kVectorsPerBlock];
     for (int u = 0; u < kVectorsPerBlock; ++u) {
       const Vec valid = Vec::loadu(t.valid + u * W) > Vec(0);
-      const Vec scaled_grad = Vec::loadu(t.grad + u * W) * pixel_weight<acc_t, kSource>(pr, entropy[u], t.uncertainty + u * W);
+      // A pixel with NaN or +-inf logits has a NaN log_normalizer and gets a NaN gradient, as in PyTorch.
+      const Vec scaled_grad =
+          Vec::loadu(t.grad + u * W) * pixel_weight<acc_t, kSource>(pr, entropy[u], t.uncertainty + u * W) +
+          nan_if_not_finite(log_normalizer[u]);
       target_coef[u] = L::select(valid, scaled_grad * Vec(target_share) * Vec::loadu(t.target_weight + u * W), Vec(0));
       smooth_coef[u] = L::select(valid, scaled_grad * Vec(smooth_share), Vec(0));
       target_class[u] = Vec::loadu(t.target_class + u * W);
@@ -360,17 +367,18 @@ void pixel_entropy_backward(const EntropyProblem& pr) {
     for (int64_t c = 0; c < C; ++c) {
       for (int u = 0; u < kVectorsPerBlock; ++u) stats[u].update(Vec::loadu(rows.row(c) + u * W));
     }
-    Vec lse[kVectorsPerBlock], entropy[kVectorsPerBlock], grad_scale[kVectorsPerBlock];
+    Vec log_normalizer[kVectorsPerBlock], entropy[kVectorsPerBlock], grad_scale[kVectorsPerBlock];
     for (int u = 0; u < kVectorsPerBlock; ++u) {
-      lse[u] = stats[u].log_sum_exp();
+      log_normalizer[u] = stats[u].log_normalizer();
       entropy[u] = stats[u].entropy();
-      grad_scale[u] = Vec::loadu(grad + first + u * W, lanes_left<acc_t>(count, u)) * Vec(acc_t(pr.scale));
+      grad_scale[u] = Vec::loadu(grad + first + u * W, lanes_left<acc_t>(count, u)) * Vec(acc_t(pr.scale)) +
+                      nan_if_not_finite(log_normalizer[u]);
     }
     const bool in_place = writes_in_place<scalar_t, acc_t>(g, count);
     for (int64_t c = 0; c < C; ++c) {
       acc_t* dst = in_place ? reinterpret_cast<acc_t*>(out + out_offset + c * g.out_channel_stride) : grads + c * P;
       for (int u = 0; u < kVectorsPerBlock; ++u) {
-        const Vec log_p = Vec::loadu(rows.row(c) + u * W) - lse[u];
+        const Vec log_p = log_probability(Vec::loadu(rows.row(c) + u * W), stats[u].max, log_normalizer[u]);
         entropy_logit_grad(Lanes<Vec>::exp(log_p), log_p, entropy[u], grad_scale[u]).store(dst + u * W);
       }
     }

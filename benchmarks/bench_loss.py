@@ -1,0 +1,570 @@
+#!/usr/bin/env python
+"""CPU benchmark of the UAAL cross-entropy: uaal_ext against PyTorch baselines (SPEC section 5).
+
+Setting: fp32 logits (N, C, H, W), ignore_index=255 with ~5% ignored pixels, reduction "mean",
+alpha=1, exponent=2, default uncertainty (normalized entropy of the same logits).
+
+Methods, all timed in one run (rounds interleaved so drift hits every method alike):
+  uaal_ext                  uaal_ext.uaal_cross_entropy
+  eager reference           `uaal_loss_eager` below: log_softmax, entropy from it, detached weights, nll
+  torch.compile(reference)  torch.compile of that same function (compiled and warmed up first)
+  F.cross_entropy           plain eager F.cross_entropy (same ignore_index, mean), no UAAL weighting
+
+Correctness is checked before timing (uaal_ext against the eager reference, loss and gradient).
+"fwd" is a training-mode forward (logits require grad, graph discarded); "fwd+bwd" adds
+backward() of the mean loss. Peak extra memory of fwd+bwd is measured in a fresh subprocess per
+method (see `measure_memory`). The floor is the bytes-moved floor at the copy bandwidth measured in
+the same run: forward reads the logits once (L bytes), backward reads them once and writes the
+gradient once (fwd+bwd = 3L); the per-pixel target/weights are left out of the floor.
+
+    python benchmarks/bench_loss.py              # full run -> benchmarks/results/loss_cpu.md
+    python benchmarks/bench_loss.py --quick      # smoke run, small shapes, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = 255
+IGNORED_FRACTION = 0.05
+ALPHA = 1.0
+EXPONENT = 2.0
+
+FULL_SHAPES = "2x19x512x1024,2x150x512x512"  # the shapes SPEC's bars are defined at
+QUICK_SHAPES = "2x19x64x128,2x150x32x64"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+# SPEC section 5 bars.
+BAR_VS_COMPILE = 3.0  # fwd+bwd speed-up over torch.compile(reference)
+BAR_VS_CE = 4.0  # fwd+bwd speed-up over eager F.cross_entropy
+BAR_FLOOR = 2.0  # fwd+bwd time / bytes-moved floor
+BAR_MEMORY = 1.1  # peak extra memory of fwd+bwd, in units of the logits' size
+
+METHODS = ["uaal_ext", "eager reference", "torch.compile(reference)", "F.cross_entropy"]
+OURS = "uaal_ext"
+
+
+# --------------------------------------------------------------------------------------------
+# The baseline: the reference UAAL loss written as efficiently as plain eager PyTorch allows.
+# --------------------------------------------------------------------------------------------
+def uaal_loss_eager(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX,
+                    alpha: float = ALPHA, exponent: float = EXPONENT) -> torch.Tensor:
+    """Mean UAAL loss, default uncertainty: w_i = 1 + alpha * (H_i / log C)^exponent (SPEC 2).
+
+    Finite logits only (exp(-inf) * -inf is NaN here; the project's reference handles it).
+    """
+    num_classes = logits.shape[1]
+    logp = F.log_softmax(logits, dim=1)  # (N, C, *spatial), kept for nll and its backward
+    with torch.no_grad():  # w is a constant for autograd
+        entropy = -(logp.exp() * logp).sum(1)  # (N, *spatial)
+        w = 1.0 + alpha * (entropy / math.log(num_classes)).pow(exponent)
+    nll = F.nll_loss(logp, target, ignore_index=ignore_index, reduction="none")  # 0 when ignored
+    return (w * nll).sum() / (target != ignore_index).sum()
+
+
+def plain_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+
+
+def uaal_ext_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    import uaal_ext
+
+    return uaal_ext.uaal_cross_entropy(logits, target, ignore_index=IGNORE_INDEX, alpha=ALPHA,
+                                       exponent=EXPONENT)
+
+
+def get_method(name: str):
+    if name == "uaal_ext":
+        import uaal_ext  # noqa: F401  (fail here, loudly, if the extension is not importable)
+
+        return uaal_ext_loss
+    if name == "eager reference":
+        return uaal_loss_eager
+    if name == "torch.compile(reference)":
+        return torch.compile(uaal_loss_eager, fullgraph=True, dynamic=False)
+    if name == "F.cross_entropy":
+        return plain_cross_entropy
+    raise ValueError(f"unknown method {name!r}; choose from {METHODS}")
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs and timing
+# --------------------------------------------------------------------------------------------
+def parse_shape(text: str) -> tuple[int, ...]:
+    dims = tuple(int(d) for d in text.lower().split("x"))
+    if len(dims) < 2:
+        raise argparse.ArgumentTypeError(f"shape {text!r}: expected NxC[xHxW...]")
+    return dims
+
+
+def shape_str(shape) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def shape_label(shape) -> str:
+    n, c, *spatial = shape
+    return f"N={n} C={c} {'x'.join(map(str, spatial))}"
+
+
+def make_inputs(shape, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(shape, generator=gen, dtype=torch.float32).mul_(3.0)
+    n, c, *spatial = shape
+    target = torch.randint(0, c, (n, *spatial), generator=gen, dtype=torch.int64)
+    target[torch.rand(target.shape, generator=gen) < IGNORED_FRACTION] = IGNORE_INDEX
+    return logits.requires_grad_(), target
+
+
+def run_fwd(fn, x, t):
+    fn(x, t)
+
+
+def run_fwd_bwd(fn, x, t):
+    fn(x, t).backward()
+
+
+def time_once(step, fn, x, t) -> float:
+    x.grad = None  # free the last gradient outside the timed region
+    t0 = time.perf_counter()
+    step(fn, x, t)
+    return time.perf_counter() - t0
+
+
+def _cpu_snapshot() -> tuple[float, float, float]:
+    """(wall s, CPU s busy on the whole machine, CPU s used by this process and its children)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]  # user nice system irq softirq steal
+    with open("/proc/self/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    own = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return time.perf_counter(), busy / tick, own / tick
+
+
+def other_load(start, end) -> float:
+    """Share of the machine's CPUs that other processes used between two snapshots."""
+    wall = end[0] - start[0]
+    others = (end[1] - start[1]) - (end[2] - start[2])
+    return max(others, 0.0) / (wall * (os.cpu_count() or 1)) if wall > 0 else 0.0
+
+
+def copy_bandwidth(nbytes: int, repeat: int) -> float:
+    """Bytes/s of a float32 tensor copy (read + write counted), median of `repeat` copies."""
+    src = torch.ones(nbytes // 4, dtype=torch.float32)
+    dst = torch.zeros_like(src)  # touched: no page faults inside the timed copies
+    dst.copy_(src)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / statistics.median(times)
+
+
+# --------------------------------------------------------------------------------------------
+# Peak memory (runs in a fresh subprocess per method)
+# --------------------------------------------------------------------------------------------
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+class _RssSampler:
+    """Fallback when clear_refs is not writable: poll VmRSS (may miss peaks shorter than ~1 ms)."""
+
+    def __init__(self):
+        self.peak = _status_kib("VmRSS")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _status_kib("VmRSS"))
+            time.sleep(0.0005)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _status_kib("VmRSS"))
+
+
+def _settle() -> int:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    return _status_kib("VmRSS")
+
+
+def measure_memory(method: str, shape, threads: int) -> dict:
+    """Peak RSS growth of one fwd+bwd (gradient included) over the process's RSS with the inputs.
+
+    The baseline is taken after a warm-up at a tiny shape (thread pools, lazy inits), before any
+    full-size call, so memory an implementation keeps between calls (a buffer cache) counts as
+    extra. torch.compile is the exception: compiling at the full shape leaves code and Python
+    objects behind for good, so its baseline is taken after its full-size warm-up (inductor keeps
+    no tensors between calls).
+    """
+    torch.set_num_threads(threads)
+    fn = get_method(method)
+    x, t = make_inputs(shape)
+    if method != "torch.compile(reference)":
+        xs, ts = make_inputs((*shape[:2], *[min(d, 8) for d in shape[2:]]), seed=1)
+        for _ in range(2):
+            time_once(run_fwd_bwd, fn, xs, ts)
+        del xs, ts
+        rss_base = _settle()
+    for _ in range(2):  # full-size warm-up: compiles, fills any cache the method keeps
+        time_once(run_fwd_bwd, fn, x, t)
+    x.grad = None
+    rss_warm = _settle()
+    if method == "torch.compile(reference)":
+        rss_base = rss_warm
+    if _reset_peak_rss():
+        run_fwd_bwd(fn, x, t)
+        peak, how = _status_kib("VmHWM"), "VmHWM after clear_refs"
+    else:
+        with _RssSampler() as sampler:
+            run_fwd_bwd(fn, x, t)
+        peak, how = sampler.peak, "VmRSS polled every 0.5 ms (clear_refs not writable)"
+    x.grad = None
+    rss_after = _settle()
+    logits_bytes = x.numel() * x.element_size()
+    extra = max(peak - min(rss_base, rss_warm), 0) * 1024
+    held = max(rss_after - rss_base, 0) * 1024
+    return {"method": method, "shape": list(shape), "extra_bytes": extra,
+            "extra_x_logits": extra / logits_bytes, "held_between_calls_x_logits": held / logits_bytes,
+            "how": how}
+
+
+def memory_in_subprocess(method: str, shape, threads: int) -> dict:
+    env = dict(os.environ)
+    # A fixed threshold keeps every block above 128 KiB in its own mmap, returned to the OS on
+    # free (glibc's dynamic threshold would otherwise grow and serve big blocks from the heap).
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--measure-memory", method,
+           "--shapes", shape_str(shape), "--threads", str(threads)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        return {"method": method, "extra_x_logits": float("nan"),
+                "how": "failed: " + " | ".join(tail)}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------------------
+# Correctness
+# --------------------------------------------------------------------------------------------
+def _loss_and_grad(fn, x, t):
+    x = x.detach().clone().requires_grad_()
+    loss = fn(x, t)
+    loss.backward()
+    return loss.detach(), x.grad
+
+
+def check_baseline_against_reference(log) -> None:
+    """The eager baseline must compute the project's reference math (float64, small input)."""
+    try:
+        from uaal_ext.reference import uaal_cross_entropy_reference
+    except Exception as exc:  # noqa: BLE001  (reference not written yet, or package not importable)
+        log(f"- eager baseline vs uaal_ext.reference: skipped ({type(exc).__name__}: {exc})")
+        return
+    for shape in [(3, 19, 7, 11), (2, 150, 5, 9)]:
+        x, t = make_inputs(shape, seed=1)
+        x = x.detach().double()
+        ref = uaal_cross_entropy_reference(x, t, ignore_index=IGNORE_INDEX, alpha=ALPHA,
+                                           exponent=EXPONENT)
+        ours = uaal_loss_eager(x, t)
+        torch.testing.assert_close(ours, ref.to(ours.dtype), rtol=1e-10, atol=0)
+    log("- eager baseline vs uaal_ext.reference (float64, small shapes): OK")
+
+
+def check_correctness(methods: dict, x, t, log) -> None:
+    ref_loss, ref_grad = _loss_and_grad(methods["eager reference"], x, t)
+    grad_atol = 1e-4 * ref_grad.abs().max().item()
+    for name in (OURS, "torch.compile(reference)"):
+        if name not in methods:
+            continue
+        loss, grad = _loss_and_grad(methods[name], x, t)
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=0,
+                                   msg=lambda m: f"{name} loss vs eager reference: {m}")
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=grad_atol,
+                                   msg=lambda m: f"{name} gradient vs eager reference: {m}")
+        log(f"- {name} vs eager reference: loss {loss.item():.6f} vs {ref_loss.item():.6f}, "
+            f"max |grad diff| {(grad - ref_grad).abs().max().item():.2e} "
+            f"(max |grad| {ref_grad.abs().max().item():.2e}): OK")
+    if OURS in methods:
+        import uaal_ext
+
+        with torch.no_grad():
+            ours0 = uaal_ext.uaal_cross_entropy(x, t, ignore_index=IGNORE_INDEX, alpha=0.0)
+            ce = plain_cross_entropy(x, t)
+        torch.testing.assert_close(ours0, ce, rtol=1e-4, atol=0)
+        log(f"- uaal_ext alpha=0 vs F.cross_entropy: {ours0.item():.6f} vs {ce.item():.6f}: OK")
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+def mark(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def fmt(v, spec: str = ".2f", suffix: str = "") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return format(v, spec) + suffix
+
+
+def fmt_ms(v: float) -> str:
+    return f"{v:.1f}" if v >= 10 else f"{v:.3g}"
+
+
+def build_table(rows: list[dict]) -> tuple[str, list[str]]:
+    head = ("| shape | method | fwd ms | fwd+bwd ms | uaal_ext speed-up fwd | "
+            "uaal_ext speed-up fwd+bwd | peak extra mem (x logits) | floor ms fwd / fwd+bwd | "
+            "fwd+bwd / floor | SPEC bars |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    bars = []
+    spec_shapes = {shape_label(parse_shape(s)) for s in FULL_SHAPES.split(",")}
+    for r in rows:
+        bar = ""
+        n_bars = len(bars)
+        fb = r["fwd_bwd_speedup"]
+        if r["method"] == "torch.compile(reference)" and fb is not None:
+            ok = fb >= BAR_VS_COMPILE
+            bar = f"fwd+bwd >= {BAR_VS_COMPILE:g}x: {mark(ok)}"
+            bars.append(f"{r['shape']}: uaal_ext fwd+bwd vs torch.compile(reference) "
+                        f"{fb:.2f}x (bar >= {BAR_VS_COMPILE:g}x): {mark(ok)}")
+        elif r["method"] == "F.cross_entropy" and fb is not None:
+            ok = fb >= BAR_VS_CE
+            bar = f"fwd+bwd >= {BAR_VS_CE:g}x: {mark(ok)}"
+            bars.append(f"{r['shape']}: uaal_ext fwd+bwd vs eager F.cross_entropy "
+                        f"{fb:.2f}x (bar >= {BAR_VS_CE:g}x): {mark(ok)}")
+        elif r["method"] == OURS:
+            parts = []
+            ok = r["fwd_bwd_over_floor"] <= BAR_FLOOR
+            parts.append(f"<= {BAR_FLOOR:g}x floor: {mark(ok)}")
+            bars.append(f"{r['shape']}: uaal_ext fwd+bwd / floor {r['fwd_bwd_over_floor']:.2f}x "
+                        f"(bar <= {BAR_FLOOR:g}x): {mark(ok)}")
+            mem = r["mem_x_logits"]
+            if mem is not None and not math.isnan(mem):
+                ok = mem <= BAR_MEMORY
+                parts.append(f"mem <= {BAR_MEMORY:g}x: {mark(ok)}")
+                bars.append(f"{r['shape']}: uaal_ext peak extra memory {mem:.2f}x logits "
+                            f"(bar <= {BAR_MEMORY:g}x): {mark(ok)}")
+            bar = "; ".join(parts)
+        if r["shape"] not in spec_shapes and bar:  # overheads dominate small shapes
+            bar = "indicative: " + bar
+            bars[n_bars:] = [b + " (indicative: not a SPEC shape)" for b in bars[n_bars:]]
+        lines.append(
+            f"| {r['shape']} | {r['method']} | {fmt_ms(r['fwd_ms'])} | {fmt_ms(r['fwd_bwd_ms'])} | "
+            f"{fmt(r['fwd_speedup'], suffix='x')} | {fmt(r['fwd_bwd_speedup'], suffix='x')} | "
+            f"{fmt(r['mem_x_logits'])} | {fmt_ms(r['floor_fwd_ms'])} / {fmt_ms(r['floor_fwd_bwd_ms'])} | "
+            f"{r['fwd_bwd_over_floor']:.2f}x | {bar} |")
+    return "\n".join(lines), bars
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default=None,
+                   help=f"comma-separated NxCxHxW (default {FULL_SHAPES}; --quick: {QUICK_SHAPES})")
+    p.add_argument("--repeat", type=int, default=None, help="timed rounds, median reported (default 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per method and step")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help="comma-separated subset of: " + ", ".join(METHODS))
+    p.add_argument("--quick", action="store_true", help="small shapes, 3 rounds, 256 MiB copy")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--bw-mib", type=int, default=None, help="copy size for the bandwidth (default 1024)")
+    p.add_argument("--output", default=None,
+                   help="Markdown output (default results/loss_cpu.md, --quick: results/loss_cpu_quick.md)")
+    p.add_argument("--measure-memory", metavar="METHOD", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    shapes = [parse_shape(s) for s in (args.shapes or (QUICK_SHAPES if args.quick else FULL_SHAPES)).split(",")]
+    if args.measure_memory:  # child process: one method, one shape, one JSON line
+        print(json.dumps(measure_memory(args.measure_memory, shapes[0], args.threads)))
+        return 0
+
+    repeat = args.repeat or (3 if args.quick else 5)
+    bw_mib = args.bw_mib or (256 if args.quick else 1024)
+    out_path = Path(args.output) if args.output else RESULTS_DIR / ("loss_cpu_quick.md" if args.quick else "loss_cpu.md")
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if "eager reference" not in names:
+        names.insert(1, "eager reference")  # needed for the correctness check
+    torch.set_num_threads(args.threads)
+
+    out: list[str] = []
+
+    def log(line: str = "") -> None:
+        print(line, flush=True)
+        out.append(line)
+
+    cmdline = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    log("# UAAL cross-entropy, CPU fp32")
+    log()
+    log(f"- command: `{cmdline}`")
+    log(f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    log(f"- torch {torch.__version__}, threads {torch.get_num_threads()}, CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}")
+    try:
+        import uaal_ext
+
+        log(f"- uaal_ext build_info: `{uaal_ext.build_info()}`")
+    except Exception as exc:  # noqa: BLE001
+        if OURS in names:
+            print(f"error: uaal_ext is not importable ({type(exc).__name__}: {exc}); "
+                  f"run with --methods without uaal_ext to time the baselines only", file=sys.stderr)
+            return 2
+    log(f"- setting: ignore_index={IGNORE_INDEX} (~{IGNORED_FRACTION:.0%} of pixels), reduction mean, "
+        f"alpha={ALPHA:g}, exponent={EXPONENT:g}, uncertainty = normalized entropy of the logits")
+    log(f"- timing: median of {repeat} rounds after {args.warmup} warm-up calls, methods interleaved "
+        f"in each round; fwd = training-mode forward (logits require grad), fwd+bwd adds backward() "
+        f"of the mean loss")
+
+    bw = copy_bandwidth(bw_mib << 20, repeat=max(repeat, 5))
+    log(f"- copy bandwidth: {bw / 1e9:.1f} GB/s ({bw_mib} MiB float32 `copy_`, read + write counted, "
+        f"median of {max(repeat, 5)}, {args.threads} threads)")
+    log("- floor: forward reads the logits once (L bytes), backward reads them once and writes the "
+        "gradient once: fwd L/bw, fwd+bwd 3L/bw (targets and per-pixel tensors left out)")
+    log()
+    log("## Correctness (before timing)")
+    log()
+    check_baseline_against_reference(log)
+
+    rows = []
+    memory_note = None
+    held_notes: list[str] = []
+    load_notes: list[str] = []
+    for shape in shapes:
+        label = shape_label(shape)
+        print(f"\n[{label}] building methods (torch.compile compiles now) ...", flush=True)
+        x, t = make_inputs(shape)
+        methods = {name: get_method(name) for name in names}
+        check_correctness(methods, x, t, lambda s: log(f"{s} [{label}]"))
+        for fn in methods.values():  # warm-up (and compilation) for both steps
+            for step in (run_fwd, run_fwd_bwd):
+                for _ in range(args.warmup):
+                    time_once(step, fn, x, t)
+        times = {name: {"fwd": [], "fwd_bwd": []} for name in methods}
+        snap = _cpu_snapshot()
+        for r in range(repeat):
+            print(f"[{label}] round {r + 1}/{repeat}", flush=True)
+            for name, fn in methods.items():
+                times[name]["fwd"].append(time_once(run_fwd, fn, x, t))
+                times[name]["fwd_bwd"].append(time_once(run_fwd_bwd, fn, x, t))
+        busy = other_load(snap, _cpu_snapshot())
+        load_notes.append(f"{label}: other processes used {busy:.0%} of the machine's CPUs during "
+                          f"the timed rounds" + (" -- WARNING: timings disturbed, rerun on an idle "
+                                                 "machine" if busy > 0.1 else ""))
+        x.grad = None
+        logits_bytes = x.numel() * x.element_size()
+        floor_fwd, floor_fb = logits_bytes / bw, 3 * logits_bytes / bw
+        med = {n: {k: statistics.median(v) for k, v in d.items()} for n, d in times.items()}
+        del x, t, methods
+        gc.collect()
+        for name in names:
+            mem = None
+            if not args.no_memory:
+                print(f"[{label}] peak memory: {name} (fresh subprocess) ...", flush=True)
+                m = memory_in_subprocess(name, shape, args.threads)
+                mem = m["extra_x_logits"]
+                held = m.get("held_between_calls_x_logits", 0.0)
+                if held > 0.05:
+                    held_notes.append(f"{label} {name}: keeps {held:.2f}x logits between calls "
+                                      f"(counted in its peak)")
+                memory_note = memory_note or m.get("how")
+                if m.get("how", "").startswith("failed"):
+                    print(f"  {m['how']}", file=sys.stderr)
+            ours = med.get(OURS)
+            rows.append({
+                "shape": label, "method": name,
+                "fwd_ms": med[name]["fwd"] * 1e3, "fwd_bwd_ms": med[name]["fwd_bwd"] * 1e3,
+                "fwd_speedup": med[name]["fwd"] / ours["fwd"] if ours else None,
+                "fwd_bwd_speedup": med[name]["fwd_bwd"] / ours["fwd_bwd"] if ours else None,
+                "mem_x_logits": mem,
+                "floor_fwd_ms": floor_fwd * 1e3, "floor_fwd_bwd_ms": floor_fb * 1e3,
+                "fwd_bwd_over_floor": med[name]["fwd_bwd"] / floor_fb,
+                "logits_bytes": logits_bytes,
+            })
+
+    table, bars = build_table(rows)
+    log()
+    log("## Results")
+    log()
+    log("Speed-up = this method's median time / uaal_ext's median time (> 1: uaal_ext is faster). "
+        "fwd+bwd / floor is this method's fwd+bwd time over the bytes-moved floor.")
+    log()
+    log(table)
+    log()
+    for note in load_notes:
+        log(f"- {note}")
+    log()
+    if args.no_memory:
+        log("Peak memory: not measured (--no-memory).")
+    else:
+        log(f"Peak extra memory: peak RSS during one fwd+bwd (gradient included) minus the RSS "
+            f"with the inputs allocated, in a fresh subprocess per method, after warm-up calls; "
+            f"memory a method keeps between calls counts (torch.compile: baseline after compiling); "
+            f"glibc malloc with MALLOC_MMAP_THRESHOLD_="
+            f"{os.environ.get('MALLOC_MMAP_THRESHOLD_', 128 * 1024)} so freed big blocks go back to "
+            f"the OS; peak read as {memory_note}. Divided by the logits' size.")
+        for note in held_notes:
+            log(f"- {note}")
+    log()
+    if bars:
+        log("## SPEC bars")
+        log()
+        for b in bars:
+            log(f"- {b}")
+        log()
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text("\n".join(out) + "\n")
+    out_path.with_suffix(".json").write_text(json.dumps(
+        {"command": cmdline, "torch": torch.__version__, "threads": args.threads,
+         "bandwidth_bytes_per_s": bw, "rows": rows}, indent=1) + "\n")
+    print(f"\nwritten: {out_path} (and {out_path.with_suffix('.json').name})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

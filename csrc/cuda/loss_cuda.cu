@@ -1,0 +1,253 @@
+// CUDA implementations of the uaal_ext ops. One thread per pixel; consecutive threads take
+// consecutive pixels, so in NCHW every channel's load is coalesced. The per-pixel math is
+// uaal_math.h's (the same code the CPU tests exercise); this file only maps threads to pixels,
+// reduces per-block sums and launches.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/macros/Macros.h>
+#include <torch/library.h>
+
+#include <cub/block/block_reduce.cuh>
+
+#include "op_common.h"
+
+namespace uaal::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ void pixel_offsets(const PixelGeometry& g, int64_t pixel, int64_t& in_offset,
+                                              int64_t& out_offset) {
+  in_offset = 0;
+  out_offset = 0;
+  for (int d = g.ndim - 1; d >= 0; --d) {
+    const int64_t i = pixel % g.size[d];
+    pixel /= g.size[d];
+    in_offset += i * g.in_stride[d];
+    out_offset += i * g.out_stride[d];
+  }
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t class_weight_of(const CrossEntropyProblem& pr, int64_t c) {
+  return pr.class_weight ? static_cast<const acc_t*>(pr.class_weight)[c] : acc_t(1);
+}
+
+template <typename acc_t, UncertaintySource kSource>
+__device__ __forceinline__ acc_t pixel_weight(const CrossEntropyProblem& pr, int64_t pixel, acc_t entropy) {
+  if constexpr (kSource == UncertaintySource::kNone) {
+    return acc_t(1);
+  } else {
+    acc_t u = entropy;
+    if constexpr (kSource == UncertaintySource::kMap) {
+      u = static_cast<const acc_t*>(pr.uncertainty)[pixel];
+      CUDA_KERNEL_ASSERT(!(u < acc_t(0)) && "uaal_cross_entropy: uncertainty must be >= 0");
+    }
+    return uncertainty_weight(u, acc_t(pr.inv_scale), acc_t(pr.alpha), acc_t(pr.exponent), acc_t(pr.s_max));
+  }
+}
+
+// What the forward sums over valid pixels: w l, c_y and c_y w.
+template <typename acc_t>
+struct LossSums {
+  acc_t loss, target_weight, weighted_target_weight;
+  __device__ __forceinline__ LossSums operator+(const LossSums& o) const {
+    return {loss + o.loss, target_weight + o.target_weight, weighted_target_weight + o.weighted_target_weight};
+  }
+};
+
+template <typename scalar_t, typename acc_t, UncertaintySource kSource, bool kSmoothing>
+__global__ void __launch_bounds__(kThreads)
+    cross_entropy_forward_kernel(const CrossEntropyProblem pr, acc_t* block_sums) {
+  const PixelGeometry& g = pr.geometry;
+  const int64_t pixel = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  acc_t loss = 0, target_weight = 0, weighted_target_weight = 0;
+  if (pixel < g.num_pixels) {
+    int64_t in_offset, unused;
+    pixel_offsets(g, pixel, in_offset, unused);
+    const scalar_t* z = static_cast<const scalar_t*>(pr.input) + in_offset;
+    OnlineSoftmax<acc_t> stats;
+    OnlineShiftedSum<acc_t> shifted_sum;
+    for (int64_t c = 0; c < g.num_classes; ++c) {
+      const auto step = stats.update(static_cast<acc_t>(z[c * g.in_channel_stride]));
+      if constexpr (kSmoothing) shifted_sum.update(step, class_weight_of<acc_t>(pr, c));
+    }
+    const acc_t log_normalizer = stats.log_normalizer();
+    static_cast<acc_t*>(pr.log_normalizer)[pixel] = log_normalizer;
+    const int64_t y = read_target(pr.target, pr.target_type, pixel);
+    if (y != pr.ignore_index) {
+      CUDA_KERNEL_ASSERT(y >= 0 && y < g.num_classes && "uaal_cross_entropy: target outside [0, C)");
+      const acc_t w = pixel_weight<acc_t, kSource>(pr, pixel, kSource == UncertaintySource::kEntropy ? stats.entropy() : acc_t(0));
+      target_weight = class_weight_of<acc_t>(pr, y);
+      loss = w * pixel_cross_entropy<kSmoothing>(stats.max, log_normalizer, static_cast<acc_t>(z[y * g.in_channel_stride]),
+                                                 target_weight, shifted_sum.weight_seen, shifted_sum.value,
+                                                 acc_t(pr.label_smoothing), acc_t(1) / static_cast<acc_t>(g.num_classes));
+      weighted_target_weight = target_weight * w;
+    }
+    if (pr.pixel_loss) static_cast<acc_t*>(pr.pixel_loss)[pixel] = loss;
+  }
+  // Per-block partial sums, added up by the host in a fixed order: deterministic, no atomics.
+  using BlockReduce = cub::BlockReduce<LossSums<acc_t>, kThreads>;
+  __shared__ typename BlockReduce::TempStorage scratch;
+  const LossSums<acc_t> total = BlockReduce(scratch).Sum(LossSums<acc_t>{loss, target_weight, weighted_target_weight});
+  if (threadIdx.x == 0) {
+    block_sums[3 * blockIdx.x + 0] = total.loss;
+    block_sums[3 * blockIdx.x + 1] = total.target_weight;
+    block_sums[3 * blockIdx.x + 2] = total.weighted_target_weight;
+  }
+}
+
+template <typename scalar_t, typename acc_t, UncertaintySource kSource, bool kSmoothing>
+__global__ void __launch_bounds__(kThreads) cross_entropy_backward_kernel(const CrossEntropyProblem pr) {
+  const PixelGeometry& g = pr.geometry;
+  const int64_t pixel = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (pixel >= g.num_pixels) return;
+  int64_t in_offset, out_offset;
+  pixel_offsets(g, pixel, in_offset, out_offset);
+  const scalar_t* z = static_cast<const scalar_t*>(pr.input) + in_offset;
+  scalar_t* grad_out = static_cast<scalar_t*>(pr.grad_input) + out_offset;
+  const acc_t log_normalizer = static_cast<const acc_t*>(pr.log_normalizer)[pixel];
+
+  // Pass 0: the pixel's max logit again (cheaper to recompute than to store: memory bound).
+  acc_t max = OnlineSoftmax<acc_t>::initial_max();
+  for (int64_t c = 0; c < g.num_classes; ++c) max = Lanes<acc_t>::maximum(max, static_cast<acc_t>(z[c * g.in_channel_stride]));
+  // Pass 1 (only when needed): the entropy for the weight, the class-weight total for smoothing.
+  acc_t entropy = 0, class_weight_total = 0;
+  if constexpr (kSource == UncertaintySource::kEntropy || kSmoothing) {
+    for (int64_t c = 0; c < g.num_classes; ++c) {
+      if constexpr (kSource == UncertaintySource::kEntropy) {
+        const acc_t log_p = log_probability(static_cast<acc_t>(z[c * g.in_channel_stride]), max, log_normalizer);
+        entropy += entropy_term(Lanes<acc_t>::exp(log_p), log_p);
+      }
+      if constexpr (kSmoothing) class_weight_total += class_weight_of<acc_t>(pr, c);
+    }
+  }
+  const int64_t y = read_target(pr.target, pr.target_type, pixel);
+  acc_t target_coef = 0, smooth_coef = 0;
+  if (y != pr.ignore_index) {
+    CUDA_KERNEL_ASSERT(y >= 0 && y < g.num_classes && "uaal_cross_entropy: target outside [0, C)");
+    const acc_t scaled_grad = static_cast<const acc_t*>(pr.grad)[pixel * pr.grad_stride] *
+                                  pixel_weight<acc_t, kSource>(pr, pixel, entropy) +
+                              nan_if_not_finite(log_normalizer);
+    target_coef = scaled_grad * (acc_t(1) - acc_t(pr.label_smoothing)) * class_weight_of<acc_t>(pr, y);
+    smooth_coef = scaled_grad * acc_t(pr.label_smoothing) / static_cast<acc_t>(g.num_classes);
+  }
+  // Pass 2: re-reads the pixel's logits (from L1/L2) and writes the gradient once.
+  for (int64_t c = 0; c < g.num_classes; ++c) {
+    const acc_t p = Lanes<acc_t>::exp(log_probability(static_cast<acc_t>(z[c * g.in_channel_stride]), max, log_normalizer));
+    const acc_t grad = cross_entropy_logit_grad<kSmoothing>(p, c == y, target_coef, smooth_coef, class_weight_total,
+                                                            class_weight_of<acc_t>(pr, c));
+    grad_out[c * g.out_channel_stride] = static_cast<scalar_t>(grad);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads) pixel_entropy_kernel(const EntropyProblem pr) {
+  const PixelGeometry& g = pr.geometry;
+  const int64_t pixel = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (pixel >= g.num_pixels) return;
+  int64_t in_offset, unused;
+  pixel_offsets(g, pixel, in_offset, unused);
+  const scalar_t* z = static_cast<const scalar_t*>(pr.input) + in_offset;
+  OnlineSoftmax<acc_t> stats;
+  for (int64_t c = 0; c < g.num_classes; ++c) stats.update(static_cast<acc_t>(z[c * g.in_channel_stride]));
+  static_cast<acc_t*>(pr.entropy)[pixel] = stats.entropy() * acc_t(pr.scale);
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads) pixel_entropy_backward_kernel(const EntropyProblem pr) {
+  const PixelGeometry& g = pr.geometry;
+  const int64_t pixel = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (pixel >= g.num_pixels) return;
+  int64_t in_offset, out_offset;
+  pixel_offsets(g, pixel, in_offset, out_offset);
+  const scalar_t* z = static_cast<const scalar_t*>(pr.input) + in_offset;
+  scalar_t* grad_out = static_cast<scalar_t*>(pr.grad_input) + out_offset;
+  OnlineSoftmax<acc_t> stats;
+  for (int64_t c = 0; c < g.num_classes; ++c) stats.update(static_cast<acc_t>(z[c * g.in_channel_stride]));
+  const acc_t log_normalizer = stats.log_normalizer();
+  const acc_t entropy = stats.entropy();
+  const acc_t grad_scale = static_cast<const acc_t*>(pr.grad)[pixel] * acc_t(pr.scale) + nan_if_not_finite(log_normalizer);
+  for (int64_t c = 0; c < g.num_classes; ++c) {
+    const acc_t log_p = log_probability(static_cast<acc_t>(z[c * g.in_channel_stride]), stats.max, log_normalizer);
+    grad_out[c * g.out_channel_stride] =
+        static_cast<scalar_t>(entropy_logit_grad(Lanes<acc_t>::exp(log_p), log_p, entropy, grad_scale));
+  }
+}
+
+unsigned int blocks_for(int64_t num_pixels) {
+  return static_cast<unsigned int>((num_pixels + kThreads - 1) / kThreads);
+}
+
+struct CudaLauncher {
+  struct Guard {
+    c10::cuda::CUDAGuard device_guard;
+    explicit Guard(const at::Tensor& input) : device_guard(input.device()) {}
+  };
+
+  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) { return at::empty(sizes, options); }
+  static at::Tensor empty_like(const at::Tensor& like) { return at::empty_like(like); }
+
+  static at::Tensor cross_entropy_forward(const CrossEntropyProblem& pr, const at::TensorOptions& options) {
+    const unsigned int blocks = blocks_for(pr.geometry.num_pixels);
+    if (blocks == 0) return at::zeros({3}, options);
+    at::Tensor block_sums = at::empty({static_cast<int64_t>(blocks), 3}, options);
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    dispatch_float_type(pr.input_type, [&](auto scalar, auto acc) {
+      using scalar_t = decltype(scalar);
+      using acc_t = decltype(acc);
+      dispatch_variant(pr.source, pr.smoothing(), [&](auto source, auto smoothing) {
+        cross_entropy_forward_kernel<scalar_t, acc_t, decltype(source)::value, decltype(smoothing)::value>
+            <<<blocks, kThreads, 0, stream>>>(pr, block_sums.data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+    return block_sums.to(at::kDouble).sum(0).to(options.dtype());
+  }
+
+  static void cross_entropy_backward(const CrossEntropyProblem& pr) {
+    const unsigned int blocks = blocks_for(pr.geometry.num_pixels);
+    if (blocks == 0) return;
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    dispatch_float_type(pr.input_type, [&](auto scalar, auto acc) {
+      dispatch_variant(pr.source, pr.smoothing(), [&](auto source, auto smoothing) {
+        cross_entropy_backward_kernel<decltype(scalar), decltype(acc), decltype(source)::value,
+                                      decltype(smoothing)::value><<<blocks, kThreads, 0, stream>>>(pr);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+  }
+
+  static void pixel_entropy_forward(const EntropyProblem& pr) {
+    const unsigned int blocks = blocks_for(pr.geometry.num_pixels);
+    if (blocks == 0) return;
+    dispatch_float_type(pr.input_type, [&](auto scalar, auto acc) {
+      pixel_entropy_kernel<decltype(scalar), decltype(acc)>
+          <<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(pr);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+
+  static void pixel_entropy_backward(const EntropyProblem& pr) {
+    const unsigned int blocks = blocks_for(pr.geometry.num_pixels);
+    if (blocks == 0) return;
+    dispatch_float_type(pr.input_type, [&](auto scalar, auto acc) {
+      pixel_entropy_backward_kernel<decltype(scalar), decltype(acc)>
+          <<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(pr);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+};
+
+}  // namespace
+}  // namespace uaal::cuda
+
+TORCH_LIBRARY_IMPL(uaal_ext, CUDA, m) {
+  using uaal::cuda::CudaLauncher;
+  m.impl("cross_entropy_forward", &uaal::cross_entropy_forward_op<CudaLauncher>);
+  m.impl("cross_entropy_backward", &uaal::cross_entropy_backward_op<CudaLauncher>);
+  m.impl("pixel_entropy", &uaal::pixel_entropy_op<CudaLauncher>);
+  m.impl("pixel_entropy_backward", &uaal::pixel_entropy_backward_op<CudaLauncher>);
+}
