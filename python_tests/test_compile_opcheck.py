@@ -68,7 +68,7 @@ def test_forward_op_contract(device, case, seed):
 
     valid = target != kwargs["ignore_index"]
     assert log_normalizer.dtype == acc and log_normalizer.shape == target.shape
-    # lse relative to the pixel's max logit
+    # Relative to the max logit, so a large common offset of the logits costs no precision.
     assert_close(log_normalizer[valid], (torch.logsumexp(x64, dim=1) - x64.amax(dim=1))[valid], acc)
 
     c_all = torch.ones(x.shape[1], dtype=torch.float64, device=device) if c64 is None else c64
