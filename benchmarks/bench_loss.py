@@ -386,7 +386,7 @@ def build_table(rows: list[dict]) -> tuple[str, list[str]]:
             if mem is not None and not math.isnan(mem):
                 ok = mem <= BAR_MEMORY
                 parts.append(f"mem <= {BAR_MEMORY:g}x: {mark(ok)}")
-                bars.append(f"{r['shape']}: uaal_ext peak extra memory {mem:.2f}x logits "
+                bars.append(f"{r['shape']}: uaal_ext peak extra memory {mem:.3f}x logits "
                             f"(bar <= {BAR_MEMORY:g}x): {mark(ok)}")
             bar = "; ".join(parts)
         if r["shape"] not in spec_shapes and bar:  # overheads dominate small shapes
@@ -395,7 +395,7 @@ def build_table(rows: list[dict]) -> tuple[str, list[str]]:
         lines.append(
             f"| {r['shape']} | {r['method']} | {fmt_ms(r['fwd_ms'])} | {fmt_ms(r['fwd_bwd_ms'])} | "
             f"{fmt(r['fwd_speedup'], suffix='x')} | {fmt(r['fwd_bwd_speedup'], suffix='x')} | "
-            f"{fmt(r['mem_x_logits'])} | {fmt_ms(r['floor_fwd_ms'])} / {fmt_ms(r['floor_fwd_bwd_ms'])} | "
+            f"{fmt(r['mem_x_logits'], '.3f')} | {fmt_ms(r['floor_fwd_ms'])} / {fmt_ms(r['floor_fwd_bwd_ms'])} | "
             f"{r['fwd_bwd_over_floor']:.2f}x | {bar} |")
     return "\n".join(lines), bars
 

@@ -180,6 +180,8 @@ inline PreparedCrossEntropy prepare_cross_entropy(const at::Tensor& input, const
 
 // ---- op bodies, shared by the backends ---------------------------------------------------------
 // Launcher::cross_entropy_forward(problem, options) -> Tensor (3,) {sum w l, sum c_y, sum c_y w}
+// (writing the gradient too when problem.grad_input is set), Launcher::target_weight_total(prepared,
+// options) -> 0-dim sum of c_y over valid pixels,
 // Launcher::cross_entropy_backward(problem), ::pixel_entropy_forward(problem),
 // ::pixel_entropy_backward(problem); Launcher::empty(sizes, options) and ::empty_like(tensor)
 // allocate the outputs (at::empty_like's layout); Launcher::Guard(input) makes input's device current.
@@ -230,6 +232,34 @@ at::Tensor cross_entropy_backward_op(const at::Tensor& grad, const at::Tensor& i
   pr.grad_input = grad_input.data_ptr();
   Launcher::cross_entropy_backward(pr);
   return grad_input;
+}
+
+// The loss and its gradient in one pass over the logits, for the common training call (scalar
+// reduction, logits that need a gradient): the gradient is written while the block is still in
+// cache and autograd returns it as it is when the incoming gradient is 1. Traffic: one read of the
+// logits and one write of the gradient, against two reads and a write for forward + backward.
+template <typename Launcher>
+std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_backward_op(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& uncertainty,
+    const std::optional<at::Tensor>& weight, int64_t ignore_index, double label_smoothing, double alpha,
+    double exponent, double inv_scale, double s_max, bool mean) {
+  typename Launcher::Guard guard(input);
+  PreparedCrossEntropy prep = prepare_cross_entropy(
+      input, target, uncertainty, weight, {ignore_index, label_smoothing, alpha, exponent, inv_scale, s_max});
+  const auto options = input.options().dtype(accumulation_type(input.scalar_type()));
+  at::Tensor grad_input = Launcher::empty_like(prep.input);
+  TORCH_INTERNAL_ASSERT(make_geometry(prep.input, grad_input, prep.problem.geometry));
+  // The gradient of the mean needs its denominator before the first pixel is written: a cheap
+  // pre-pass over the targets (C times fewer bytes than the logits).
+  const at::Tensor grad_scale =
+      mean ? at::reciprocal(Launcher::target_weight_total(prep, options)) : at::ones({}, options);
+  CrossEntropyProblem& pr = prep.problem;
+  pr.grad = grad_scale.data_ptr();
+  pr.grad_stride = 0;
+  pr.grad_input = grad_input.data_ptr();
+  at::Tensor totals = Launcher::cross_entropy_forward(pr, options);
+  at::Tensor loss = mean ? totals.select(0, 0) / totals.select(0, 1) : totals.select(0, 0).clone();
+  return {loss, grad_input};
 }
 
 inline double entropy_scale(const at::Tensor& input, bool normalized) {

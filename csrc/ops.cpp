@@ -4,9 +4,41 @@
 #include <Python.h>
 #include <torch/library.h>
 
-// Importing uaal_ext._C runs the static registrations below; the module itself is empty.
+#ifndef UAAL_VERSION  // set by CMakeLists.txt
+#define UAAL_VERSION "unknown"
+#define UAAL_CUDA_ARCHS ""
+#define UAAL_CUDA_COMPILER_VERSION ""
+#define UAAL_CPU_CAPABILITIES ""
+#define UAAL_TORCH_VERSION ""
+#define UAAL_TORCH_CUDA_VERSION ""
+#define UAAL_BUILD_TYPE ""
+#endif
+
+namespace {
+
+// What this binary contains (uaal_ext.build_info() reads it), as strings; lists are comma-separated.
+PyObject* build_config(PyObject*, PyObject*) {
+#ifdef UAAL_WITH_CUDA
+  PyObject* cuda = Py_True;
+#else
+  PyObject* cuda = Py_False;
+#endif
+  return Py_BuildValue("{s:s,s:O,s:s,s:s,s:s,s:s,s:s,s:s}", "version", UAAL_VERSION, "cuda", cuda, "cuda_archs",
+                       UAAL_CUDA_ARCHS, "cuda_compiler_version", UAAL_CUDA_COMPILER_VERSION, "cpu_capabilities",
+                       UAAL_CPU_CAPABILITIES, "torch_version", UAAL_TORCH_VERSION, "torch_cuda_version",
+                       UAAL_TORCH_CUDA_VERSION, "build_type", UAAL_BUILD_TYPE);
+}
+
+PyMethodDef methods[] = {
+    {"build_config", build_config, METH_NOARGS, "What this build of uaal_ext contains."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+}  // namespace
+
+// Importing uaal_ext._C runs the static registrations below and gives build_config().
 extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module);
 }
 
@@ -30,6 +62,12 @@ TORCH_LIBRARY(uaal_ext, m) {
       "cross_entropy_backward(Tensor grad, Tensor input, Tensor target, Tensor log_normalizer, Tensor? uncertainty, "
       "Tensor? weight, int ignore_index, float label_smoothing, float alpha, float exponent, "
       "float inv_scale, float s_max) -> Tensor");
+  // The reduced loss (sum, or with `mean` the sum divided by sum c_y) and its gradient with respect
+  // to `input`, in one pass over the logits: for training steps whose incoming gradient is a scalar.
+  m.def(
+      "cross_entropy_forward_backward(Tensor input, Tensor target, Tensor? uncertainty, Tensor? weight, "
+      "int ignore_index, float label_smoothing, float alpha, float exponent, float inv_scale, float s_max, "
+      "bool mean) -> (Tensor loss, Tensor grad_input)");
   // Softmax entropy over dim 1 per pixel, optionally divided by log C.
   m.def("pixel_entropy(Tensor input, bool normalized) -> Tensor");
   m.def("pixel_entropy_backward(Tensor grad, Tensor input, bool normalized) -> Tensor");

@@ -36,6 +36,12 @@ def _cross_entropy_backward_fake(grad, input, target, log_normalizer, uncertaint
     return torch.empty_like(input)
 
 
+@torch.library.register_fake("uaal_ext::cross_entropy_forward_backward")
+def _cross_entropy_forward_backward_fake(input, target, uncertainty, weight, ignore_index, label_smoothing, alpha,
+                                         exponent, inv_scale, s_max, mean):
+    return input.new_empty((), dtype=_accumulation_dtype(input.dtype)), torch.empty_like(input)
+
+
 @torch.library.register_fake("uaal_ext::pixel_entropy")
 def _pixel_entropy_fake(input, normalized):
     return input.new_empty(_pixel_shape(input))
@@ -54,18 +60,59 @@ def _cross_entropy_setup_context(ctx, inputs, output):
     # The UAAL weight and the class weights are constants for autograd (SPEC section 2), so the
     # mean's denominators carry no gradient.
     ctx.mark_non_differentiable(log_normalizer, sums)
+    # Without this autograd hands the backward a zero tensor for each unused output: a per-pixel
+    # allocation the size of log_normalizer, for nothing.
+    ctx.set_materialize_grads(False)
 
 
-def _cross_entropy_backward(ctx, grad_loss, _grad_lse, _grad_sums):
+def _cross_entropy_backward(ctx, grad_loss, _grad_log_normalizer, _grad_sums):
     input, target, uncertainty, weight, log_normalizer = ctx.saved_tensors
     grad_input = None
-    if ctx.needs_input_grad[0]:
-        grad_input = _ops.cross_entropy_backward(grad_loss, input, target, log_normalizer, uncertainty, weight, *ctx.scalars)
+    if ctx.needs_input_grad[0] and grad_loss is not None:
+        grad_input = _ops.cross_entropy_backward(
+            grad_loss, input, target, log_normalizer, uncertainty, weight, *ctx.scalars
+        )
     return (grad_input,) + (None,) * 10
 
 
 torch.library.register_autograd(
     "uaal_ext::cross_entropy_forward", _cross_entropy_backward, setup_context=_cross_entropy_setup_context
+)
+
+
+def _forward_backward_setup_context(ctx, inputs, output):
+    _, grad_input = output
+    ctx.save_for_backward(grad_input)
+    ctx.mark_non_differentiable(grad_input)
+    ctx.set_materialize_grads(False)
+
+
+def _is_one(grad: torch.Tensor) -> bool:
+    """Whether ``grad`` is a CPU scalar equal to 1, checked only where reading it is free: on the
+    CPU, in eager mode (a traced graph cannot branch on data; a GPU read would synchronise)."""
+    return (
+        type(grad) is torch.Tensor
+        and grad.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and grad.item() == 1.0
+    )
+
+
+def _forward_backward_backward(ctx, grad_loss, _grad_of_grad_input):
+    (grad_input,) = ctx.saved_tensors
+    if grad_loss is None or not ctx.needs_input_grad[0]:
+        return (None,) * 11
+    # loss.backward() passes 1: the gradient computed in the forward is the answer, as it is.
+    # Autograd never writes into the gradients it passes along, so sharing the buffer is safe.
+    if not _is_one(grad_loss):
+        grad_input = grad_input * grad_loss.to(grad_input.dtype)
+    return (grad_input,) + (None,) * 10
+
+
+torch.library.register_autograd(
+    "uaal_ext::cross_entropy_forward_backward",
+    _forward_backward_backward,
+    setup_context=_forward_backward_setup_context,
 )
 
 

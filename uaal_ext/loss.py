@@ -83,7 +83,7 @@ def uaal_cross_entropy(
         input, target = input.unsqueeze(0), target.unsqueeze(0)
         uncertainty = uncertainty.unsqueeze(0) if uncertainty is not None else None
     num_classes = input.shape[1] if input.dim() >= 2 else 0
-    loss, _, sums = torch.ops.uaal_ext.cross_entropy_forward(
+    args = (
         input,
         target,
         uncertainty,
@@ -94,8 +94,19 @@ def uaal_cross_entropy(
         float(exponent),
         _inverse_scale(uncertainty_scale, uncertainty is None, num_classes),
         math.inf if s_max is None else float(s_max),
-        reduction != "none",
     )
+    fuses_backward = (
+        torch.is_grad_enabled()
+        and input.requires_grad
+        and reduction != "none"
+        and not (reduction == "mean" and normalize_by_weight)
+    )
+    if fuses_backward:
+        # A training step: the gradient is computed while the logits are in cache (see
+        # cross_entropy_forward_backward in csrc/ops.cpp); backward() then costs nothing.
+        loss, _ = torch.ops.uaal_ext.cross_entropy_forward_backward(*args, reduction == "mean")
+        return loss.to(input.dtype)
+    loss, _, sums = torch.ops.uaal_ext.cross_entropy_forward(*args, reduction != "none")
     if reduction == "mean":
         loss = loss / sums[1 if normalize_by_weight else 0]
     elif reduction == "none" and unbatched:

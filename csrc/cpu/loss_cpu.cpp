@@ -43,6 +43,9 @@ struct CpuLauncher {
     return at::tensor({sums[0], sums[1], sums[2]}, at::TensorOptions().dtype(at::kDouble)).to(options.dtype());
   }
   static void cross_entropy_backward(const CrossEntropyProblem& pr) { best_kernel_table().cross_entropy_backward(pr); }
+  static at::Tensor target_weight_total(const PreparedCrossEntropy& prep, const at::TensorOptions& options) {
+    return at::scalar_tensor(best_kernel_table().target_weight_total(prep.problem), options);
+  }
   static void pixel_entropy_forward(const EntropyProblem& pr) { best_kernel_table().pixel_entropy_forward(pr); }
   static void pixel_entropy_backward(const EntropyProblem& pr) { best_kernel_table().pixel_entropy_backward(pr); }
 };
@@ -54,6 +57,7 @@ TORCH_LIBRARY_IMPL(uaal_ext, CPU, m) {
   using uaal::cpu::CpuLauncher;
   m.impl("cross_entropy_forward", &uaal::cross_entropy_forward_op<CpuLauncher>);
   m.impl("cross_entropy_backward", &uaal::cross_entropy_backward_op<CpuLauncher>);
+  m.impl("cross_entropy_forward_backward", &uaal::cross_entropy_forward_backward_op<CpuLauncher>);
   m.impl("pixel_entropy", &uaal::pixel_entropy_op<CpuLauncher>);
   m.impl("pixel_entropy_backward", &uaal::pixel_entropy_backward_op<CpuLauncher>);
 }

@@ -65,6 +65,7 @@ void parallel_blocks(const PixelGeometry& g, int64_t block_pixels, const Body& b
       }
       body(b, row * inner + start, std::min(block_pixels, inner - start), in_offset, out_offset);
     }
+    streaming_fence();
   });
 }
 
@@ -90,11 +91,32 @@ BlockRows<acc_t> load_rows(const PixelGeometry& g, const scalar_t* input, int64_
   return {staging, P};
 }
 
-// Whether a block's gradient rows can be stored straight into the output.
+// How a block's gradient rows reach the output: through the staging buffer (other dtypes, strided
+// layouts, partial blocks), stored straight into it, or with streaming stores when the output is far
+// larger than the caches and the rows are aligned.
+enum class OutputPath { kStaged, kDirect, kStreaming };
+
+constexpr int64_t kStreamingBytes = int64_t(8) << 20;
+
 template <typename scalar_t, typename acc_t>
-bool writes_in_place(const PixelGeometry& g, int64_t count) {
-  return std::is_same_v<scalar_t, acc_t> && g.out_stride[g.ndim - 1] == 1 &&
-         count == pixels_per_block<acc_t>();
+OutputPath output_path(const PixelGeometry& g, const scalar_t* out, int64_t offset, int64_t count) {
+  if (!std::is_same_v<scalar_t, acc_t> || g.out_stride[g.ndim - 1] != 1 || count != pixels_per_block<acc_t>()) {
+    return OutputPath::kStaged;
+  }
+  constexpr int64_t kVectorBytes = sizeof(Vectorized<acc_t>);
+  const bool aligned = reinterpret_cast<uintptr_t>(out + offset) % kVectorBytes == 0 &&
+                       (g.out_channel_stride * int64_t(sizeof(acc_t))) % kVectorBytes == 0;
+  const bool large = g.num_pixels * g.num_classes * int64_t(sizeof(acc_t)) >= kStreamingBytes;
+  return aligned && large ? OutputPath::kStreaming : OutputPath::kDirect;
+}
+
+template <typename acc_t>
+void store_vector(const Vectorized<acc_t>& v, acc_t* dst, OutputPath path) {
+  if (path == OutputPath::kStreaming) {
+    store_streaming(v, dst);
+  } else {
+    v.store(dst);
+  }
 }
 
 template <typename scalar_t, typename acc_t>
@@ -129,29 +151,64 @@ struct BlockTargets {
   void gather(const CrossEntropyProblem& pr, const BlockRows<acc_t>& rows, int64_t first, int64_t count) {
     const int64_t C = pr.geometry.num_classes;
     const auto* class_weight = static_cast<const acc_t*>(pr.class_weight);
-    const auto* uncertainty_map = static_cast<const acc_t*>(pr.uncertainty);
+    int64_t y[P];
+    read_targets(pr, first, count, y);
+    // Branch-free over the lanes so the compiler can vectorise it; a bad target is reported after.
+    bool out_of_range = false;
     for (int64_t l = 0; l < P; ++l) {
-      const int64_t pixel = first + l;
-      const int64_t y = l < count ? read_target(pr.target, pr.target_type, pixel) : pr.ignore_index;
-      const bool is_valid = l < count && y != pr.ignore_index;
-      if (is_valid && (y < 0 || y >= C)) {
-        TORCH_CHECK_VALUE(false, "uaal_cross_entropy: target holds class ", y, " at pixel ", pixel,
-                          " (flat index over (N, *spatial)), outside [0, ", C,
-                          ") and not ignore_index (", pr.ignore_index, ")");
-      }
+      const bool is_valid = y[l] != pr.ignore_index;
+      const bool in_range = y[l] >= 0 && y[l] < C;
+      out_of_range |= is_valid && !in_range;
+      const int64_t safe_class = is_valid && in_range ? y[l] : 0;
       valid[l] = is_valid ? acc_t(1) : acc_t(0);
-      target_class[l] = is_valid ? static_cast<acc_t>(y) : acc_t(-1);
-      target_weight[l] = is_valid ? (class_weight ? class_weight[y] : acc_t(1)) : acc_t(0);
-      if constexpr (kNeedLogit) target_logit[l] = is_valid ? rows.row(y)[l] : acc_t(0);
-      if constexpr (kSource == UncertaintySource::kMap) {
-        const acc_t u = l < count ? uncertainty_map[pixel] : acc_t(0);
-        if (is_valid && u < acc_t(0)) {
-          TORCH_CHECK_VALUE(false, "uaal_cross_entropy: uncertainty must be >= 0, got ", u, " at pixel ",
-                            pixel, " (flat index over (N, *spatial))");
-        }
-        uncertainty[l] = u;
+      target_class[l] = is_valid ? static_cast<acc_t>(y[l]) : acc_t(-1);
+      target_weight[l] = is_valid ? (class_weight ? class_weight[safe_class] : acc_t(1)) : acc_t(0);
+      if constexpr (kNeedLogit) target_logit[l] = is_valid ? rows.row(safe_class)[l] : acc_t(0);
+    }
+    if (out_of_range) report_bad_target(pr, first, y);
+    if constexpr (kSource == UncertaintySource::kMap) {
+      const auto* uncertainty_map = static_cast<const acc_t*>(pr.uncertainty);
+      bool negative = false;
+      for (int64_t l = 0; l < P; ++l) {
+        uncertainty[l] = l < count ? uncertainty_map[first + l] : acc_t(0);
+        negative |= valid[l] != acc_t(0) && uncertainty[l] < acc_t(0);
+      }
+      if (negative) report_negative_uncertainty(first);
+    }
+  }
+
+  // Targets of the block's pixels; lanes past `count` read as ignore_index.
+  static void read_targets(const CrossEntropyProblem& pr, int64_t first, int64_t count, int64_t* y) {
+    auto copy = [&](const auto* target) {
+      for (int64_t l = 0; l < P; ++l) y[l] = l < count ? static_cast<int64_t>(target[first + l]) : pr.ignore_index;
+    };
+    switch (pr.target_type) {
+      case IndexType::kInt64: return copy(static_cast<const int64_t*>(pr.target));
+      case IndexType::kInt32: return copy(static_cast<const int32_t*>(pr.target));
+      default: return copy(static_cast<const uint8_t*>(pr.target));
+    }
+  }
+
+  [[noreturn]] static void report_bad_target(const CrossEntropyProblem& pr, int64_t first, const int64_t* y) {
+    const int64_t C = pr.geometry.num_classes;
+    for (int64_t l = 0; l < P; ++l) {
+      if (y[l] != pr.ignore_index && (y[l] < 0 || y[l] >= C)) {
+        TORCH_CHECK_VALUE(false, "uaal_cross_entropy: target holds class ", y[l], " at pixel ", first + l,
+                          " (flat index over (N, *spatial)), outside [0, ", C, ") and not ignore_index (",
+                          pr.ignore_index, ")");
       }
     }
+    TORCH_INTERNAL_ASSERT(false, "unreachable");
+  }
+
+  [[noreturn]] void report_negative_uncertainty(int64_t first) const {
+    for (int64_t l = 0; l < P; ++l) {
+      if (valid[l] != acc_t(0) && uncertainty[l] < acc_t(0)) {
+        TORCH_CHECK_VALUE(false, "uaal_cross_entropy: uncertainty must be >= 0, got ", uncertainty[l], " at pixel ",
+                          first + l, " (flat index over (N, *spatial))");
+      }
+    }
+    TORCH_INTERNAL_ASSERT(false, "unreachable");
   }
 
   void gather_grad(const CrossEntropyProblem& pr, int64_t first, int64_t count) {
@@ -177,6 +234,55 @@ int lanes_left(int64_t count, int u) {
   return static_cast<int>(std::clamp<int64_t>(count - u * Vectorized<acc_t>::size(), 0, Vectorized<acc_t>::size()));
 }
 
+// Per-pixel state the gradient of a block needs, one vector per kVectorsPerBlock lanes group.
+template <typename acc_t>
+struct BlockSoftmax {
+  Vectorized<acc_t> max[kVectorsPerBlock];
+  Vectorized<acc_t> log_normalizer[kVectorsPerBlock];
+  Vectorized<acc_t> weight[kVectorsPerBlock];  // the UAAL weight w
+};
+
+// Writes d(g w l)/dz for every class of a block, shared by the fused forward and the backward:
+// p = exp(log p) recomputed from the logits held in cache, the gradient stored once.
+template <typename scalar_t, typename acc_t, bool kSmoothing>
+void write_block_gradient(const CrossEntropyProblem& pr, const BlockRows<acc_t>& rows, const BlockTargets<acc_t>& t,
+                          const BlockSoftmax<acc_t>& softmax, acc_t class_weight_total, int64_t count,
+                          int64_t out_offset, acc_t* staging) {
+  using Vec = Vectorized<acc_t>;
+  using L = Lanes<Vec>;
+  constexpr int W = Vec::size();
+  constexpr int P = pixels_per_block<acc_t>();
+  const PixelGeometry& g = pr.geometry;
+  const auto* class_weight = static_cast<const acc_t*>(pr.class_weight);
+  auto* out = static_cast<scalar_t*>(pr.grad_input);
+  const acc_t target_share = acc_t(1) - acc_t(pr.label_smoothing);
+  const acc_t smooth_share = acc_t(pr.label_smoothing) / static_cast<acc_t>(g.num_classes);
+
+  Vec target_coef[kVectorsPerBlock], smooth_coef[kVectorsPerBlock], target_class[kVectorsPerBlock];
+  for (int u = 0; u < kVectorsPerBlock; ++u) {
+    const Vec valid = Vec::loadu(t.valid + u * W) > Vec(0);
+    // A pixel with NaN or +-inf logits has a NaN log_normalizer and gets a NaN gradient, as in PyTorch.
+    const Vec scaled_grad = Vec::loadu(t.grad + u * W) * softmax.weight[u] + nan_if_not_finite(softmax.log_normalizer[u]);
+    target_coef[u] = L::select(valid, scaled_grad * Vec(target_share) * Vec::loadu(t.target_weight + u * W), Vec(0));
+    smooth_coef[u] = L::select(valid, scaled_grad * Vec(smooth_share), Vec(0));
+    target_class[u] = Vec::loadu(t.target_class + u * W);
+  }
+  const OutputPath path = output_path<scalar_t, acc_t>(g, out, out_offset, count);
+  for (int64_t c = 0; c < g.num_classes; ++c) {
+    const acc_t w_c = class_weight ? class_weight[c] : acc_t(1);
+    const Vec channel(static_cast<acc_t>(c));
+    acc_t* dst = path == OutputPath::kStaged ? staging + c * P
+                                             : reinterpret_cast<acc_t*>(out + out_offset + c * g.out_channel_stride);
+    for (int u = 0; u < kVectorsPerBlock; ++u) {
+      const Vec p = L::exp(log_probability(Vec::loadu(rows.row(c) + u * W), softmax.max[u], softmax.log_normalizer[u]));
+      store_vector(cross_entropy_logit_grad<kSmoothing>(p, target_class[u] == channel, target_coef[u], smooth_coef[u],
+                                                        Vec(class_weight_total), w_c),
+                   dst + u * W, path);
+    }
+  }
+  if (path == OutputPath::kStaged) store_rows(g, out, out_offset, count, staging);
+}
+
 // ---------------------------------------------------------------------------------------------
 template <typename scalar_t, typename acc_t, UncertaintySource kSource, bool kSmoothing>
 void cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
@@ -194,8 +300,9 @@ void cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
 
   const int64_t inner = g.num_pixels ? g.size[g.ndim - 1] : 1;
   std::vector<double> block_sums(3 * (g.num_pixels / inner) * ((inner + P - 1) / P));
-  parallel_blocks(g, P, [&](int64_t block, int64_t first, int64_t count, int64_t in_offset, int64_t) {
-    thread_local std::vector<acc_t> staging_buffer;
+  const bool with_gradient = pr.grad_input != nullptr;
+  parallel_blocks(g, P, [&](int64_t block, int64_t first, int64_t count, int64_t in_offset, int64_t out_offset) {
+    thread_local std::vector<acc_t> staging_buffer, gradient_buffer;
     const BlockRows<acc_t> rows = load_rows(g, input, in_offset, count, thread_buffer(staging_buffer, C * P));
 
     OnlineSoftmax<Vec> stats[kVectorsPerBlock];
@@ -213,23 +320,31 @@ void cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
 
     BlockTargets<acc_t> t;
     t.template gather<true, kSource>(pr, rows, first, count);
+    BlockSoftmax<acc_t> softmax;
     Vec loss_sum(0), weight_sum(0), weighted_weight_sum(0);
     for (int u = 0; u < kVectorsPerBlock; ++u) {
       const int lanes = lanes_left<acc_t>(count, u);
-      if (lanes == 0) break;
       const Vec log_normalizer = stats[u].log_normalizer();
-      log_normalizer.store(log_normalizer_out + first + u * W, lanes);
+      if (log_normalizer_out && lanes > 0) log_normalizer.store(log_normalizer_out + first + u * W, lanes);
       const Vec w = pixel_weight<acc_t, kSource>(pr, stats[u].entropy(), t.uncertainty + u * W);
+      softmax.max[u] = stats[u].max;
+      softmax.log_normalizer[u] = log_normalizer;
+      softmax.weight[u] = w;
       const Vec loss = pixel_cross_entropy<kSmoothing>(
           stats[u].max, log_normalizer, Vec::loadu(t.target_logit + u * W), Vec::loadu(t.target_weight + u * W),
           Vec(class_weight_total), shifted_sum[u].value, acc_t(pr.label_smoothing), inv_c);
       const Vec valid = Vec::loadu(t.valid + u * W) > Vec(0);
       const Vec weighted = L::select(valid, w * loss, Vec(0));  // ignored pixels are 0 even for NaN logits
-      if (loss_out) weighted.store(loss_out + first + u * W, lanes);
+      if (loss_out && lanes > 0) weighted.store(loss_out + first + u * W, lanes);
       const Vec target_weight = Vec::loadu(t.target_weight + u * W);
       loss_sum = loss_sum + weighted;
       weight_sum = weight_sum + target_weight;
       weighted_weight_sum = weighted_weight_sum + L::select(valid, target_weight * w, Vec(0));
+    }
+    if (with_gradient) {
+      t.gather_grad(pr, first, count);
+      write_block_gradient<scalar_t, acc_t, kSmoothing>(pr, rows, t, softmax, class_weight_total, count, out_offset,
+                                                        thread_buffer(gradient_buffer, C * P));
     }
     alignas(64) acc_t lane_values[3][W];
     loss_sum.store(lane_values[0]);
@@ -248,9 +363,9 @@ void cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
 }
 
 // Backward: one read of the logits, one write of the gradient. Pass 0 finds each pixel's max logit
-// again (cheaper than keeping it from the forward: memory is the bottleneck), pass 1 turns the
-// block's logits into probabilities (and, for the entropy weight, the entropy) with the forward's
-// log_normalizer, pass 2 turns them into gradients; passes 1 and 2 work on the block held in cache.
+// again (cheaper than keeping it from the forward: memory is the bottleneck); with the entropy
+// weight, pass 1 recomputes the entropy from the forward's log_normalizer; then the gradient pass.
+// Passes after the first work on the block held in cache.
 template <typename scalar_t, typename acc_t, UncertaintySource kSource, bool kSmoothing>
 void cross_entropy_backward(const CrossEntropyProblem& pr) {
   using Vec = Vectorized<acc_t>;
@@ -260,69 +375,68 @@ void cross_entropy_backward(const CrossEntropyProblem& pr) {
   const PixelGeometry& g = pr.geometry;
   const int64_t C = g.num_classes;
   const auto* input = static_cast<const scalar_t*>(pr.input);
-  auto* out = static_cast<scalar_t*>(pr.grad_input);
   const auto* class_weight = static_cast<const acc_t*>(pr.class_weight);
   const auto* log_normalizer_in = static_cast<const acc_t*>(pr.log_normalizer);
-  const acc_t target_share = acc_t(1) - acc_t(pr.label_smoothing);
-  const acc_t smooth_share = acc_t(pr.label_smoothing) / static_cast<acc_t>(C);
+  acc_t class_weight_total = 0;
+  for (int64_t c = 0; c < C; ++c) class_weight_total += class_weight ? class_weight[c] : acc_t(1);
 
   parallel_blocks(g, P, [&](int64_t, int64_t first, int64_t count, int64_t in_offset, int64_t out_offset) {
-    thread_local std::vector<acc_t> staging_buffer, prob_buffer;
+    thread_local std::vector<acc_t> staging_buffer, gradient_buffer;
     const BlockRows<acc_t> rows = load_rows(g, input, in_offset, count, thread_buffer(staging_buffer, C * P));
-    acc_t* probs = thread_buffer(prob_buffer, C * P);
-
     BlockTargets<acc_t> t;
     t.template gather<false, kSource>(pr, rows, first, count);
     t.gather_grad(pr, first, count);
-    Vec max[kVectorsPerBlock], log_normalizer[kVectorsPerBlock], entropy[kVectorsPerBlock];
+
+    BlockSoftmax<acc_t> softmax;
     for (int u = 0; u < kVectorsPerBlock; ++u) {
-      max[u] = OnlineSoftmax<Vec>::initial_max();
-      log_normalizer[u] = Vec::loadu(log_normalizer_in + first + u * W, lanes_left<acc_t>(count, u));
-      entropy[u] = Vec(0);
+      softmax.max[u] = OnlineSoftmax<Vec>::initial_max();
+      softmax.log_normalizer[u] = Vec::loadu(log_normalizer_in + first + u * W, lanes_left<acc_t>(count, u));
     }
     for (int64_t c = 0; c < C; ++c) {
-      for (int u = 0; u < kVectorsPerBlock; ++u) max[u] = L::maximum(max[u], Vec::loadu(rows.row(c) + u * W));
+      for (int u = 0; u < kVectorsPerBlock; ++u) softmax.max[u] = L::maximum(softmax.max[u], Vec::loadu(rows.row(c) + u * W));
     }
-    acc_t class_weight_total = 0;
-    for (int64_t c = 0; c < C; ++c) {
-      const acc_t* row = rows.row(c);
-      acc_t* prob_row = probs + c * P;
-      class_weight_total += class_weight ? class_weight[c] : acc_t(1);
-      for (int u = 0; u < kVectorsPerBlock; ++u) {
-        const Vec log_p = log_probability(Vec::loadu(row + u * W), max[u], log_normalizer[u]);
-        const Vec p = L::exp(log_p);
-        p.store(prob_row + u * W);
-        if constexpr (kSource == UncertaintySource::kEntropy) entropy[u] = entropy[u] + entropy_term(p, log_p);
+    Vec entropy[kVectorsPerBlock];
+    for (int u = 0; u < kVectorsPerBlock; ++u) entropy[u] = Vec(0);
+    if constexpr (kSource == UncertaintySource::kEntropy) {
+      for (int64_t c = 0; c < C; ++c) {
+        for (int u = 0; u < kVectorsPerBlock; ++u) {
+          const Vec log_p = log_probability(Vec::loadu(rows.row(c) + u * W), softmax.max[u], softmax.log_normalizer[u]);
+          entropy[u] = entropy[u] + entropy_term(L::exp(log_p), log_p);
+        }
       }
     }
-
-    Vec target_coef[kVectorsPerBlock], smooth_coef[kVectorsPerBlock], target_class[kVectorsPerBlock];
     for (int u = 0; u < kVectorsPerBlock; ++u) {
-      const Vec valid = Vec::loadu(t.valid + u * W) > Vec(0);
-      // A pixel with NaN or +-inf logits has a NaN log_normalizer and gets a NaN gradient, as in PyTorch.
-      const Vec scaled_grad =
-          Vec::loadu(t.grad + u * W) * pixel_weight<acc_t, kSource>(pr, entropy[u], t.uncertainty + u * W) +
-          nan_if_not_finite(log_normalizer[u]);
-      target_coef[u] = L::select(valid, scaled_grad * Vec(target_share) * Vec::loadu(t.target_weight + u * W), Vec(0));
-      smooth_coef[u] = L::select(valid, scaled_grad * Vec(smooth_share), Vec(0));
-      target_class[u] = Vec::loadu(t.target_class + u * W);
+      softmax.weight[u] = pixel_weight<acc_t, kSource>(pr, entropy[u], t.uncertainty + u * W);
     }
-
-    const bool in_place = writes_in_place<scalar_t, acc_t>(g, count);
-    for (int64_t c = 0; c < C; ++c) {
-      const acc_t w_c = class_weight ? class_weight[c] : acc_t(1);
-      const Vec channel(static_cast<acc_t>(c));
-      acc_t* prob_row = probs + c * P;
-      acc_t* dst = in_place ? reinterpret_cast<acc_t*>(out + out_offset + c * g.out_channel_stride) : prob_row;
-      for (int u = 0; u < kVectorsPerBlock; ++u) {
-        const Vec grad = cross_entropy_logit_grad<kSmoothing>(Vec::loadu(prob_row + u * W), target_class[u] == channel,
-                                                              target_coef[u], smooth_coef[u],
-                                                              Vec(class_weight_total), w_c);
-        grad.store(dst + u * W);
-      }
-    }
-    if (!in_place) store_rows(g, out, out_offset, count, probs);
+    write_block_gradient<scalar_t, acc_t, kSmoothing>(pr, rows, t, softmax, class_weight_total, count, out_offset,
+                                                      thread_buffer(gradient_buffer, C * P));
   });
+}
+
+// Sum of c_y over valid pixels (the "mean" denominator), in fixed blocks: independent of threads.
+double target_weight_total(const CrossEntropyProblem& pr) {
+  constexpr int64_t kBlock = 16384;
+  const int64_t n = pr.geometry.num_pixels;
+  std::vector<double> partial((n + kBlock - 1) / kBlock, 0.0);
+  dispatch_float_type(pr.input_type, [&](auto, auto acc) {
+    using acc_t = decltype(acc);
+    const auto* class_weight = static_cast<const acc_t*>(pr.class_weight);
+    at::parallel_for(0, static_cast<int64_t>(partial.size()), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        double total = 0;
+        for (int64_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i) {
+          const int64_t y = read_target(pr.target, pr.target_type, i);
+          if (y == pr.ignore_index) continue;
+          // Out-of-range targets are reported by the main pass; here they only must not be read.
+          if (y >= 0 && y < pr.geometry.num_classes) total += class_weight ? double(class_weight[y]) : 1.0;
+        }
+        partial[b] = total;
+      }
+    });
+  });
+  double total = 0;
+  for (double v : partial) total += v;
+  return total;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -374,15 +488,16 @@ void pixel_entropy_backward(const EntropyProblem& pr) {
       grad_scale[u] = Vec::loadu(grad + first + u * W, lanes_left<acc_t>(count, u)) * Vec(acc_t(pr.scale)) +
                       nan_if_not_finite(log_normalizer[u]);
     }
-    const bool in_place = writes_in_place<scalar_t, acc_t>(g, count);
+    const OutputPath path = output_path<scalar_t, acc_t>(g, out, out_offset, count);
     for (int64_t c = 0; c < C; ++c) {
-      acc_t* dst = in_place ? reinterpret_cast<acc_t*>(out + out_offset + c * g.out_channel_stride) : grads + c * P;
+      acc_t* dst = path == OutputPath::kStaged ? grads + c * P
+                                               : reinterpret_cast<acc_t*>(out + out_offset + c * g.out_channel_stride);
       for (int u = 0; u < kVectorsPerBlock; ++u) {
         const Vec log_p = log_probability(Vec::loadu(rows.row(c) + u * W), stats[u].max, log_normalizer[u]);
-        entropy_logit_grad(Lanes<Vec>::exp(log_p), log_p, entropy[u], grad_scale[u]).store(dst + u * W);
+        store_vector(entropy_logit_grad(Lanes<Vec>::exp(log_p), log_p, entropy[u], grad_scale[u]), dst + u * W, path);
       }
     }
-    if (!in_place) store_rows(g, out, out_offset, count, grads);
+    if (path == OutputPath::kStaged) store_rows(g, out, out_offset, count, grads);
   });
 }
 
@@ -418,7 +533,7 @@ void run_pixel_entropy_backward(const EntropyProblem& pr) {
 }  // namespace
 
 const KernelTable& kernel_table() {
-  static const KernelTable table{run_cross_entropy_forward, run_cross_entropy_backward,
+  static const KernelTable table{run_cross_entropy_forward, run_cross_entropy_backward, target_weight_total,
                                  run_pixel_entropy_forward, run_pixel_entropy_backward};
   return table;
 }

@@ -7,10 +7,12 @@
 namespace uaal::cpu {
 
 struct KernelTable {
-  // Forward: writes lse (and the per-pixel loss when asked) and returns, summed over valid pixels in
-  // a fixed block order (identical for any thread count), {sum w l, sum c_y, sum c_y w}.
+  // Forward: writes log_normalizer (and the per-pixel loss, and with grad_input set the gradient)
+  // when asked, and returns, summed over valid pixels in a fixed block order (identical for any
+  // thread count), {sum w l, sum c_y, sum c_y w}.
   void (*cross_entropy_forward)(const CrossEntropyProblem&, double sums[3]);
   void (*cross_entropy_backward)(const CrossEntropyProblem&);
+  double (*target_weight_total)(const CrossEntropyProblem&);  // sum of c_y over valid pixels
   void (*pixel_entropy_forward)(const EntropyProblem&);
   void (*pixel_entropy_backward)(const EntropyProblem&);
 };

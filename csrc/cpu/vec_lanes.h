@@ -32,4 +32,36 @@ struct Lanes<at::vec::Vectorized<T>> {
   static V select(const V& mask, const V& a, const V& b) { return V::blendv(b, a, mask); }
 };
 
+namespace cpu {
+
+// Stores that bypass the caches, for outputs much larger than them (the gradient of a segmentation
+// batch): a normal store first reads every line it writes. `ptr` must be aligned to the vector.
+template <typename T>
+inline void store_streaming(const at::vec::Vectorized<T>& v, T* ptr) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    _mm512_stream_ps(ptr, v);
+  } else {
+    _mm512_stream_pd(ptr, v);
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, float>) {
+    _mm256_stream_ps(ptr, v);
+  } else {
+    _mm256_stream_pd(ptr, v);
+  }
+#else
+  v.store(ptr);
+#endif
+}
+
+// Orders streaming stores before whatever follows (another thread reading the output). static:
+// each per-instruction-set translation unit keeps its own copy.
+static inline void streaming_fence() {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  _mm_sfence();
+#endif
+}
+
+}  // namespace cpu
 }  // namespace uaal

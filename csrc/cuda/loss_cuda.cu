@@ -49,6 +49,28 @@ __device__ __forceinline__ acc_t pixel_weight(const CrossEntropyProblem& pr, int
   }
 }
 
+// d(g w l)/dz for every class of one pixel, shared by the fused forward and the backward: the
+// pixel's logits are re-read (from L1/L2) and its gradient written once.
+template <typename scalar_t, typename acc_t, bool kSmoothing>
+__device__ __forceinline__ void write_pixel_gradient(const CrossEntropyProblem& pr, const scalar_t* z,
+                                                     scalar_t* grad_out, int64_t y, acc_t max, acc_t log_normalizer,
+                                                     acc_t weight, acc_t incoming_grad, acc_t class_weight_total) {
+  const PixelGeometry& g = pr.geometry;
+  acc_t target_coef = 0, smooth_coef = 0;
+  if (y != pr.ignore_index) {
+    // A pixel with NaN or +-inf logits has a NaN log_normalizer and gets a NaN gradient, as in PyTorch.
+    const acc_t scaled_grad = incoming_grad * weight + nan_if_not_finite(log_normalizer);
+    target_coef = scaled_grad * (acc_t(1) - acc_t(pr.label_smoothing)) * class_weight_of<acc_t>(pr, y);
+    smooth_coef = scaled_grad * acc_t(pr.label_smoothing) / static_cast<acc_t>(g.num_classes);
+  }
+  for (int64_t c = 0; c < g.num_classes; ++c) {
+    const acc_t p = Lanes<acc_t>::exp(log_probability(static_cast<acc_t>(z[c * g.in_channel_stride]), max, log_normalizer));
+    const acc_t grad = cross_entropy_logit_grad<kSmoothing>(p, c == y, target_coef, smooth_coef, class_weight_total,
+                                                            class_weight_of<acc_t>(pr, c));
+    grad_out[c * g.out_channel_stride] = static_cast<scalar_t>(grad);
+  }
+}
+
 // What the forward sums over valid pixels: w l, c_y and c_y w.
 template <typename acc_t>
 struct LossSums {
@@ -65,8 +87,8 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t pixel = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   acc_t loss = 0, target_weight = 0, weighted_target_weight = 0;
   if (pixel < g.num_pixels) {
-    int64_t in_offset, unused;
-    pixel_offsets(g, pixel, in_offset, unused);
+    int64_t in_offset, out_offset;
+    pixel_offsets(g, pixel, in_offset, out_offset);
     const scalar_t* z = static_cast<const scalar_t*>(pr.input) + in_offset;
     OnlineSoftmax<acc_t> stats;
     OnlineShiftedSum<acc_t> shifted_sum;
@@ -75,11 +97,12 @@ __global__ void __launch_bounds__(kThreads)
       if constexpr (kSmoothing) shifted_sum.update(step, class_weight_of<acc_t>(pr, c));
     }
     const acc_t log_normalizer = stats.log_normalizer();
-    static_cast<acc_t*>(pr.log_normalizer)[pixel] = log_normalizer;
+    if (pr.log_normalizer) static_cast<acc_t*>(pr.log_normalizer)[pixel] = log_normalizer;
     const int64_t y = read_target(pr.target, pr.target_type, pixel);
+    acc_t w = 1;
     if (y != pr.ignore_index) {
       CUDA_KERNEL_ASSERT(y >= 0 && y < g.num_classes && "uaal_cross_entropy: target outside [0, C)");
-      const acc_t w = pixel_weight<acc_t, kSource>(pr, pixel, kSource == UncertaintySource::kEntropy ? stats.entropy() : acc_t(0));
+      w = pixel_weight<acc_t, kSource>(pr, pixel, kSource == UncertaintySource::kEntropy ? stats.entropy() : acc_t(0));
       target_weight = class_weight_of<acc_t>(pr, y);
       loss = w * pixel_cross_entropy<kSmoothing>(stats.max, log_normalizer, static_cast<acc_t>(z[y * g.in_channel_stride]),
                                                  target_weight, shifted_sum.weight_seen, shifted_sum.value,
@@ -87,6 +110,11 @@ __global__ void __launch_bounds__(kThreads)
       weighted_target_weight = target_weight * w;
     }
     if (pr.pixel_loss) static_cast<acc_t*>(pr.pixel_loss)[pixel] = loss;
+    if (pr.grad_input) {  // fused forward + backward: the incoming gradient is one scalar
+      write_pixel_gradient<scalar_t, acc_t, kSmoothing>(pr, z, static_cast<scalar_t*>(pr.grad_input) + out_offset, y,
+                                                        stats.max, log_normalizer, w,
+                                                        static_cast<const acc_t*>(pr.grad)[0], shifted_sum.weight_seen);
+    }
   }
   // Per-block partial sums, added up by the host in a fixed order: deterministic, no atomics.
   using BlockReduce = cub::BlockReduce<LossSums<acc_t>, kThreads>;
@@ -125,22 +153,14 @@ __global__ void __launch_bounds__(kThreads) cross_entropy_backward_kernel(const 
     }
   }
   const int64_t y = read_target(pr.target, pr.target_type, pixel);
-  acc_t target_coef = 0, smooth_coef = 0;
+  acc_t w = 1;
   if (y != pr.ignore_index) {
     CUDA_KERNEL_ASSERT(y >= 0 && y < g.num_classes && "uaal_cross_entropy: target outside [0, C)");
-    const acc_t scaled_grad = static_cast<const acc_t*>(pr.grad)[pixel * pr.grad_stride] *
-                                  pixel_weight<acc_t, kSource>(pr, pixel, entropy) +
-                              nan_if_not_finite(log_normalizer);
-    target_coef = scaled_grad * (acc_t(1) - acc_t(pr.label_smoothing)) * class_weight_of<acc_t>(pr, y);
-    smooth_coef = scaled_grad * acc_t(pr.label_smoothing) / static_cast<acc_t>(g.num_classes);
+    w = pixel_weight<acc_t, kSource>(pr, pixel, entropy);
   }
-  // Pass 2: re-reads the pixel's logits (from L1/L2) and writes the gradient once.
-  for (int64_t c = 0; c < g.num_classes; ++c) {
-    const acc_t p = Lanes<acc_t>::exp(log_probability(static_cast<acc_t>(z[c * g.in_channel_stride]), max, log_normalizer));
-    const acc_t grad = cross_entropy_logit_grad<kSmoothing>(p, c == y, target_coef, smooth_coef, class_weight_total,
-                                                            class_weight_of<acc_t>(pr, c));
-    grad_out[c * g.out_channel_stride] = static_cast<scalar_t>(grad);
-  }
+  write_pixel_gradient<scalar_t, acc_t, kSmoothing>(pr, z, grad_out, y, max, log_normalizer, w,
+                                                    static_cast<const acc_t*>(pr.grad)[pixel * pr.grad_stride],
+                                                    class_weight_total);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -189,6 +209,14 @@ struct CudaLauncher {
 
   static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) { return at::empty(sizes, options); }
   static at::Tensor empty_like(const at::Tensor& like) { return at::empty_like(like); }
+
+  static at::Tensor target_weight_total(const PreparedCrossEntropy& prep, const at::TensorOptions& options) {
+    const at::Tensor valid = prep.target != prep.problem.ignore_index;
+    if (!prep.weight.defined()) return valid.sum().to(options.dtype());
+    // Out-of-range targets are reported by the main kernel; here they only must not be read.
+    const at::Tensor index = prep.target.to(at::kLong).clamp(0, prep.weight.size(0) - 1);
+    return (prep.weight.index_select(0, index.flatten()).view(index.sizes()) * valid).sum().to(options.dtype());
+  }
 
   static at::Tensor cross_entropy_forward(const CrossEntropyProblem& pr, const at::TensorOptions& options) {
     const unsigned int blocks = blocks_for(pr.geometry.num_pixels);
@@ -248,6 +276,7 @@ TORCH_LIBRARY_IMPL(uaal_ext, CUDA, m) {
   using uaal::cuda::CudaLauncher;
   m.impl("cross_entropy_forward", &uaal::cross_entropy_forward_op<CudaLauncher>);
   m.impl("cross_entropy_backward", &uaal::cross_entropy_backward_op<CudaLauncher>);
+  m.impl("cross_entropy_forward_backward", &uaal::cross_entropy_forward_backward_op<CudaLauncher>);
   m.impl("pixel_entropy", &uaal::pixel_entropy_op<CudaLauncher>);
   m.impl("pixel_entropy_backward", &uaal::pixel_entropy_backward_op<CudaLauncher>);
 }
