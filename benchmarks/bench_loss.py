@@ -5,7 +5,10 @@ Setting: fp32 logits (N, C, H, W), ignore_index=255 with ~5% ignored pixels, red
 alpha=1, exponent=2, default uncertainty (normalized entropy of the same logits).
 
 Methods, all timed in one run (rounds interleaved so drift hits every method alike):
-  uaal_ext                  uaal_ext.uaal_cross_entropy
+  uaal_ext                  uaal_ext.uaal_cross_entropy (for logits that need a gradient: the fused
+                            loss + gradient op, whose "fwd" already holds the gradient)
+  uaal_ext (two-pass)       the same loss through the separate forward and backward ops: the path
+                            of reduction="none" and normalize_by_weight
   eager reference           `uaal_loss_eager` below: log_softmax, entropy from it, detached weights, nll
   torch.compile(reference)  torch.compile of that same function (compiled and warmed up first)
   F.cross_entropy           plain eager F.cross_entropy (same ignore_index, mean), no UAAL weighting
@@ -57,7 +60,7 @@ BAR_VS_CE = 4.0  # fwd+bwd speed-up over eager F.cross_entropy
 BAR_FLOOR = 2.0  # fwd+bwd time / bytes-moved floor
 BAR_MEMORY = 1.1  # peak extra memory of fwd+bwd, in units of the logits' size
 
-METHODS = ["uaal_ext", "eager reference", "torch.compile(reference)", "F.cross_entropy"]
+METHODS = ["uaal_ext", "uaal_ext (two-pass)", "eager reference", "torch.compile(reference)", "F.cross_entropy"]
 OURS = "uaal_ext"
 
 
@@ -90,11 +93,22 @@ def uaal_ext_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
                                        exponent=EXPONENT)
 
 
+def uaal_ext_two_pass_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    import uaal_ext  # noqa: F401  (registers the ops)
+
+    loss_sum, _, sums = torch.ops.uaal_ext.cross_entropy_forward(
+        logits, target, None, None, IGNORE_INDEX, 0.0, ALPHA, EXPONENT, 1.0 / math.log(logits.shape[1]), math.inf,
+        True)
+    return loss_sum / sums[0]
+
+
 def get_method(name: str):
     if name == "uaal_ext":
         import uaal_ext  # noqa: F401  (fail here, loudly, if the extension is not importable)
 
         return uaal_ext_loss
+    if name == "uaal_ext (two-pass)":
+        return uaal_ext_two_pass_loss
     if name == "eager reference":
         return uaal_loss_eager
     if name == "torch.compile(reference)":

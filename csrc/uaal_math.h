@@ -40,6 +40,7 @@ struct Lanes<float> {
   static UAAL_HOST_DEVICE float log(float x) { return ::logf(x); }
   static UAAL_HOST_DEVICE float pow(float x, float e) { return ::powf(x, e); }
   static UAAL_HOST_DEVICE float abs(float x) { return ::fabsf(x); }
+  static UAAL_HOST_DEVICE float neg_abs(float x) { return -::fabsf(x); }
   static UAAL_HOST_DEVICE float clamp_min(float x, float lo) { return ::fmaxf(x, lo); }
   // NaN if either is NaN (unlike fmax).
   static UAAL_HOST_DEVICE float maximum(float a, float b) { return (a != a || a > b) ? a : (b != b ? b : ::fmaxf(a, b)); }
@@ -54,6 +55,7 @@ struct Lanes<double> {
   static UAAL_HOST_DEVICE double log(double x) { return ::log(x); }
   static UAAL_HOST_DEVICE double pow(double x, double e) { return ::pow(x, e); }
   static UAAL_HOST_DEVICE double abs(double x) { return ::fabs(x); }
+  static UAAL_HOST_DEVICE double neg_abs(double x) { return -::fabs(x); }
   static UAAL_HOST_DEVICE double clamp_min(double x, double lo) { return ::fmax(x, lo); }
   // NaN if either is NaN (unlike fmax).
   static UAAL_HOST_DEVICE double maximum(double a, double b) { return (a != a || a > b) ? a : (b != b ? b : ::fmax(a, b)); }
@@ -87,27 +89,29 @@ struct OnlineSoftmax {
   UAAL_HOST_DEVICE OnlineSoftmax() : max(initial_max()), sum(V(S(0))), dot(V(S(0))) {}
 
   UAAL_HOST_DEVICE Step update(V z) {
-    const V zero(S(0)), one(S(1));
+    const V one(S(1));
     const V d = z - max;
-    const V e = L::exp(zero - L::abs(d));
-    const Mask grows = d > zero;
+    const V e = L::exp(L::neg_abs(d));
+    const Mask grows = d > V(S(0));
     // A -inf logit gives d = -inf and e = 0; clamping d keeps e * d at 0 rather than 0 * inf = NaN.
+    // A NaN logit stays NaN through the clamp, so dot becomes NaN and stays so (see nan_guard).
     const V d_finite = L::clamp_min(d, V(std::numeric_limits<S>::lowest()));
     const V sum_grown = sum * e + one;
     const V dot_grown = e * (dot - sum * d_finite);
     const V sum_kept = sum + e;
     const V dot_kept = dot + e * d_finite;
-    // NaN-propagating, so a NaN logit makes the pixel NaN even where exp does not carry NaN through.
-    max = L::maximum(max, z);
+    max = L::select(grows, z, max);
     sum = L::select(grows, sum_grown, sum_kept);
     dot = L::select(grows, dot_grown, dot_kept);
     return {d, grows};
   }
 
-  // max is NaN after a NaN logit and +inf after a +inf one; both make the pixel NaN, as PyTorch's
-  // log_softmax does (inf - inf).
-  UAAL_HOST_DEVICE V log_normalizer() const { return L::log(sum) + nan_if_not_finite(max); }
-  UAAL_HOST_DEVICE V entropy() const { return L::log(sum) - dot / sum + nan_if_not_finite(max); }
+  // NaN for a pixel with a NaN logit (dot is NaN: a fast exp may turn NaN into a number, so sum is
+  // not enough) or a +inf one (max is +inf: PyTorch's log_softmax gives inf - inf there), else 0.
+  // dot is otherwise finite: |e (z - m)| <= 1/e per class.
+  UAAL_HOST_DEVICE V nan_guard() const { return nan_if_not_finite(max) + nan_if_not_finite(dot); }
+  UAAL_HOST_DEVICE V log_normalizer() const { return L::log(sum) + nan_guard(); }
+  UAAL_HOST_DEVICE V entropy() const { return L::log(sum) - dot / sum + nan_guard(); }
 };
 
 // sum_c c_c (z_c - m) over the classes seen so far, relative to OnlineSoftmax's running max m: the
