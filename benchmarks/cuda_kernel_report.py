@@ -45,9 +45,10 @@ PAPER_SHAPES = [(2, 19, 512, 1024), (2, 150, 512, 512)]  # the CPU bars' shapes
 # Minimum bytes per pixel of each op with fp32 logits and int64 targets: what it must read and
 # write, as (logit-sized passes: 4C bytes each, other bytes per pixel).
 PAPER_OPS = [
-    ("cross_entropy forward", "read logits, target; write lse", 1, 8 + 4),
-    ("cross_entropy backward", "read logits, target, lse; write grad", 2, 8 + 4),
-    ("cross_entropy fwd+bwd", "both", 3, 24),
+    ("cross_entropy forward", "read logits, target; write log_normalizer", 1, 8 + 4),
+    ("cross_entropy backward", "read logits, target, log_normalizer; write grad", 2, 8 + 4),
+    ("cross_entropy fwd+bwd, separate ops", "both", 3, 24),
+    ("cross_entropy_forward_backward (fused)", "read logits, target; write grad", 2, 8),
     ("pixel_entropy forward", "read logits; write entropy", 1, 4),
     ("pixel_entropy backward", "read logits, grad; write grad", 2, 4),
 ]
