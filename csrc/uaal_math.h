@@ -111,7 +111,9 @@ struct OnlineSoftmax {
   // dot is otherwise finite: |e (z - m)| <= 1/e per class.
   UAAL_HOST_DEVICE V nan_guard() const { return nan_if_not_finite(max) + nan_if_not_finite(dot); }
   UAAL_HOST_DEVICE V log_normalizer() const { return L::log(sum) + nan_guard(); }
-  UAAL_HOST_DEVICE V entropy() const { return L::log(sum) - dot / sum + nan_guard(); }
+  UAAL_HOST_DEVICE V entropy() const { return entropy(log_normalizer()); }
+  // H = log(sum) - dot / sum, given log_normalizer() already computed (saves a log).
+  UAAL_HOST_DEVICE V entropy(V log_normalizer) const { return log_normalizer - dot / sum; }
 };
 
 // sum_c c_c (z_c - m) over the classes seen so far, relative to OnlineSoftmax's running max m: the

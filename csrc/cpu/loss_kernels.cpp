@@ -81,6 +81,11 @@ BlockRows<acc_t> load_rows(const PixelGeometry& g, const scalar_t* input, int64_
   const int64_t ps = g.in_stride[g.ndim - 1];
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     if (ps == 1 && count == P) return {input + offset, cs};
+    if (cs == 1) {  // channels-last: a pixel's C logits are contiguous; transpose the block
+      at::vec::transpose_mxn<acc_t>(input + offset, ps, staging, P, static_cast<int>(count), static_cast<int>(C));
+      for (int64_t c = 0; c < C; ++c) std::fill(staging + c * P + count, staging + (c + 1) * P, acc_t(0));
+      return {staging, P};
+    }
   }
   for (int64_t c = 0; c < C; ++c) {
     const scalar_t* src = input + offset + c * cs;
@@ -123,6 +128,12 @@ template <typename scalar_t, typename acc_t>
 void store_rows(const PixelGeometry& g, scalar_t* out, int64_t offset, int64_t count, const acc_t* rows) {
   constexpr int64_t P = pixels_per_block<acc_t>();
   const int64_t ps = g.out_stride[g.ndim - 1];
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (g.out_channel_stride == 1) {  // channels-last
+      at::vec::transpose_mxn<acc_t>(rows, P, out + offset, ps, static_cast<int>(g.num_classes), static_cast<int>(count));
+      return;
+    }
+  }
   for (int64_t c = 0; c < g.num_classes; ++c) {
     scalar_t* dst = out + offset + c * g.out_channel_stride;
     for (int64_t l = 0; l < count; ++l) dst[l * ps] = static_cast<scalar_t>(rows[c * P + l]);
@@ -326,7 +337,7 @@ void cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
       const int lanes = lanes_left<acc_t>(count, u);
       const Vec log_normalizer = stats[u].log_normalizer();
       if (log_normalizer_out && lanes > 0) log_normalizer.store(log_normalizer_out + first + u * W, lanes);
-      const Vec w = pixel_weight<acc_t, kSource>(pr, stats[u].entropy(), t.uncertainty + u * W);
+      const Vec w = pixel_weight<acc_t, kSource>(pr, stats[u].entropy(log_normalizer), t.uncertainty + u * W);
       softmax.max[u] = stats[u].max;
       softmax.log_normalizer[u] = log_normalizer;
       softmax.weight[u] = w;
@@ -484,7 +495,7 @@ void pixel_entropy_backward(const EntropyProblem& pr) {
     Vec log_normalizer[kVectorsPerBlock], entropy[kVectorsPerBlock], grad_scale[kVectorsPerBlock];
     for (int u = 0; u < kVectorsPerBlock; ++u) {
       log_normalizer[u] = stats[u].log_normalizer();
-      entropy[u] = stats[u].entropy();
+      entropy[u] = stats[u].entropy(log_normalizer[u]);
       grad_scale[u] = Vec::loadu(grad + first + u * W, lanes_left<acc_t>(count, u)) * Vec(acc_t(pr.scale)) +
                       nan_if_not_finite(log_normalizer[u]);
     }

@@ -102,7 +102,8 @@ __global__ void __launch_bounds__(kThreads)
     acc_t w = 1;
     if (y != pr.ignore_index) {
       CUDA_KERNEL_ASSERT(y >= 0 && y < g.num_classes && "uaal_cross_entropy: target outside [0, C)");
-      w = pixel_weight<acc_t, kSource>(pr, pixel, kSource == UncertaintySource::kEntropy ? stats.entropy() : acc_t(0));
+      w = pixel_weight<acc_t, kSource>(pr, pixel,
+                                       kSource == UncertaintySource::kEntropy ? stats.entropy(log_normalizer) : acc_t(0));
       target_weight = class_weight_of<acc_t>(pr, y);
       loss = w * pixel_cross_entropy<kSmoothing>(stats.max, log_normalizer, static_cast<acc_t>(z[y * g.in_channel_stride]),
                                                  target_weight, shifted_sum.weight_seen, shifted_sum.value,
@@ -188,7 +189,7 @@ __global__ void __launch_bounds__(kThreads) pixel_entropy_backward_kernel(const 
   OnlineSoftmax<acc_t> stats;
   for (int64_t c = 0; c < g.num_classes; ++c) stats.update(static_cast<acc_t>(z[c * g.in_channel_stride]));
   const acc_t log_normalizer = stats.log_normalizer();
-  const acc_t entropy = stats.entropy();
+  const acc_t entropy = stats.entropy(log_normalizer);
   const acc_t grad_scale = static_cast<const acc_t*>(pr.grad)[pixel] * acc_t(pr.scale) + nan_if_not_finite(log_normalizer);
   for (int64_t c = 0; c < g.num_classes; ++c) {
     const acc_t log_p = log_probability(static_cast<acc_t>(z[c * g.in_channel_stride]), stats.max, log_normalizer);
