@@ -80,6 +80,7 @@ struct OnlineSoftmax {
   struct Step {
     V shift;     // z - m before the update
     Mask grows;  // z became the new max
+    V e;         // e^(-|z - m|): z's term if it did not grow the max, else the old terms' rescale
   };
 
   // The lowest finite value (not -inf) as the starting max keeps z - max finite for -inf logits, so
@@ -103,7 +104,7 @@ struct OnlineSoftmax {
     max = L::select(grows, z, max);
     sum = L::select(grows, sum_grown, sum_kept);
     dot = L::select(grows, dot_grown, dot_kept);
-    return {d, grows};
+    return {d, grows, e};
   }
 
   // NaN for a pixel with a NaN logit (dot is NaN: a fast exp may turn NaN into a number, so sum is
@@ -114,6 +115,26 @@ struct OnlineSoftmax {
   UAAL_HOST_DEVICE V entropy() const { return entropy(log_normalizer()); }
   // H = log(sum) - dot / sum, given log_normalizer() already computed (saves a log).
   UAAL_HOST_DEVICE V entropy(V log_normalizer) const { return log_normalizer - dot / sum; }
+};
+
+// Rebuilds probabilities from what OnlineSoftmax's updates returned, without another exp per logit,
+// visiting the classes in reverse. Class c's term relative to the running max m_c after its update
+// is 1 if it grew the max, else its e; and e^(m_c - m) is the product of the rescale factors e of
+// the later classes that grew the max. So p_c = term_c * factor, with factor starting at 1 / sum
+// and picking up e each time the walk passes a class that grew the max.
+template <typename V>
+struct ReverseProbabilities {
+  V factor;
+
+  ReverseProbabilities() = default;
+  UAAL_HOST_DEVICE explicit ReverseProbabilities(V sum) : factor(V(typename Lanes<V>::Scalar(1)) / sum) {}
+
+  // p of the class whose update returned (e, grew); the next call is for the class before it.
+  UAAL_HOST_DEVICE V previous(V e, typename Lanes<V>::Mask grew) {
+    const V p = Lanes<V>::select(grew, factor, e * factor);
+    factor = Lanes<V>::select(grew, factor * e, factor);
+    return p;
+  }
 };
 
 // sum_c c_c (z_c - m) over the classes seen so far, relative to OnlineSoftmax's running max m: the

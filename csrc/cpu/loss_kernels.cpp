@@ -253,12 +253,13 @@ struct BlockSoftmax {
   Vectorized<acc_t> weight[kVectorsPerBlock];  // the UAAL weight w
 };
 
-// Writes d(g w l)/dz for every class of a block, shared by the fused forward and the backward:
-// p = exp(log p) recomputed from the logits held in cache, the gradient stored once.
-template <typename scalar_t, typename acc_t, bool kSmoothing>
-void write_block_gradient(const CrossEntropyProblem& pr, const BlockRows<acc_t>& rows, const BlockTargets<acc_t>& t,
-                          const BlockSoftmax<acc_t>& softmax, acc_t class_weight_total, int64_t count,
-                          int64_t out_offset, acc_t* staging) {
+// Writes d(g w l)/dz for every class of a block, shared by the fused forward and the backward.
+// probability(c, u) gives p of class c for the u-th vector of pixels; it is called for the classes
+// in reverse order (see ReverseProbabilities).
+template <typename scalar_t, typename acc_t, bool kSmoothing, typename Probability>
+void write_block_gradient(const CrossEntropyProblem& pr, const BlockTargets<acc_t>& t, const BlockSoftmax<acc_t>& softmax,
+                          Probability&& probability, acc_t class_weight_total, int64_t count, int64_t out_offset,
+                          acc_t* staging) {
   using Vec = Vectorized<acc_t>;
   using L = Lanes<Vec>;
   constexpr int W = Vec::size();
@@ -279,15 +280,14 @@ void write_block_gradient(const CrossEntropyProblem& pr, const BlockRows<acc_t>&
     target_class[u] = Vec::loadu(t.target_class + u * W);
   }
   const OutputPath path = output_path<scalar_t, acc_t>(g, out, out_offset, count);
-  for (int64_t c = 0; c < g.num_classes; ++c) {
+  for (int64_t c = g.num_classes - 1; c >= 0; --c) {
     const acc_t w_c = class_weight ? class_weight[c] : acc_t(1);
     const Vec channel(static_cast<acc_t>(c));
     acc_t* dst = path == OutputPath::kStaged ? staging + c * P
                                              : reinterpret_cast<acc_t*>(out + out_offset + c * g.out_channel_stride);
     for (int u = 0; u < kVectorsPerBlock; ++u) {
-      const Vec p = L::exp(log_probability(Vec::loadu(rows.row(c) + u * W), softmax.max[u], softmax.log_normalizer[u]));
-      store_vector(cross_entropy_logit_grad<kSmoothing>(p, target_class[u] == channel, target_coef[u], smooth_coef[u],
-                                                        Vec(class_weight_total), w_c),
+      store_vector(cross_entropy_logit_grad<kSmoothing>(probability(c, u), target_class[u] == channel, target_coef[u],
+                                                        smooth_coef[u], Vec(class_weight_total), w_c),
                    dst + u * W, path);
     }
   }
@@ -313,8 +313,12 @@ void cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
   std::vector<double> block_sums(3 * (g.num_pixels / inner) * ((inner + P - 1) / P));
   const bool with_gradient = pr.grad_input != nullptr;
   parallel_blocks(g, P, [&](int64_t block, int64_t first, int64_t count, int64_t in_offset, int64_t out_offset) {
-    thread_local std::vector<acc_t> staging_buffer, gradient_buffer;
+    thread_local std::vector<acc_t> staging_buffer, gradient_buffer, update_buffer;
     const BlockRows<acc_t> rows = load_rows(g, input, in_offset, count, thread_buffer(staging_buffer, C * P));
+    // With the gradient: each update's e and whether it grew the max (1 / 0), from which the
+    // gradient pass rebuilds p without another exp (ReverseProbabilities).
+    acc_t* update_e = with_gradient ? thread_buffer(update_buffer, 2 * C * P) : nullptr;
+    acc_t* update_grew = with_gradient ? update_e + C * P : nullptr;
 
     OnlineSoftmax<Vec> stats[kVectorsPerBlock];
     OnlineShiftedSum<Vec> shifted_sum[kVectorsPerBlock];
@@ -326,6 +330,10 @@ void cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
       for (int u = 0; u < kVectorsPerBlock; ++u) {
         const auto step = stats[u].update(Vec::loadu(row + u * W));
         if constexpr (kSmoothing) shifted_sum[u].update(step, w_c);
+        if (with_gradient) {
+          step.e.store(update_e + c * P + u * W);
+          L::select(step.grows, Vec(1), Vec(0)).store(update_grew + c * P + u * W);
+        }
       }
     }
 
@@ -354,8 +362,14 @@ void cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
     }
     if (with_gradient) {
       t.gather_grad(pr, first, count);
-      write_block_gradient<scalar_t, acc_t, kSmoothing>(pr, rows, t, softmax, class_weight_total, count, out_offset,
-                                                        thread_buffer(gradient_buffer, C * P));
+      ReverseProbabilities<Vec> reverse[kVectorsPerBlock];
+      for (int u = 0; u < kVectorsPerBlock; ++u) reverse[u] = ReverseProbabilities<Vec>(stats[u].sum);
+      const auto probability = [&](int64_t c, int u) {
+        return reverse[u].previous(Vec::loadu(update_e + c * P + u * W),
+                                   Vec::loadu(update_grew + c * P + u * W) > Vec(0));
+      };
+      write_block_gradient<scalar_t, acc_t, kSmoothing>(pr, t, softmax, probability, class_weight_total, count,
+                                                        out_offset, thread_buffer(gradient_buffer, C * P));
     }
     alignas(64) acc_t lane_values[3][W];
     loss_sum.store(lane_values[0]);
@@ -419,8 +433,11 @@ void cross_entropy_backward(const CrossEntropyProblem& pr) {
     for (int u = 0; u < kVectorsPerBlock; ++u) {
       softmax.weight[u] = pixel_weight<acc_t, kSource>(pr, entropy[u], t.uncertainty + u * W);
     }
-    write_block_gradient<scalar_t, acc_t, kSmoothing>(pr, rows, t, softmax, class_weight_total, count, out_offset,
-                                                      thread_buffer(gradient_buffer, C * P));
+    const auto probability = [&](int64_t c, int u) {
+      return L::exp(log_probability(Vec::loadu(rows.row(c) + u * W), softmax.max[u], softmax.log_normalizer[u]));
+    };
+    write_block_gradient<scalar_t, acc_t, kSmoothing>(pr, t, softmax, probability, class_weight_total, count,
+                                                      out_offset, thread_buffer(gradient_buffer, C * P));
   });
 }
 
