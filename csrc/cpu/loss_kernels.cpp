@@ -442,23 +442,41 @@ void cross_entropy_backward(const CrossEntropyProblem& pr) {
 }
 
 // Sum of c_y over valid pixels (the "mean" denominator), in fixed blocks: independent of threads.
+// Out-of-range targets are reported by the main pass; here they only must not be read. Typed,
+// branch-free loops: this pass reads only the targets and should cost little next to the logits.
 double target_weight_total(const CrossEntropyProblem& pr) {
   constexpr int64_t kBlock = 16384;
   const int64_t n = pr.geometry.num_pixels;
+  const int64_t C = pr.geometry.num_classes;
   std::vector<double> partial((n + kBlock - 1) / kBlock, 0.0);
   dispatch_float_type(pr.input_type, [&](auto, auto acc) {
     using acc_t = decltype(acc);
     const auto* class_weight = static_cast<const acc_t*>(pr.class_weight);
-    at::parallel_for(0, static_cast<int64_t>(partial.size()), 1, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        double total = 0;
-        for (int64_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i) {
-          const int64_t y = read_target(pr.target, pr.target_type, i);
-          if (y == pr.ignore_index) continue;
-          // Out-of-range targets are reported by the main pass; here they only must not be read.
-          if (y >= 0 && y < pr.geometry.num_classes) total += class_weight ? double(class_weight[y]) : 1.0;
+    auto sum_block = [&](const auto* target, int64_t begin, int64_t end) -> double {
+      if (!class_weight) {
+        int64_t valid = 0;
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t y = target[i];
+          valid += (y != pr.ignore_index) & (y >= 0) & (y < C);
         }
-        partial[b] = total;
+        return static_cast<double>(valid);
+      }
+      acc_t total = 0;
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t y = target[i];
+        const bool valid = (y != pr.ignore_index) & (y >= 0) & (y < C);
+        total += valid ? class_weight[valid ? y : 0] : acc_t(0);
+      }
+      return static_cast<double>(total);
+    };
+    at::parallel_for(0, static_cast<int64_t>(partial.size()), 1, [&](int64_t first_block, int64_t last_block) {
+      for (int64_t b = first_block; b < last_block; ++b) {
+        const int64_t begin = b * kBlock, end = std::min(n, begin + kBlock);
+        switch (pr.target_type) {
+          case IndexType::kInt64: partial[b] = sum_block(static_cast<const int64_t*>(pr.target), begin, end); break;
+          case IndexType::kInt32: partial[b] = sum_block(static_cast<const int32_t*>(pr.target), begin, end); break;
+          default: partial[b] = sum_block(static_cast<const uint8_t*>(pr.target), begin, end); break;
+        }
       }
     });
   });
