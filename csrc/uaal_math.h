@@ -39,11 +39,8 @@ struct Lanes<float> {
   static UAAL_HOST_DEVICE float exp(float x) { return ::expf(x); }
   static UAAL_HOST_DEVICE float log(float x) { return ::logf(x); }
   static UAAL_HOST_DEVICE float pow(float x, float e) { return ::powf(x, e); }
-  static UAAL_HOST_DEVICE float abs(float x) { return ::fabsf(x); }
   static UAAL_HOST_DEVICE float neg_abs(float x) { return -::fabsf(x); }
   static UAAL_HOST_DEVICE float clamp_min(float x, float lo) { return ::fmaxf(x, lo); }
-  // NaN if either is NaN (unlike fmax).
-  static UAAL_HOST_DEVICE float maximum(float a, float b) { return (a != a || a > b) ? a : (b != b ? b : ::fmaxf(a, b)); }
   static UAAL_HOST_DEVICE float select(bool m, float a, float b) { return m ? a : b; }
 };
 
@@ -54,11 +51,8 @@ struct Lanes<double> {
   static UAAL_HOST_DEVICE double exp(double x) { return ::exp(x); }
   static UAAL_HOST_DEVICE double log(double x) { return ::log(x); }
   static UAAL_HOST_DEVICE double pow(double x, double e) { return ::pow(x, e); }
-  static UAAL_HOST_DEVICE double abs(double x) { return ::fabs(x); }
   static UAAL_HOST_DEVICE double neg_abs(double x) { return -::fabs(x); }
   static UAAL_HOST_DEVICE double clamp_min(double x, double lo) { return ::fmax(x, lo); }
-  // NaN if either is NaN (unlike fmax).
-  static UAAL_HOST_DEVICE double maximum(double a, double b) { return (a != a || a > b) ? a : (b != b ? b : ::fmax(a, b)); }
   static UAAL_HOST_DEVICE double select(bool m, double a, double b) { return m ? a : b; }
 };
 
@@ -88,6 +82,10 @@ struct OnlineSoftmax {
   static UAAL_HOST_DEVICE V initial_max() { return V(std::numeric_limits<S>::lowest()); }
 
   UAAL_HOST_DEVICE OnlineSoftmax() : max(initial_max()), sum(V(S(0))), dot(V(S(0))) {}
+
+  // The running max exactly as update() keeps it, for passes that recompute it (the backward): NaN
+  // logits are skipped here and caught by nan_guard() instead.
+  static UAAL_HOST_DEVICE V running_max(V max, V z) { return L::select(z > max, z, max); }
 
   UAAL_HOST_DEVICE Step update(V z) {
     const V one(S(1));

@@ -418,7 +418,9 @@ void cross_entropy_backward(const CrossEntropyProblem& pr) {
       softmax.log_normalizer[u] = Vec::loadu(log_normalizer_in + first + u * W, lanes_left<acc_t>(count, u));
     }
     for (int64_t c = 0; c < C; ++c) {
-      for (int u = 0; u < kVectorsPerBlock; ++u) softmax.max[u] = L::maximum(softmax.max[u], Vec::loadu(rows.row(c) + u * W));
+      for (int u = 0; u < kVectorsPerBlock; ++u) {
+        softmax.max[u] = OnlineSoftmax<Vec>::running_max(softmax.max[u], Vec::loadu(rows.row(c) + u * W));
+      }
     }
     Vec entropy[kVectorsPerBlock];
     for (int u = 0; u < kVectorsPerBlock; ++u) entropy[u] = Vec(0);

@@ -26,10 +26,8 @@ struct Lanes<at::vec::Vectorized<T>> {
   }
   static V log(const V& x) { return x.log(); }
   static V pow(const V& x, T e) { return x.pow(V(e)); }
-  static V abs(const V& x) { return x.abs(); }
   static V neg_abs(const V& x) { return x | V(T(-0.0)); }  // set the sign bit: one instruction
   static V clamp_min(const V& x, const V& lo) { return at::vec::clamp_min(x, lo); }
-  static V maximum(const V& a, const V& b) { return at::vec::maximum(a, b); }
   static V select(const V& mask, const V& a, const V& b) { return V::blendv(b, a, mask); }
 };
 

@@ -141,7 +141,9 @@ __global__ void __launch_bounds__(kThreads) cross_entropy_backward_kernel(const 
 
   // Pass 0: the pixel's max logit again (cheaper to recompute than to store: memory bound).
   acc_t max = OnlineSoftmax<acc_t>::initial_max();
-  for (int64_t c = 0; c < g.num_classes; ++c) max = Lanes<acc_t>::maximum(max, static_cast<acc_t>(z[c * g.in_channel_stride]));
+  for (int64_t c = 0; c < g.num_classes; ++c) {
+    max = OnlineSoftmax<acc_t>::running_max(max, static_cast<acc_t>(z[c * g.in_channel_stride]));
+  }
   // Pass 1 (only when needed): the entropy for the weight, the class-weight total for smoothing.
   acc_t entropy = 0, class_weight_total = 0;
   if constexpr (kSource == UncertaintySource::kEntropy || kSmoothing) {
