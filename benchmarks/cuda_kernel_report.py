@@ -51,6 +51,8 @@ PAPER_OPS = [
     ("cross_entropy_forward_backward (fused)", "read logits, target; write grad", 2, 8),
     ("pixel_entropy forward", "read logits; write entropy", 1, 4),
     ("pixel_entropy backward", "read logits, grad; write grad", 2, 4),
+    ("perturbation_statistics, K=5", "read clean + 5 perturbed logits; write sigma, ns", 6, 8),
+    ("perturbation_statistics, K=10", "read clean + 10 perturbed logits; write sigma, ns", 11, 8),
 ]
 
 

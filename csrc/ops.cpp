@@ -1,5 +1,5 @@
 // The op schemas of uaal_ext, device-agnostic. Each backend registers its implementations at the
-// bottom of its own file (cpu/loss_cpu.cpp, cuda/loss_cuda.cu); the Python side adds the fake
+// bottom of its own file (cpu/loss_cpu.cpp, cpu/perturbation_cpu.cpp, cuda/*.cu); the Python side adds the fake
 // (meta) kernels and autograd formulas (uaal_ext/_ops.py).
 #include <Python.h>
 #include <torch/library.h>
@@ -71,4 +71,14 @@ TORCH_LIBRARY(uaal_ext, m) {
   // Softmax entropy over dim 1 per pixel, optionally divided by log C.
   m.def("pixel_entropy(Tensor input, bool normalized) -> Tensor");
   m.def("pixel_entropy_backward(Tensor grad, Tensor input, bool normalized) -> Tensor");
+
+  // Kernel-noise perturbation (SPEC section 2): for every weight theta of the list, K perturbed
+  // copies theta + eta ||theta_g|| n / ||n_g|| as one (K, *theta.shape) tensor, norms per tensor or
+  // (per_filter) per dim-0 slice g; n is Philox4x32-10 Gaussian noise keyed by seed and counted by
+  // (element, k, tensor index, offset): identical on every device and thread count.
+  m.def("kernel_noise(Tensor[] weights, int num_samples, float eta, int seed, int offset, bool per_filter) -> Tensor[]");
+  // From clean logits (N, C, *spatial) and perturbed logits (K, N, C, *spatial), per pixel:
+  //   sigma = sqrt(mean_k ||p_k - p||^2) and noise_stability = mean_k ||p_k - p|| / ||p||,
+  // p = softmax over C; accumulation dtype, shape (N, *spatial).
+  m.def("perturbation_statistics(Tensor clean, Tensor perturbed) -> (Tensor sigma, Tensor noise_stability)");
 }

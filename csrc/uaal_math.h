@@ -38,6 +38,10 @@ struct Lanes<float> {
   using Mask = bool;
   static UAAL_HOST_DEVICE float exp(float x) { return ::expf(x); }
   static UAAL_HOST_DEVICE float log(float x) { return ::logf(x); }
+  static UAAL_HOST_DEVICE float sqrt(float x) { return ::sqrtf(x); }
+  static UAAL_HOST_DEVICE float expm1(float x) { return ::expm1f(x); }
+  static UAAL_HOST_DEVICE float sin(float x) { return ::sinf(x); }
+  static UAAL_HOST_DEVICE float cos(float x) { return ::cosf(x); }
   static UAAL_HOST_DEVICE float pow(float x, float e) { return ::powf(x, e); }
   static UAAL_HOST_DEVICE float neg_abs(float x) { return -::fabsf(x); }
   static UAAL_HOST_DEVICE float clamp_min(float x, float lo) { return ::fmaxf(x, lo); }
@@ -50,6 +54,8 @@ struct Lanes<double> {
   using Mask = bool;
   static UAAL_HOST_DEVICE double exp(double x) { return ::exp(x); }
   static UAAL_HOST_DEVICE double log(double x) { return ::log(x); }
+  static UAAL_HOST_DEVICE double sqrt(double x) { return ::sqrt(x); }
+  static UAAL_HOST_DEVICE double expm1(double x) { return ::expm1(x); }
   static UAAL_HOST_DEVICE double pow(double x, double e) { return ::pow(x, e); }
   static UAAL_HOST_DEVICE double neg_abs(double x) { return -::fabs(x); }
   static UAAL_HOST_DEVICE double clamp_min(double x, double lo) { return ::fmax(x, lo); }

@@ -15,6 +15,8 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 from . import _C  # noqa: F401  (registers torch.ops.uaal_ext.*)
 from ._build import build_info
 from .loss import UAALLoss, pixel_entropy, uaal_cross_entropy
+from .perturbation import kernel_noise, perturbation_statistics
+from .uncertainty import EntropyUncertainty, KernelNoise, MCDropout, make_uncertainty
 from .schedules import SCHEDULES, get_schedule
 
 __version__ = build_info()["version"]
@@ -23,6 +25,12 @@ __all__ = [
     "UAALLoss",
     "uaal_cross_entropy",
     "pixel_entropy",
+    "kernel_noise",
+    "perturbation_statistics",
+    "KernelNoise",
+    "MCDropout",
+    "EntropyUncertainty",
+    "make_uncertainty",
     "get_schedule",
     "SCHEDULES",
     "build_info",

@@ -130,3 +130,36 @@ def _pixel_entropy_backward(ctx, grad):
 torch.library.register_autograd(
     "uaal_ext::pixel_entropy", _pixel_entropy_backward, setup_context=_pixel_entropy_setup_context
 )
+
+
+# ---- kernel-noise perturbation ------------------------------------------------------------------------
+# Neither op is differentiable: the perturbed weights and the statistics are a measurement of the
+# model, a constant for autograd (SPEC section 2), so their outputs never require grad.
+
+
+@torch.library.register_fake("uaal_ext::kernel_noise")
+def _kernel_noise_fake(weights, num_samples, eta, seed, offset, per_filter):
+    return [w.new_empty((num_samples, *w.shape)) for w in weights]
+
+
+@torch.library.register_fake("uaal_ext::perturbation_statistics")
+def _perturbation_statistics_fake(clean, perturbed):
+    acc = _accumulation_dtype(clean.dtype)
+    return clean.new_empty(_pixel_shape(clean), dtype=acc), clean.new_empty(_pixel_shape(clean), dtype=acc)
+
+
+def _non_differentiable_setup_context(ctx, inputs, output):
+    outputs = output if isinstance(output, (list, tuple)) else (output,)
+    ctx.mark_non_differentiable(*outputs)
+
+
+def _no_gradient(ctx, *grads):
+    raise RuntimeError("uaal_ext: kernel_noise and perturbation_statistics are not differentiable")
+
+
+torch.library.register_autograd(
+    "uaal_ext::kernel_noise", _no_gradient, setup_context=_non_differentiable_setup_context
+)
+torch.library.register_autograd(
+    "uaal_ext::perturbation_statistics", _no_gradient, setup_context=_non_differentiable_setup_context
+)

@@ -10,6 +10,7 @@ logits through autograd.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -18,6 +19,10 @@ __all__ = [
     "pixel_entropy_reference",
     "uncertainty_weight_reference",
     "uaal_cross_entropy_reference",
+    "philox4x32_10",
+    "kernel_noise_normals_reference",
+    "kernel_noise_reference",
+    "perturbation_statistics_reference",
 ]
 
 
@@ -118,3 +123,141 @@ def uaal_cross_entropy_reference(
         denom = c_y * w if normalize_by_weight else c_y
         return loss.sum() / torch.where(valid, denom, torch.zeros_like(denom)).sum()
     raise ValueError(f"reduction must be 'none', 'sum' or 'mean', got {reduction!r}")
+
+
+# --- Kernel-noise perturbation (SPEC 2) --------------------------------------------------------
+
+_MASK32 = 0xFFFFFFFF
+_PHILOX_M0, _PHILOX_M1 = 0xD2511F53, 0xCD9E8D57  # round multipliers
+_PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85  # key bumps (golden ratio, sqrt(3) - 1)
+
+
+def _mulhilo32(multiplier: int, x: Tensor) -> tuple[Tensor, Tensor]:
+    """High and low 32-bit words of the exact 64-bit product ``multiplier * x`` (x < 2^32, int64).
+
+    The product does not fit in int64, so ``x`` is split into 16-bit halves: both partial products
+    are below 2^48, and the words are assembled from them without ever exceeding 2^49.
+    """
+    low_part = multiplier * (x & 0xFFFF)  # < 2^48
+    high_part = multiplier * (x >> 16)  # < 2^48; the product is high_part * 2^16 + low_part
+    lo = (((high_part & 0xFFFF) << 16) + (low_part & _MASK32)) & _MASK32
+    hi = (high_part + (low_part >> 16)) >> 16
+    return hi, lo
+
+
+def philox4x32_10(counter: Tensor, key: Tensor) -> Tensor:
+    """Philox4x32-10 (Salmon et al., SC'11), bit-exact with Random123's ``philox4x32``.
+
+    Args:
+        counter: ``(..., 4)`` int64 holding uint32 values.
+        key: ``(..., 2)`` int64 holding uint32 values, broadcastable with ``counter[..., :2]``.
+
+    Returns:
+        ``(..., 4)`` int64 holding the four uint32 output words.
+    """
+    c0, c1, c2, c3 = counter.long().unbind(-1)
+    k0, k1 = key.long().unbind(-1)
+    for round_index in range(10):
+        if round_index > 0:  # Random123 bumps the key before every round but the first
+            k0 = (k0 + _PHILOX_W0) & _MASK32
+            k1 = (k1 + _PHILOX_W1) & _MASK32
+        hi0, lo0 = _mulhilo32(_PHILOX_M0, c0)
+        hi1, lo1 = _mulhilo32(_PHILOX_M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return torch.stack(torch.broadcast_tensors(c0, c1, c2, c3), dim=-1)
+
+
+def kernel_noise_normals_reference(
+    numel: int, *, seed: int, offset: int, sample: int, tensor_index: int
+) -> Tensor:
+    """The standard normals ``n_k`` the kernel-noise op draws for one tensor and one sample.
+
+    Element ``e`` belongs to Philox block ``b = e // 4`` with counter
+    ``(b, sample, tensor_index, offset)`` and key ``(seed & 0xffffffff, seed >> 32)``. The four
+    words become uniforms ``u_j = (r_j >> 9) * 2^-23 + 2^-24`` in (0, 1), exact in float32, and two
+    Box-Muller pairs in float32: ``n[4b], n[4b+1] = sqrt(-2 log u0) * (cos, sin)(2 pi u1)`` and
+    ``n[4b+2], n[4b+3]`` likewise from ``u2, u3``.
+
+    Args:
+        numel: number of normals (the weight tensor's element count).
+        seed: in [0, 2^63). offset: in [0, 2^32). sample: k. tensor_index: position in the list.
+
+    Returns:
+        ``(numel,)`` float32.
+    """
+    num_blocks = (numel + 3) // 4
+    block = torch.arange(num_blocks, dtype=torch.int64)
+    counter = torch.stack(
+        [block, torch.full_like(block, sample), torch.full_like(block, tensor_index), torch.full_like(block, offset)],
+        dim=-1,
+    )
+    key = torch.tensor([seed & _MASK32, seed >> 32], dtype=torch.int64)
+    words = philox4x32_10(counter, key)  # (num_blocks, 4)
+    uniform = (words >> 9).float() * 2.0**-23 + 2.0**-24  # 24 significant bits: exact in float32
+    two_pi = torch.tensor(2 * math.pi, dtype=torch.float32)
+    radius = torch.sqrt(-2.0 * torch.log(uniform[:, 0::2]))  # (num_blocks, 2): from u0 and u2
+    angle = two_pi * uniform[:, 1::2]  # from u1 and u3
+    pairs = torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=-1)  # (num_blocks, 2, 2)
+    return pairs.reshape(-1)[:numel]
+
+
+def kernel_noise_reference(
+    weights: Sequence[Tensor],
+    num_samples: int,
+    eta: float,
+    *,
+    seed: int = 0,
+    offset: int = 0,
+    per_filter: bool = False,
+) -> list[Tensor]:
+    """``theta_k = theta + eta * ||theta|| * n_k / ||n_k||`` for every weight and sample (SPEC 2).
+
+    Args:
+        weights: floating tensors of any shape; tensor ``t`` uses ``tensor_index = t``, and the
+            normals are laid out by ``theta``'s row-major element index (whatever its strides).
+        num_samples: K. eta: the relative noise size.
+        per_filter: norms per slice along dim 0 (an output filter) instead of per tensor; a 0-dim
+            tensor is a single group.
+
+    Returns:
+        One ``(K, *theta.shape)`` tensor per weight, in its dtype (norms and sum in float64).
+    """
+    perturbed = []
+    for tensor_index, w in enumerate(weights):
+        w64 = w.detach().double()
+        grouped = per_filter and w.dim() > 0
+        samples = []
+        for k in range(num_samples):
+            n = kernel_noise_normals_reference(
+                w.numel(), seed=seed, offset=offset, sample=k, tensor_index=tensor_index
+            ).to(device=w.device, dtype=torch.float64).reshape(w.shape)
+            if grouped:
+                dims = tuple(range(1, w.dim()))
+                w_norm = torch.linalg.vector_norm(w64, dim=dims, keepdim=True) if dims else w64.abs()
+                n_norm = torch.linalg.vector_norm(n, dim=dims, keepdim=True) if dims else n.abs()
+            else:
+                w_norm, n_norm = torch.linalg.vector_norm(w64), torch.linalg.vector_norm(n)
+            samples.append((w64 + eta * w_norm / n_norm * n).to(w.dtype))
+        perturbed.append(torch.stack(samples) if samples else w.new_empty((0, *w.shape)))
+    return perturbed
+
+
+def perturbation_statistics_reference(clean: Tensor, perturbed: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-pixel spread of K perturbed predictions around the clean one (SPEC 2).
+
+    With ``p = softmax(clean)`` and ``p_k = softmax(perturbed[k])`` over classes and
+    ``d_k = ||p_k - p||_2``: ``sigma = sqrt(mean_k d_k^2)`` and ``ns = mean_k d_k / ||p||_2``.
+
+    Args:
+        clean: logits ``(N, C, *spatial)`` or ``(N, C)``.
+        perturbed: ``(K, *clean.shape)``.
+
+    Returns:
+        ``(sigma, ns)``, each ``(N, *spatial)`` in the inputs' dtype.
+    """
+    p = torch.softmax(clean, dim=1)
+    p_k = torch.softmax(perturbed, dim=2)
+    deviation = torch.linalg.vector_norm(p_k - p, dim=2)  # (K, N, *spatial)
+    sigma = deviation.square().mean(dim=0).sqrt()
+    ns = deviation.mean(dim=0) / torch.linalg.vector_norm(p, dim=1)
+    return sigma, ns

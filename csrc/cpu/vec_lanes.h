@@ -25,6 +25,10 @@ struct Lanes<at::vec::Vectorized<T>> {
     }
   }
   static V log(const V& x) { return x.log(); }
+  static V sqrt(const V& x) { return x.sqrt(); }
+  static V expm1(const V& x) { return x.expm1(); }
+  static V sin(const V& x) { return x.sin(); }
+  static V cos(const V& x) { return x.cos(); }
   static V pow(const V& x, T e) { return x.pow(V(e)); }
   static V neg_abs(const V& x) { return x | V(T(-0.0)); }  // set the sign bit: one instruction
   static V clamp_min(const V& x, const V& lo) { return at::vec::clamp_min(x, lo); }

@@ -11,24 +11,11 @@
 
 #include <cub/block/block_reduce.cuh>
 
+#include "cuda/pixel_index.cuh"
 #include "op_common.h"
 
 namespace uaal::cuda {
 namespace {
-
-constexpr int kThreads = 256;
-
-__device__ __forceinline__ void pixel_offsets(const PixelGeometry& g, int64_t pixel, int64_t& in_offset,
-                                              int64_t& out_offset) {
-  in_offset = 0;
-  out_offset = 0;
-  for (int d = g.ndim - 1; d >= 0; --d) {
-    const int64_t i = pixel % g.size[d];
-    pixel /= g.size[d];
-    in_offset += i * g.in_stride[d];
-    out_offset += i * g.out_stride[d];
-  }
-}
 
 template <typename acc_t>
 __device__ __forceinline__ acc_t class_weight_of(const CrossEntropyProblem& pr, int64_t c) {
@@ -198,10 +185,6 @@ __global__ void __launch_bounds__(kThreads) pixel_entropy_backward_kernel(const 
     grad_out[c * g.out_channel_stride] =
         static_cast<scalar_t>(entropy_logit_grad(Lanes<acc_t>::exp(log_p), log_p, entropy, grad_scale));
   }
-}
-
-unsigned int blocks_for(int64_t num_pixels) {
-  return static_cast<unsigned int>((num_pixels + kThreads - 1) / kThreads);
 }
 
 struct CudaLauncher {

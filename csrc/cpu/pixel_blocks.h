@@ -1,0 +1,156 @@
+// Block-wise access to the logits for the CPU kernels, shared by every op (loss_kernels.cpp,
+// perturbation_kernels.cpp). Included only by files compiled once per CPU_CAPABILITY: everything
+// here has internal linkage in that capability's namespace, so the copies compiled with different
+// -m flags never meet.
+//
+// Work is cut into blocks of pixels_per_block() consecutive pixels along the innermost pixel
+// dimension. A block's logits (C rows of that many values) are read from memory once and then stay
+// in L1/L2 for the block's further looks. Blocks are a fixed partition of the pixels, which makes
+// reductions independent of the thread count.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu/vec_lanes.h"
+#include "loss_problem.h"
+
+#ifndef CPU_CAPABILITY
+#error "pixel_blocks.h is for files compiled once per CPU_CAPABILITY (see CMakeLists.txt)"
+#endif
+
+namespace uaal::cpu::CPU_CAPABILITY {
+namespace {
+
+using at::vec::Vectorized;
+
+constexpr int kVectorsPerBlock = 4;
+
+template <typename acc_t>
+constexpr int pixels_per_block() {
+  return kVectorsPerBlock * Vectorized<acc_t>::size();
+}
+
+// A block's logits as C rows of pixels_per_block() accumulation-type values.
+template <typename acc_t>
+struct BlockRows {
+  const acc_t* data;
+  int64_t row_stride;
+  const acc_t* row(int64_t c) const { return data + c * row_stride; }
+};
+
+// Runs body(block_index, first_pixel, count, in_offset, out_offset) over all blocks in parallel.
+template <typename Body>
+void parallel_blocks(const PixelGeometry& g, int64_t block_pixels, const Body& body) {
+  if (g.num_pixels == 0) return;
+  const int last = g.ndim - 1;
+  const int64_t inner = g.size[last];
+  const int64_t blocks_per_row = (inner + block_pixels - 1) / block_pixels;
+  const int64_t num_blocks = (g.num_pixels / inner) * blocks_per_row;
+  // Enough blocks per task to amortise scheduling; more tasks than threads for balance.
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, g.num_classes * block_pixels / 64));
+  at::parallel_for(0, num_blocks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t row = b / blocks_per_row;
+      const int64_t start = (b % blocks_per_row) * block_pixels;
+      int64_t in_offset = start * g.in_stride[last];
+      int64_t out_offset = start * g.out_stride[last];
+      int64_t rest = row;
+      for (int d = last - 1; d >= 0; --d) {
+        const int64_t i = rest % g.size[d];
+        rest /= g.size[d];
+        in_offset += i * g.in_stride[d];
+        out_offset += i * g.out_stride[d];
+      }
+      body(b, row * inner + start, std::min(block_pixels, inner - start), in_offset, out_offset);
+    }
+    streaming_fence();
+  });
+}
+
+// Reads a block of logits: in place when they already are contiguous accumulation-type rows,
+// otherwise converted / gathered into `staging` (reduced precision, channels-last, strided views,
+// and the last partial block, whose missing lanes are padded with 0).
+template <typename scalar_t, typename acc_t>
+BlockRows<acc_t> load_rows(const PixelGeometry& g, const scalar_t* input, int64_t offset, int64_t count,
+                           acc_t* staging) {
+  constexpr int64_t P = pixels_per_block<acc_t>();
+  const int64_t C = g.num_classes;
+  const int64_t cs = g.in_channel_stride;
+  const int64_t ps = g.in_stride[g.ndim - 1];
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (ps == 1 && count == P) return {input + offset, cs};
+    if (cs == 1) {  // channels-last: a pixel's C logits are contiguous; transpose the block
+      at::vec::transpose_mxn<acc_t>(input + offset, ps, staging, P, static_cast<int>(count), static_cast<int>(C));
+      for (int64_t c = 0; c < C; ++c) std::fill(staging + c * P + count, staging + (c + 1) * P, acc_t(0));
+      return {staging, P};
+    }
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    const scalar_t* src = input + offset + c * cs;
+    acc_t* dst = staging + c * P;
+    for (int64_t l = 0; l < count; ++l) dst[l] = static_cast<acc_t>(src[l * ps]);
+    for (int64_t l = count; l < P; ++l) dst[l] = acc_t(0);
+  }
+  return {staging, P};
+}
+
+// How a block's gradient rows reach the output: through the staging buffer (other dtypes, strided
+// layouts, partial blocks), stored straight into it, or with streaming stores when the output is far
+// larger than the caches and the rows are aligned.
+enum class OutputPath { kStaged, kDirect, kStreaming };
+
+constexpr int64_t kStreamingBytes = int64_t(8) << 20;
+
+template <typename scalar_t, typename acc_t>
+OutputPath output_path(const PixelGeometry& g, const scalar_t* out, int64_t offset, int64_t count) {
+  if (!std::is_same_v<scalar_t, acc_t> || g.out_stride[g.ndim - 1] != 1 || count != pixels_per_block<acc_t>()) {
+    return OutputPath::kStaged;
+  }
+  constexpr int64_t kVectorBytes = sizeof(Vectorized<acc_t>);
+  const bool aligned = reinterpret_cast<uintptr_t>(out + offset) % kVectorBytes == 0 &&
+                       (g.out_channel_stride * int64_t(sizeof(acc_t))) % kVectorBytes == 0;
+  const bool large = g.num_pixels * g.num_classes * int64_t(sizeof(acc_t)) >= kStreamingBytes;
+  return aligned && large ? OutputPath::kStreaming : OutputPath::kDirect;
+}
+
+template <typename acc_t>
+void store_vector(const Vectorized<acc_t>& v, acc_t* dst, OutputPath path) {
+  if (path == OutputPath::kStreaming) {
+    store_streaming(v, dst);
+  } else {
+    v.store(dst);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void store_rows(const PixelGeometry& g, scalar_t* out, int64_t offset, int64_t count, const acc_t* rows) {
+  constexpr int64_t P = pixels_per_block<acc_t>();
+  const int64_t ps = g.out_stride[g.ndim - 1];
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (g.out_channel_stride == 1) {  // channels-last
+      at::vec::transpose_mxn<acc_t>(rows, P, out + offset, ps, static_cast<int>(g.num_classes), static_cast<int>(count));
+      return;
+    }
+  }
+  for (int64_t c = 0; c < g.num_classes; ++c) {
+    scalar_t* dst = out + offset + c * g.out_channel_stride;
+    for (int64_t l = 0; l < count; ++l) dst[l * ps] = static_cast<scalar_t>(rows[c * P + l]);
+  }
+}
+
+template <typename acc_t>
+acc_t* thread_buffer(std::vector<acc_t>& buffer, int64_t size) {
+  if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(size);
+  return buffer.data();
+}
+
+template <typename acc_t>
+int lanes_left(int64_t count, int u) {
+  return static_cast<int>(std::clamp<int64_t>(count - u * Vectorized<acc_t>::size(), 0, Vectorized<acc_t>::size()));
+}
+
+}  // namespace
+}  // namespace uaal::cpu::CPU_CAPABILITY
