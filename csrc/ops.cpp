@@ -81,4 +81,13 @@ TORCH_LIBRARY(uaal_ext, m) {
   //   sigma = sqrt(mean_k ||p_k - p||^2) and noise_stability = mean_k ||p_k - p|| / ||p||,
   // p = softmax over C; accumulation dtype, shape (N, *spatial).
   m.def("perturbation_statistics(Tensor clean, Tensor perturbed) -> (Tensor sigma, Tensor noise_stability)");
+
+  // Acquisition scores per pixel (higher = more informative): method "entropy", "margin" (1 - (p1 - p2))
+  // or "least_confidence" (1 - p1) of logits (N, C, *spatial); "mc_entropy" (H of the mean prediction)
+  // or "bald" (H(mean p) - mean H(p)) of Monte-Carlo logits (T, N, C, *spatial). Returns (N, *spatial),
+  // accumulation dtype.
+  m.def("pixel_scores(Tensor input, str method) -> Tensor");
+  // Per image (dim 0) over the pixels where `valid` (default: all): reduction "mean", "sum", "max" or
+  // "topk_mean" (mean of the top ceil(q n) valid pixels). An image without valid pixels scores 0.
+  m.def("aggregate_scores(Tensor scores, Tensor? valid, str reduction, float q) -> Tensor");
 }

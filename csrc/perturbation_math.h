@@ -199,15 +199,4 @@ struct DeviationSums {
   }
 };
 
-// 0 for a finite logit or -inf, NaN for NaN or +inf (or any logit of a pixel whose max is +inf):
-// added to a pixel's results, it makes them NaN exactly where softmax gives NaN. A fast exp may map
-// NaN to a number, so the statistics cannot rely on the exps carrying it.
-template <typename V>
-UAAL_HOST_DEVICE V softmax_nan_term(V z, V max) {
-  using L = Lanes<V>;
-  using S = typename L::Scalar;
-  const V zero(S(0));
-  return L::select(z == V(-std::numeric_limits<S>::infinity()), zero, (z - max) * zero);
-}
-
 }  // namespace uaal

@@ -40,6 +40,7 @@ struct Lanes<float> {
   static UAAL_HOST_DEVICE float log(float x) { return ::logf(x); }
   static UAAL_HOST_DEVICE float sqrt(float x) { return ::sqrtf(x); }
   static UAAL_HOST_DEVICE float expm1(float x) { return ::expm1f(x); }
+  static UAAL_HOST_DEVICE float log1p(float x) { return ::log1pf(x); }
   static UAAL_HOST_DEVICE float sin(float x) { return ::sinf(x); }
   static UAAL_HOST_DEVICE float cos(float x) { return ::cosf(x); }
   static UAAL_HOST_DEVICE float pow(float x, float e) { return ::powf(x, e); }
@@ -56,6 +57,7 @@ struct Lanes<double> {
   static UAAL_HOST_DEVICE double log(double x) { return ::log(x); }
   static UAAL_HOST_DEVICE double sqrt(double x) { return ::sqrt(x); }
   static UAAL_HOST_DEVICE double expm1(double x) { return ::expm1(x); }
+  static UAAL_HOST_DEVICE double log1p(double x) { return ::log1p(x); }
   static UAAL_HOST_DEVICE double pow(double x, double e) { return ::pow(x, e); }
   static UAAL_HOST_DEVICE double neg_abs(double x) { return -::fabs(x); }
   static UAAL_HOST_DEVICE double clamp_min(double x, double lo) { return ::fmax(x, lo); }
@@ -120,6 +122,17 @@ struct OnlineSoftmax {
   // H = log(sum) - dot / sum, given log_normalizer() already computed (saves a log).
   UAAL_HOST_DEVICE V entropy(V log_normalizer) const { return log_normalizer - dot / sum; }
 };
+
+// 0 for a finite logit or -inf, NaN for NaN or +inf (or any logit of a pixel whose max is +inf):
+// added to a pixel's results, it makes them NaN exactly where softmax gives NaN. A fast exp may map
+// NaN to a number, so the statistics cannot rely on the exps carrying it.
+template <typename V>
+UAAL_HOST_DEVICE V softmax_nan_term(V z, V max) {
+  using L = Lanes<V>;
+  using S = typename L::Scalar;
+  const V zero(S(0));
+  return L::select(z == V(-std::numeric_limits<S>::infinity()), zero, (z - max) * zero);
+}
 
 // Rebuilds probabilities from what OnlineSoftmax's updates returned, without another exp per logit,
 // visiting the classes in reverse. Class c's term relative to the running max m_c after its update

@@ -133,8 +133,8 @@ torch.library.register_autograd(
 
 
 # ---- kernel-noise perturbation ------------------------------------------------------------------------
-# Neither op is differentiable: the perturbed weights and the statistics are a measurement of the
-# model, a constant for autograd (SPEC section 2), so their outputs never require grad.
+# Not differentiable: the perturbed weights and the statistics are a measurement of the model, a
+# constant for autograd (SPEC section 2), so their outputs never require grad.
 
 
 @torch.library.register_fake("uaal_ext::kernel_noise")
@@ -148,18 +148,33 @@ def _perturbation_statistics_fake(clean, perturbed):
     return clean.new_empty(_pixel_shape(clean), dtype=acc), clean.new_empty(_pixel_shape(clean), dtype=acc)
 
 
+# ---- acquisition scores ------------------------------------------------------------------------------
+# Scores rank images for labelling; no gradient flows through them either.
+
+_MONTE_CARLO_METHODS = ("mc_entropy", "bald")
+
+
+@torch.library.register_fake("uaal_ext::pixel_scores")
+def _pixel_scores_fake(input, method):
+    prediction = input[0] if method in _MONTE_CARLO_METHODS else input
+    return input.new_empty(_pixel_shape(prediction), dtype=_accumulation_dtype(input.dtype))
+
+
+@torch.library.register_fake("uaal_ext::aggregate_scores")
+def _aggregate_scores_fake(scores, valid, reduction, q):
+    return scores.new_empty((scores.shape[0],))
+
+
 def _non_differentiable_setup_context(ctx, inputs, output):
     outputs = output if isinstance(output, (list, tuple)) else (output,)
     ctx.mark_non_differentiable(*outputs)
 
 
 def _no_gradient(ctx, *grads):
-    raise RuntimeError("uaal_ext: kernel_noise and perturbation_statistics are not differentiable")
+    raise RuntimeError("uaal_ext: perturbation and acquisition ops are not differentiable")
 
 
-torch.library.register_autograd(
-    "uaal_ext::kernel_noise", _no_gradient, setup_context=_non_differentiable_setup_context
-)
-torch.library.register_autograd(
-    "uaal_ext::perturbation_statistics", _no_gradient, setup_context=_non_differentiable_setup_context
-)
+for _name in ("kernel_noise", "perturbation_statistics", "pixel_scores", "aggregate_scores"):
+    torch.library.register_autograd(
+        f"uaal_ext::{_name}", _no_gradient, setup_context=_non_differentiable_setup_context
+    )

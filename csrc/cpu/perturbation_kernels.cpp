@@ -184,38 +184,6 @@ void kernel_noise(const KernelNoiseProblem& pr) {
 }
 
 // ---- perturbation_statistics -----------------------------------------------------------------------
-// One block's softmax terms e_c = exp(z_c - max) into `terms` (C rows of P), with per-lane max, sum,
-// sum of squares and the NaN term.
-template <typename acc_t>
-struct BlockSoftmaxTerms {
-  using Vec = Vectorized<acc_t>;
-  Vec max[kVectorsPerBlock], sum[kVectorsPerBlock], sum_squares[kVectorsPerBlock], nan[kVectorsPerBlock];
-
-  void compute(const BlockRows<acc_t>& rows, int64_t C, acc_t* terms) {
-    constexpr int W = Vec::size();
-    constexpr int P = pixels_per_block<acc_t>();
-    for (int u = 0; u < kVectorsPerBlock; ++u) {
-      max[u] = OnlineSoftmax<Vec>::initial_max();
-      sum[u] = sum_squares[u] = nan[u] = Vec(acc_t(0));
-    }
-    for (int64_t c = 0; c < C; ++c) {
-      for (int u = 0; u < kVectorsPerBlock; ++u) {
-        max[u] = OnlineSoftmax<Vec>::running_max(max[u], Vec::loadu(rows.row(c) + u * W));
-      }
-    }
-    for (int64_t c = 0; c < C; ++c) {
-      for (int u = 0; u < kVectorsPerBlock; ++u) {
-        const Vec z = Vec::loadu(rows.row(c) + u * W);
-        const Vec e = Lanes<Vec>::exp(z - max[u]);
-        e.store(terms + c * P + u * W);
-        sum[u] = sum[u] + e;
-        sum_squares[u] = sum_squares[u] + e * e;
-        nan[u] = nan[u] + softmax_nan_term(z, max[u]);
-      }
-    }
-  }
-};
-
 // d_k^2 of one vector of pixels (lanes) for perturbed sample k, from the clean probabilities and
 // logits and the perturbed logits (rows of the block), `terms` as scratch: per lane, the shifted form
 // where it holds, else the plain difference of the softmaxes (perturbation_math.h), computed only

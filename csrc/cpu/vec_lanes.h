@@ -27,6 +27,7 @@ struct Lanes<at::vec::Vectorized<T>> {
   static V log(const V& x) { return x.log(); }
   static V sqrt(const V& x) { return x.sqrt(); }
   static V expm1(const V& x) { return x.expm1(); }
+  static V log1p(const V& x) { return x.log1p(); }
   static V sin(const V& x) { return x.sin(); }
   static V cos(const V& x) { return x.cos(); }
   static V pow(const V& x, T e) { return x.pow(V(e)); }

@@ -1,0 +1,177 @@
+// CUDA implementations of pixel_scores and aggregate_scores. The per-pixel math is
+// acquisition_math.h's (the code the CPU tests exercise); this file maps threads to pixels (one
+// thread per pixel) and blocks to images (aggregation), and launches.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cub/block/block_reduce.cuh>
+
+#include <limits>
+
+#include "acquisition_common.h"
+#include "cuda/pixel_index.cuh"
+
+namespace uaal::cuda {
+namespace {
+
+template <typename scalar_t, typename acc_t, ScoreMethod kMethod>
+__global__ void __launch_bounds__(kThreads) single_prediction_scores_kernel(const PixelScoreProblem pr) {
+  const int64_t pixel = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  const PixelGeometry& g = pr.geometry;
+  if (pixel >= g.num_pixels) return;
+  int64_t in_offset, unused;
+  pixel_offsets(g, pixel, in_offset, unused);
+  const scalar_t* z = static_cast<const scalar_t*>(pr.input) + in_offset;
+  OnlineTopTwo<acc_t> stats;
+  for (int64_t c = 0; c < g.num_classes; ++c) stats.update(static_cast<acc_t>(z[c * g.in_channel_stride]));
+  static_cast<acc_t*>(pr.scores)[pixel] = stats.template score<kMethod>();
+}
+
+// Pass 1 over the samples gives each softmax's max and 1/sum (parked in scratch, [t][2][pixel]) and
+// the sum of their entropies; pass 2 rebuilds the mean prediction class by class.
+template <typename scalar_t, typename acc_t, ScoreMethod kMethod>
+__global__ void __launch_bounds__(kThreads) monte_carlo_scores_kernel(const PixelScoreProblem pr) {
+  const int64_t pixel = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  const PixelGeometry& g = pr.geometry;
+  if (pixel >= g.num_pixels) return;
+  int64_t in_offset, unused;
+  pixel_offsets(g, pixel, in_offset, unused);
+  const int64_t C = g.num_classes, cs = g.in_channel_stride, P = g.num_pixels;
+  auto logit = [&](int64_t t, int64_t c) {
+    return static_cast<acc_t>(static_cast<const scalar_t*>(pr.input)[t * pr.sample_stride + in_offset + c * cs]);
+  };
+  auto* scratch = static_cast<acc_t*>(pr.scratch);
+  acc_t entropy_sum = 0, nan = 0;
+  for (int64_t t = 0; t < pr.num_samples; ++t) {
+    acc_t max = OnlineSoftmax<acc_t>::initial_max();
+    for (int64_t c = 0; c < C; ++c) max = OnlineSoftmax<acc_t>::running_max(max, logit(t, c));
+    acc_t sum = 0, dot = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const acc_t z = logit(t, c);
+      const acc_t shift = z - max;
+      const acc_t e = Lanes<acc_t>::exp(shift);
+      sum += e;
+      dot += e * Lanes<acc_t>::clamp_min(shift, std::numeric_limits<acc_t>::lowest());
+      nan += softmax_nan_term(z, max);
+    }
+    entropy_sum += entropy_from_terms(sum, dot);
+    scratch[(2 * t) * P + pixel] = max;
+    scratch[(2 * t + 1) * P + pixel] = acc_t(1) / sum;
+  }
+  const acc_t inv_num_samples = acc_t(1) / static_cast<acc_t>(pr.num_samples);
+  acc_t mean_entropy = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    acc_t probability_sum = 0;
+    for (int64_t t = 0; t < pr.num_samples; ++t) {
+      probability_sum += Lanes<acc_t>::exp(logit(t, c) - scratch[(2 * t) * P + pixel]) * scratch[(2 * t + 1) * P + pixel];
+    }
+    mean_entropy += mean_prediction_entropy_term(probability_sum * inv_num_samples);
+  }
+  static_cast<acc_t*>(pr.scores)[pixel] = monte_carlo_score<kMethod>(mean_entropy, entropy_sum, inv_num_samples) + nan;
+}
+
+// What one image's mean / sum / max need.
+template <typename T>
+struct ImageTotals {
+  double sum;
+  T max;
+  int64_t count;
+};
+
+template <typename T>
+struct CombineTotals {
+  __device__ __forceinline__ ImageTotals<T> operator()(const ImageTotals<T>& a, const ImageTotals<T>& b) const {
+    const T max = (a.max != a.max || a.max > b.max) ? a.max : b.max;  // NaN wins
+    return {a.sum + b.sum, max, a.count + b.count};
+  }
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) aggregate_scores_kernel(const ScoreAggregationProblem pr) {
+  using Reduce = cub::BlockReduce<ImageTotals<T>, kThreads>;
+  __shared__ typename Reduce::TempStorage storage;
+  const int64_t offset = static_cast<int64_t>(blockIdx.x) * pr.pixels_per_image;
+  const T* scores = static_cast<const T*>(pr.scores) + offset;
+  ImageTotals<T> totals{0.0, -std::numeric_limits<T>::infinity(), 0};
+  for (int64_t i = threadIdx.x; i < pr.pixels_per_image; i += kThreads) {
+    if (pr.valid && !pr.valid[offset + i]) continue;
+    totals = CombineTotals<T>()(totals, ImageTotals<T>{static_cast<double>(scores[i]), scores[i], 1});
+  }
+  const ImageTotals<T> image = Reduce(storage).Reduce(totals, CombineTotals<T>());
+  if (threadIdx.x != 0) return;
+  T result = T(0);
+  if (image.count > 0) {
+    result = pr.reduction == ScoreReduction::kMax   ? image.max
+             : pr.reduction == ScoreReduction::kSum ? static_cast<T>(image.sum)
+                                                     : static_cast<T>(image.sum / static_cast<double>(image.count));
+  }
+  static_cast<T*>(pr.out)[blockIdx.x] = result;
+}
+
+struct CudaAcquisitionLauncher {
+  struct Guard {
+    c10::cuda::CUDAGuard device_guard;
+    explicit Guard(const at::Tensor& t) : device_guard(t.device()) {}
+  };
+
+  static void pixel_scores(PixelScoreProblem pr, const at::TensorOptions& options) {
+    const unsigned int blocks = blocks_for(pr.geometry.num_pixels);
+    if (blocks == 0) return;
+    at::Tensor scratch;
+    if (is_monte_carlo(pr.method)) {
+      scratch = at::empty({2 * pr.num_samples * pr.geometry.num_pixels}, options);
+      pr.scratch = scratch.data_ptr();
+    }
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    dispatch_float_type(pr.input_type, [&](auto scalar, auto acc) {
+      using scalar_t = decltype(scalar);
+      using acc_t = decltype(acc);
+      dispatch_score_method(pr.method, [&](auto method) {
+        constexpr ScoreMethod kMethod = decltype(method)::value;
+        if constexpr (is_monte_carlo(kMethod)) {
+          monte_carlo_scores_kernel<scalar_t, acc_t, kMethod><<<blocks, kThreads, 0, stream>>>(pr);
+        } else {
+          single_prediction_scores_kernel<scalar_t, acc_t, kMethod><<<blocks, kThreads, 0, stream>>>(pr);
+        }
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+  }
+
+  // mean / sum / max: one block per image. topk_mean: a sort per image (ATen), then the mean of each
+  // image's first ceil(q n) values.
+  static void aggregate_scores(const ScoreAggregationProblem& pr, const at::Tensor& scores, const at::Tensor& valid,
+                               at::Tensor& out) {
+    if (pr.num_images == 0) return;
+    if (pr.reduction != ScoreReduction::kTopKMean) {
+      const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+      if (pr.is_double) {
+        aggregate_scores_kernel<double><<<static_cast<unsigned int>(pr.num_images), kThreads, 0, stream>>>(pr);
+      } else {
+        aggregate_scores_kernel<float><<<static_cast<unsigned int>(pr.num_images), kThreads, 0, stream>>>(pr);
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
+    const at::Tensor flat = scores.reshape({pr.num_images, pr.pixels_per_image});
+    const at::Tensor mask = valid.defined() ? valid.reshape(flat.sizes()) : at::ones_like(flat, at::kBool);
+    const at::Tensor ranked = std::get<0>(at::where(mask, flat, -std::numeric_limits<double>::infinity()).sort(1, true));
+    const at::Tensor counts = mask.sum(1);
+    const at::Tensor k = at::minimum(at::ceil(counts.to(at::kDouble) * pr.q).clamp_min(1), counts).to(at::kLong);
+    const at::Tensor prefix = ranked.to(at::kDouble).cumsum(1);
+    const at::Tensor top = prefix.gather(1, (k - 1).clamp_min(0).unsqueeze(1)).squeeze(1) / k.clamp_min(1);
+    out.copy_(at::where(counts > 0, top, at::zeros_like(top)).to(out.scalar_type()));
+  }
+};
+
+}  // namespace
+}  // namespace uaal::cuda
+
+TORCH_LIBRARY_IMPL(uaal_ext, CUDA, m) {
+  using uaal::cuda::CudaAcquisitionLauncher;
+  m.impl("pixel_scores", &uaal::pixel_scores_op<CudaAcquisitionLauncher>);
+  m.impl("aggregate_scores", &uaal::aggregate_scores_op<CudaAcquisitionLauncher>);
+}
