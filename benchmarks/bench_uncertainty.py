@@ -339,14 +339,20 @@ def check_stats_float64(log) -> None:
 
 
 def check_stats(methods: dict, clean, perturbed, label: str, log) -> None:
-    """Every method in float32 against the eager formula run in float64 on the same inputs."""
+    """Every method in float32 against the eager formula run in float64 on the same inputs.
+
+    The eager formula subtracts two rounded float32 softmaxes, so where a perturbation barely moves a
+    pixel it keeps only a few digits of the deviation: eager and compiled get a looser relative
+    tolerance than uaal_ext, which computes the deviation from the logit shifts.
+    """
     want = perturbation_statistics_eager(clean.double(), perturbed.double())
     for name, fn in methods.items():
         got = fn()
         diffs = []
+        rtol = 1e-4 if name == FUSED else 1e-2
         for i, metric in enumerate(("sigma", "ns")):
             atol = 1e-5 * want[i].abs().max().item()
-            torch.testing.assert_close(got[i].double(), want[i], rtol=1e-4, atol=atol,
+            torch.testing.assert_close(got[i].double(), want[i], rtol=rtol, atol=atol,
                                        msg=lambda m: f"{name} {metric} vs float64 eager [{label}]: {m}")
             diffs.append((got[i].double() - want[i]).abs().max().item())
         log(f"- {name} vs eager float64: max |diff| sigma {diffs[0]:.1e} (max {want[0].max().item():.3g}), "

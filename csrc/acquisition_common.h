@@ -1,6 +1,7 @@
 // Host-side code of the acquisition ops that every backend shares: argument checks naming the
 // argument, and the op bodies. A backend supplies `Launcher`:
-//   Launcher::Guard(tensor), Launcher::pixel_scores(problem), Launcher::aggregate_scores(problem, ...)
+//   Launcher::Guard(tensor), Launcher::empty(sizes, options) (a contiguous output),
+//   Launcher::pixel_scores(problem), Launcher::aggregate_scores(problem, ...)
 #pragma once
 
 #include <ATen/ATen.h>
@@ -59,7 +60,8 @@ at::Tensor pixel_scores_op(const at::Tensor& input, const std::string& method_na
     readable = input.contiguous();
     TORCH_INTERNAL_ASSERT(make_geometry(monte_carlo ? readable.select(0, 0) : readable, at::Tensor(), pr.geometry));
   }
-  at::Tensor scores = at::empty(pixel_shape(prediction), input.options().dtype(accumulation_type(input.scalar_type())));
+  at::Tensor scores =
+      Launcher::empty(pixel_shape(prediction), input.options().dtype(accumulation_type(input.scalar_type())));
   pr.input_type = float_type_of(input.scalar_type());
   pr.method = method;
   pr.input = readable.data_ptr();

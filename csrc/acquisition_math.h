@@ -28,10 +28,13 @@ UAAL_HOST_DEVICE constexpr bool is_monte_carlo(ScoreMethod m) {
 }
 
 // The one-pass statistics of a single prediction (see the header comment), one logit at a time.
-template <typename V>
+// Only what kMethod's score reads is tracked: the second logit for the margin, dot for the entropy.
+template <typename V, ScoreMethod kMethod>
 struct OnlineTopTwo {
   using L = Lanes<V>;
   using S = typename L::Scalar;
+  static constexpr bool kTrackSecond = kMethod == ScoreMethod::kMargin;
+  static constexpr bool kTrackDot = kMethod == ScoreMethod::kEntropy;
   V max, second, others, dot;
 
   // As in OnlineSoftmax: a finite starting max keeps -inf logits at exactly zero weight.
@@ -46,13 +49,16 @@ struct OnlineTopTwo {
     const V d = z - max;
     const V e = L::exp(L::neg_abs(d));
     const auto grows = d > V(S(0));
+    // -inf logits give e = 0; the clamp keeps 0 * (-inf) out of dot. A NaN logit stays NaN through the
+    // clamp on the CPU's vectors (whose fast exp would turn it into a number), and CUDA's exp carries it.
     const V d_finite = L::clamp_min(d, V(std::numeric_limits<S>::lowest()));
+    if constexpr (kTrackDot) {
+      dot = L::select(grows, e * (dot - (one + others) * d_finite), dot + e * d_finite);
+    }
+    if constexpr (kTrackSecond) second = L::select(grows, max, L::select(z > second, z, second));
     // z becomes the max: the old max (term 1) and the old others, rescaled by e, are the others now.
-    const V others_grown = (others + one) * e;
-    const V dot_grown = e * (dot - (one + others) * d_finite);
-    others = L::select(grows, others_grown, others + e);
-    dot = L::select(grows, dot_grown, dot + e * d_finite);
-    second = L::select(grows, max, L::select(z > second, z, second));
+    others = L::select(grows, (others + one) * e, others + e);
+    if constexpr (!kTrackDot) others = others + d_finite * V(S(0));  // NaN carrier, else + 0
     max = L::select(grows, z, max);
   }
 
@@ -60,10 +66,9 @@ struct OnlineTopTwo {
   UAAL_HOST_DEVICE V nan_guard() const {
     const V no_finite_logit =
         L::select(max == V(std::numeric_limits<S>::lowest()), V(std::numeric_limits<S>::quiet_NaN()), V(S(0)));
-    return nan_if_not_finite(max) + nan_if_not_finite(dot) + no_finite_logit;
+    return nan_if_not_finite(max) + nan_if_not_finite(others) + nan_if_not_finite(dot) + no_finite_logit;
   }
 
-  template <ScoreMethod kMethod>
   UAAL_HOST_DEVICE V score() const {
     const V one(S(1));
     V value;

@@ -2,6 +2,7 @@
 // argument, the work plan of kernel_noise, and the op bodies. A backend supplies only `Launcher`
 // (cpu/perturbation_cpu.cpp, cuda/perturbation_cuda.cu):
 //   Launcher::Guard(tensor)                       make the tensor's device current
+//   Launcher::empty(sizes, options)               a contiguous output
 //   Launcher::kNoiseSlotElements                  longest slot (unit of work) of kernel_noise
 //   Launcher::kernel_noise(problem)               sums, scales and writes (the tables are on its device)
 //   Launcher::perturbation_statistics(problem)
@@ -73,7 +74,7 @@ std::vector<at::Tensor> kernel_noise_op(at::TensorList weights, int64_t num_samp
     at::Tensor w = weights[t].contiguous();
     std::vector<int64_t> shape{num_samples};
     shape.insert(shape.end(), w.sizes().begin(), w.sizes().end());
-    at::Tensor out = at::empty(shape, w.options());
+    at::Tensor out = Launcher::empty(shape, w.options());
     NoiseTensor info;
     info.weight = w.data_ptr();
     info.perturbed = out.data_ptr();
@@ -154,8 +155,8 @@ std::tuple<at::Tensor, at::Tensor> perturbation_statistics_op(const at::Tensor& 
     TORCH_INTERNAL_ASSERT(make_geometry(clean_in, perturbed_in.select(0, 0), pr.geometry));
   }
   const auto options = clean.options().dtype(accumulation_type(clean.scalar_type()));
-  at::Tensor sigma = at::empty(pixel_shape(clean), options);
-  at::Tensor noise_stability = at::empty(pixel_shape(clean), options);
+  at::Tensor sigma = Launcher::empty(pixel_shape(clean), options);
+  at::Tensor noise_stability = Launcher::empty(pixel_shape(clean), options);
   pr.input_type = float_type_of(clean.scalar_type());
   pr.clean = clean_in.data_ptr();
   pr.perturbed = perturbed_in.data_ptr();

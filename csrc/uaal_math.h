@@ -123,15 +123,16 @@ struct OnlineSoftmax {
   UAAL_HOST_DEVICE V entropy(V log_normalizer) const { return log_normalizer - dot / sum; }
 };
 
-// 0 for a finite logit or -inf, NaN for NaN or +inf (or any logit of a pixel whose max is +inf):
-// added to a pixel's results, it makes them NaN exactly where softmax gives NaN. A fast exp may map
-// NaN to a number, so the statistics cannot rely on the exps carrying it.
+// NaN where softmax is NaN, from the pixel's max and the plain sum of its logits: a NaN logit makes the
+// sum NaN, a +inf one the max (and -inf logits alone do neither: they are classes of probability 0).
+// Added to a pixel's results, it makes them NaN exactly there; a fast exp may map NaN to a number, so
+// the exps cannot be relied on to carry it. One add per logit.
 template <typename V>
-UAAL_HOST_DEVICE V softmax_nan_term(V z, V max) {
+UAAL_HOST_DEVICE V softmax_nan_guard(V logit_sum, V max) {
   using L = Lanes<V>;
   using S = typename L::Scalar;
-  const V zero(S(0));
-  return L::select(z == V(-std::numeric_limits<S>::infinity()), zero, (z - max) * zero);
+  return nan_if_not_finite(max) +
+         L::select(logit_sum != logit_sum, V(std::numeric_limits<S>::quiet_NaN()), V(S(0)));
 }
 
 // Rebuilds probabilities from what OnlineSoftmax's updates returned, without another exp per logit,

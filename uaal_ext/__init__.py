@@ -17,6 +17,7 @@ from ._build import build_info
 from .loss import UAALLoss, pixel_entropy, uaal_cross_entropy
 from .perturbation import kernel_noise, perturbation_statistics
 from .uncertainty import EntropyUncertainty, KernelNoise, MCDropout, make_uncertainty
+from . import acquisition  # noqa: E402  (uaal_ext.acquisition.METHODS, image_scores, select, ...)
 from .schedules import SCHEDULES, get_schedule
 
 __version__ = build_info()["version"]

@@ -23,6 +23,8 @@ __all__ = [
     "kernel_noise_normals_reference",
     "kernel_noise_reference",
     "perturbation_statistics_reference",
+    "pixel_scores_reference",
+    "aggregate_scores_reference",
 ]
 
 
@@ -261,3 +263,100 @@ def perturbation_statistics_reference(clean: Tensor, perturbed: Tensor) -> tuple
     sigma = deviation.square().mean(dim=0).sqrt()
     ns = deviation.mean(dim=0) / torch.linalg.vector_norm(p, dim=1)
     return sigma, ns
+
+
+# --- Acquisition scores (SPEC 2) ------------------------------------------------------------------
+
+
+def _entropy_of_probabilities(p: Tensor, dim: int) -> Tensor:
+    """``-sum p log p`` over ``dim`` with ``0 log 0 = 0``; NaN stays NaN (xlogy, not a mask on p)."""
+    return -torch.special.xlogy(p, p).sum(dim=dim)
+
+
+def pixel_scores_reference(method: str, input: Tensor) -> Tensor:
+    """Per-pixel acquisition scores; higher means more informative (SPEC 2).
+
+    Methods on logits ``(N, C, *spatial)`` or ``(N, C)``, with ``p = softmax`` over dim 1:
+
+    - ``"entropy"``: ``H = -sum_c p_c log p_c`` (natural log, not normalised);
+    - ``"margin"``: ``1 - (p_top1 - p_top2)`` (``p_top2 = 0`` when ``C == 1``);
+    - ``"least_confidence"``: ``1 - p_top1``.
+
+    Methods on MC-Dropout logits ``(T, N, C, *spatial)``, ``p_t = softmax`` over dim 2:
+
+    - ``"mc_entropy"``: ``H(mean_t p_t)``;
+    - ``"bald"``: ``H(mean_t p_t) - mean_t H(p_t)``, clamped at 0 (it is >= 0 exactly, by the
+      concavity of H; rounding can dip below).
+
+    Returns:
+        ``(N, *spatial)`` in the input's dtype. ``-inf`` logits are classes of probability 0; a NaN
+        logit gives NaN at its pixel.
+    """
+    if method in ("entropy", "margin", "least_confidence"):
+        if input.dim() < 2:
+            raise ValueError(f"input must be (N, C, *spatial) logits for {method!r}, got shape {tuple(input.shape)}")
+        if method == "entropy":
+            return pixel_entropy_reference(input)
+        p = torch.softmax(input, dim=1)
+        top = p.topk(min(2, p.shape[1]), dim=1).values  # NaN sorts as the largest: NaN stays NaN
+        if method == "least_confidence":
+            return 1 - top[:, 0]
+        second = top[:, 1] if p.shape[1] > 1 else torch.zeros_like(top[:, 0])
+        return 1 - (top[:, 0] - second)
+    if method in ("mc_entropy", "bald"):
+        if input.dim() < 3:
+            raise ValueError(
+                f"input must be (T, N, C, *spatial) MC logits for {method!r}, got shape {tuple(input.shape)}"
+            )
+        p = torch.softmax(input, dim=2)
+        predictive = _entropy_of_probabilities(p.mean(dim=0), dim=1)
+        if method == "mc_entropy":
+            return predictive
+        expected = _entropy_of_probabilities(p, dim=2).mean(dim=0)
+        return (predictive - expected).clamp(min=0)  # clamp keeps NaN
+    raise ValueError(
+        f"method must be one of 'entropy', 'margin', 'least_confidence', 'mc_entropy', 'bald', got {method!r}"
+    )
+
+
+def aggregate_scores_reference(scores: Tensor, valid: Tensor | None, reduction: str, q: float) -> Tensor:
+    """Per-image aggregate of a pixel score map over the valid pixels (SPEC 2).
+
+    Args:
+        scores: ``(N, *spatial)``, >= 0.
+        valid: bool of the same shape (True = the pixel counts), or None (all count).
+        reduction: ``"mean"``, ``"sum"``, ``"max"``, or ``"topk_mean"``: the mean of the ``k_i =
+            max(1, ceil(q * n_i))`` largest of the ``n_i`` valid scores of image i (taken by sorting).
+        q: the top fraction for ``"topk_mean"``, in (0, 1]; ``ceil(q * n_i)`` in float64.
+
+    Returns:
+        ``(N,)`` in the scores' dtype. An image without a valid pixel gets 0; a NaN among an
+        image's valid scores makes its result NaN; invalid pixels never matter, whatever they hold.
+    """
+    n, pixels = scores.shape[0], math.prod(scores.shape[1:])
+    flat = scores.reshape(n, pixels)  # not (n, -1): that is ambiguous for n == 0
+    mask = torch.ones_like(flat, dtype=torch.bool) if valid is None else valid.reshape(n, pixels)
+    count = mask.sum(dim=1)
+    has_nan = (flat.isnan() & mask).any(dim=1)
+    zeroed = torch.where(mask, flat, torch.zeros_like(flat))
+    if reduction == "sum":
+        result = zeroed.sum(dim=1)
+    elif reduction == "mean":
+        result = zeroed.sum(dim=1) / count.clamp(min=1).to(flat.dtype)
+    elif reduction == "max":
+        lowest = torch.where(mask, flat, torch.full_like(flat, float("-inf")))
+        result = lowest.amax(dim=1) if flat.shape[1] > 0 else flat.new_zeros(n)
+    elif reduction == "topk_mean":
+        if not 0 < q <= 1:
+            raise ValueError(f"q must be in (0, 1], got {q!r}")
+        # Invalid pixels and NaN go to the end of the descending sort; NaN is put back below.
+        lowest = torch.where(mask & ~flat.isnan(), flat, torch.full_like(flat, float("-inf")))
+        ordered = lowest.sort(dim=1, descending=True).values
+        k = torch.ceil(q * count.double()).clamp(min=1).long()  # (N,)
+        ranks = torch.arange(flat.shape[1], device=flat.device)
+        top = torch.where(ranks < k[:, None], ordered, torch.zeros_like(ordered))
+        result = top.sum(dim=1) / k.to(flat.dtype)
+    else:
+        raise ValueError(f"reduction must be 'mean', 'sum', 'max' or 'topk_mean', got {reduction!r}")
+    result = torch.where(count > 0, result, torch.zeros_like(result))
+    return torch.where(has_nan, torch.full_like(result, float("nan")), result)

@@ -1,6 +1,7 @@
 // CPU implementations of pixel_scores and aggregate_scores: the shared op bodies
 // (acquisition_common.h) with the kernels compiled for the best instruction set this CPU supports.
 #include <ATen/Parallel.h>
+#include <c10/util/strides.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 
 #include "acquisition_common.h"
 #include "cpu/acquisition_kernels.h"
+#include "cpu/buffer_cache.h"
 #include "cpu/capability.h"
 
 namespace uaal::cpu {
@@ -58,6 +60,10 @@ struct CpuAcquisitionLauncher {
   struct Guard {
     explicit Guard(const at::Tensor&) {}
   };
+  // Recycled: a fresh multi-megabyte buffer costs more in page faults than the kernel that fills it.
+  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+    return empty_cached(sizes, c10::contiguous_strides(sizes), options.dtype().toScalarType());
+  }
   static void pixel_scores(const PixelScoreProblem& pr, const at::TensorOptions&) {
     best_acquisition_kernels().pixel_scores(pr);
   }

@@ -31,14 +31,14 @@ void single_prediction_scores(const PixelScoreProblem& pr) {
     thread_local std::vector<acc_t> staging_buffer;
     const BlockRows<acc_t> rows =
         load_rows(g, input, in_offset, count, thread_buffer(staging_buffer, g.num_classes * P));
-    OnlineTopTwo<Vec> stats[kVectorsPerBlock];
+    OnlineTopTwo<Vec, kMethod> stats[kVectorsPerBlock];
     for (int64_t c = 0; c < g.num_classes; ++c) {
       for (int u = 0; u < kVectorsPerBlock; ++u) stats[u].update(Vec::loadu(rows.row(c) + u * W));
     }
     for (int u = 0; u < kVectorsPerBlock; ++u) {
       const int lanes = lanes_left<acc_t>(count, u);
       if (lanes == 0) break;
-      stats[u].template score<kMethod>().store(scores + first + u * W, lanes);
+      stats[u].score().store(scores + first + u * W, lanes);
     }
   });
 }
@@ -66,14 +66,16 @@ void monte_carlo_scores(const PixelScoreProblem& pr) {
 
     for (int64_t t = 0; t < pr.num_samples; ++t) {
       BlockSoftmaxTerms<acc_t> softmax;
-      softmax.compute(load_rows(g, input + t * pr.sample_stride, in_offset, count, staging), C, terms);
+      constexpr bool kBald = kMethod == ScoreMethod::kBald;  // only BALD needs the samples' entropies
+      softmax.template compute</*kSquares=*/false, /*kDot=*/kBald>(
+          load_rows(g, input + t * pr.sample_stride, in_offset, count, staging), C, terms);
       for (int u = 0; u < kVectorsPerBlock; ++u) {
         const Vec inv_sum = Vec(acc_t(1)) / softmax.sum[u];
         for (int64_t c = 0; c < C; ++c) {
           acc_t* mean = probability_sum + c * P + u * W;
           (Vec::loadu(mean) + Vec::loadu(terms + c * P + u * W) * inv_sum).store(mean);
         }
-        entropy_sum[u] = entropy_sum[u] + entropy_from_terms(softmax.sum[u], softmax.dot[u]);
+        if constexpr (kBald) entropy_sum[u] = entropy_sum[u] + entropy_from_terms(softmax.sum[u], softmax.dot[u]);
         nan[u] = nan[u] + softmax.nan[u];
       }
     }

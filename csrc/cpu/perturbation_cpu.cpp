@@ -1,8 +1,10 @@
 // CPU implementations of kernel_noise and perturbation_statistics: the shared op bodies
 // (perturbation_common.h) with the kernels compiled for the best instruction set this CPU supports.
 #include <ATen/Parallel.h>
+#include <c10/util/strides.h>
 #include <torch/library.h>
 
+#include "cpu/buffer_cache.h"
 #include "cpu/capability.h"
 #include "cpu/perturbation_kernels.h"
 #include "perturbation_common.h"
@@ -21,6 +23,10 @@ struct CpuPerturbationLauncher {
   struct Guard {
     explicit Guard(const at::Tensor&) {}
   };
+  // Recycled: a fresh multi-megabyte buffer costs more in page faults than the kernel that fills it.
+  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+    return empty_cached(sizes, c10::contiguous_strides(sizes), options.dtype().toScalarType());
+  }
   // Long enough to amortise a slot's setup, short enough that one large tensor splits into many
   // tasks for the threads.
   static constexpr int64_t kNoiseSlotElements = 16384;

@@ -99,12 +99,28 @@ void for_each_noise_batch(NoiseBatches& batches, const NoiseStream& stream, cons
   }
 }
 
-// Slots per task: enough elements to amortise scheduling, whatever the slots' sizes.
-int64_t slot_grain(const KernelNoiseProblem& pr) {
+// Runs body(first_slot, last_slot) over consecutive slot ranges of about equal element counts, in
+// parallel. at::parallel_for splits its range evenly by index; slots range from a handful of elements
+// (small per-filter groups) to thousands, so the split is made by elements instead.
+template <typename Body>
+void parallel_slots(const KernelNoiseProblem& pr, const Body& body) {
   int64_t elements = 0;
   for (int64_t s = 0; s < pr.num_slots; ++s) elements += pr.slots[s].end - pr.slots[s].begin;
-  const int64_t elements_per_slot = std::max<int64_t>(1, elements / std::max<int64_t>(1, pr.num_slots));
-  return std::max<int64_t>(1, 32768 / elements_per_slot);
+  const int64_t per_range = std::max<int64_t>(32768, elements / 256);
+  std::vector<int64_t> range_start{0};
+  int64_t in_range = 0;
+  for (int64_t s = 0; s < pr.num_slots; ++s) {
+    in_range += pr.slots[s].end - pr.slots[s].begin;
+    if (in_range >= per_range && s + 1 < pr.num_slots) {
+      range_start.push_back(s + 1);
+      in_range = 0;
+    }
+  }
+  range_start.push_back(pr.num_slots);
+  const int64_t num_ranges = static_cast<int64_t>(range_start.size()) - 1;
+  at::parallel_for(0, num_ranges, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) body(range_start[r], range_start[r + 1]);
+  });
 }
 
 // sum of x^2 over [lo, hi) in the accumulation type, in a fixed order (vectors, then the tail).
@@ -136,9 +152,8 @@ void kernel_noise(const KernelNoiseProblem& pr) {
   // place, which costs a read and a write of the output instead of generating the noise a second
   // time. float16 / bfloat16 outputs would round it, so for them pass 3 generates it again.
   constexpr bool kParkNoise = std::is_same_v<scalar_t, acc_t>;
-  const int64_t grain = slot_grain(pr);
   // Pass 1: per slot, sum of n^2 (and of theta^2 for sample 0), in a fixed order.
-  at::parallel_for(0, pr.num_slots, grain, [&](int64_t begin, int64_t end) {
+  parallel_slots(pr, [&](int64_t begin, int64_t end) {
     NoiseBatches batches;
     for (int64_t s = begin; s < end; ++s) {
       const NoiseSlot& slot = pr.slots[s];
@@ -162,7 +177,7 @@ void kernel_noise(const KernelNoiseProblem& pr) {
     for (int64_t group = begin; group < end; ++group) compute_group_scale(pr, group);
   });
   // Pass 3: theta + scale n.
-  at::parallel_for(0, pr.num_slots, grain, [&](int64_t begin, int64_t end) {
+  parallel_slots(pr, [&](int64_t begin, int64_t end) {
     NoiseBatches batches;
     for (int64_t s = begin; s < end; ++s) {
       const NoiseSlot& slot = pr.slots[s];
@@ -210,14 +225,17 @@ Vectorized<acc_t> squared_deviation_of_vector(const BlockRows<acc_t>& clean, con
   const Vec shifted_form_holds = shift.max_abs_shift <= Vec(acc_t(kMaxPreciseLogitShift));
   if (shifted_form_holds.zero_mask() == 0) return shifted_squares;  // no lane is all-zero bits: all hold
 
-  Vec max = OnlineSoftmax<Vec>::initial_max(), sum(acc_t(0)), plain_squares(acc_t(0));
-  for (int64_t c = 0; c < C; ++c) max = OnlineSoftmax<Vec>::running_max(max, Vec::loadu(perturbed.row(c) + lane));
+  Vec max = OnlineSoftmax<Vec>::initial_max(), sum(acc_t(0)), plain_squares(acc_t(0)), logit_sum(acc_t(0));
   for (int64_t c = 0; c < C; ++c) {
     const Vec z = Vec::loadu(perturbed.row(c) + lane);
-    const Vec e = Lanes<Vec>::exp(z - max);
+    max = OnlineSoftmax<Vec>::running_max(max, z);
+    logit_sum = logit_sum + z;
+  }
+  nan = nan + softmax_nan_guard(logit_sum, max);
+  for (int64_t c = 0; c < C; ++c) {
+    const Vec e = Lanes<Vec>::exp(Vec::loadu(perturbed.row(c) + lane) - max);
     e.store(terms + c * P + lane);
     sum = sum + e;
-    nan = nan + softmax_nan_term(z, max);
   }
   const Vec inv_sum = Vec(acc_t(1)) / sum;
   for (int64_t c = 0; c < C; ++c) {
@@ -253,7 +271,7 @@ void perturbation_statistics(const PerturbationStatisticsProblem& pr) {
 
     // Clean softmax: p (stored for every class), ||p||^2 and the NaN term.
     BlockSoftmaxTerms<acc_t> clean_softmax;
-    clean_softmax.compute(clean_rows, C, probabilities);
+    clean_softmax.template compute</*kSquares=*/true, /*kDot=*/false>(clean_rows, C, probabilities);
     Vec nan[kVectorsPerBlock], clean_norm_squared[kVectorsPerBlock];
     for (int u = 0; u < kVectorsPerBlock; ++u) {
       nan[u] = clean_softmax.nan[u];

@@ -25,9 +25,9 @@ __global__ void __launch_bounds__(kThreads) single_prediction_scores_kernel(cons
   int64_t in_offset, unused;
   pixel_offsets(g, pixel, in_offset, unused);
   const scalar_t* z = static_cast<const scalar_t*>(pr.input) + in_offset;
-  OnlineTopTwo<acc_t> stats;
+  OnlineTopTwo<acc_t, kMethod> stats;
   for (int64_t c = 0; c < g.num_classes; ++c) stats.update(static_cast<acc_t>(z[c * g.in_channel_stride]));
-  static_cast<acc_t*>(pr.scores)[pixel] = stats.template score<kMethod>();
+  static_cast<acc_t*>(pr.scores)[pixel] = stats.score();
 }
 
 // Pass 1 over the samples gives each softmax's max and 1/sum (parked in scratch, [t][2][pixel]) and
@@ -46,16 +46,18 @@ __global__ void __launch_bounds__(kThreads) monte_carlo_scores_kernel(const Pixe
   auto* scratch = static_cast<acc_t*>(pr.scratch);
   acc_t entropy_sum = 0, nan = 0;
   for (int64_t t = 0; t < pr.num_samples; ++t) {
-    acc_t max = OnlineSoftmax<acc_t>::initial_max();
-    for (int64_t c = 0; c < C; ++c) max = OnlineSoftmax<acc_t>::running_max(max, logit(t, c));
+    acc_t max = OnlineSoftmax<acc_t>::initial_max(), logit_sum = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      max = OnlineSoftmax<acc_t>::running_max(max, logit(t, c));
+      logit_sum += logit(t, c);
+    }
+    nan += softmax_nan_guard(logit_sum, max);
     acc_t sum = 0, dot = 0;
     for (int64_t c = 0; c < C; ++c) {
-      const acc_t z = logit(t, c);
-      const acc_t shift = z - max;
+      const acc_t shift = logit(t, c) - max;
       const acc_t e = Lanes<acc_t>::exp(shift);
       sum += e;
       dot += e * Lanes<acc_t>::clamp_min(shift, std::numeric_limits<acc_t>::lowest());
-      nan += softmax_nan_term(z, max);
     }
     entropy_sum += entropy_from_terms(sum, dot);
     scratch[(2 * t) * P + pixel] = max;
@@ -116,6 +118,7 @@ struct CudaAcquisitionLauncher {
     c10::cuda::CUDAGuard device_guard;
     explicit Guard(const at::Tensor& t) : device_guard(t.device()) {}
   };
+  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) { return at::empty(sizes, options); }
 
   static void pixel_scores(PixelScoreProblem pr, const at::TensorOptions& options) {
     const unsigned int blocks = blocks_for(pr.geometry.num_pixels);

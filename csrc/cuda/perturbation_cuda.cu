@@ -83,14 +83,18 @@ template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ void pixel_softmax(const scalar_t* z, int64_t C, int64_t stride, acc_t& max, acc_t& sum,
                                               acc_t& sum_squares, acc_t& nan) {
   max = OnlineSoftmax<acc_t>::initial_max();
-  for (int64_t c = 0; c < C; ++c) max = OnlineSoftmax<acc_t>::running_max(max, static_cast<acc_t>(z[c * stride]));
-  sum = sum_squares = acc_t(0);
+  acc_t logit_sum = 0;
   for (int64_t c = 0; c < C; ++c) {
     const acc_t zc = static_cast<acc_t>(z[c * stride]);
-    const acc_t e = Lanes<acc_t>::exp(zc - max);
+    max = OnlineSoftmax<acc_t>::running_max(max, zc);
+    logit_sum += zc;
+  }
+  nan += softmax_nan_guard(logit_sum, max);
+  sum = sum_squares = acc_t(0);
+  for (int64_t c = 0; c < C; ++c) {
+    const acc_t e = Lanes<acc_t>::exp(static_cast<acc_t>(z[c * stride]) - max);
     sum += e;
     sum_squares += e * e;
-    nan += softmax_nan_term(zc, max);
   }
 }
 
@@ -145,6 +149,7 @@ struct CudaPerturbationLauncher {
     c10::cuda::CUDAGuard device_guard;
     explicit Guard(const at::Tensor& t) : device_guard(t.device()) {}
   };
+  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) { return at::empty(sizes, options); }
   // One block of kThreads per slot: 2048 elements are 2 Philox blocks per thread.
   static constexpr int64_t kNoiseSlotElements = 2048;
 

@@ -1,0 +1,872 @@
+"""uaal_ext.acquisition: pixel scores, aggregation, selection, k-center and pool scoring (SPEC 2)."""
+
+import itertools
+import math
+import re
+
+import pytest
+import scipy.stats
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.utils.data import DataLoader, TensorDataset
+
+import uaal_ext
+from uaal_ext import acquisition
+from uaal_ext.acquisition import (
+    METHODS,
+    REDUCTIONS,
+    SCORE_METHODS,
+    image_scores,
+    kcenter_greedy,
+    pixel_scores,
+    pooled_deviations,
+    score_pool,
+    select,
+    select_from_pool,
+)
+from uaal_ext.reference import aggregate_scores_reference, pixel_scores_reference
+from testing import DEVICES, FLOAT_DTYPES, FULL_DTYPES, LAYOUTS, SPATIAL_SHAPES, assert_close, random_logits, strided
+
+ops = torch.ops.uaal_ext
+LOGIT_METHODS = ["entropy", "margin", "least_confidence"]
+MC_METHODS = ["mc_entropy", "bald"]
+MAP_METHODS = LOGIT_METHODS + MC_METHODS
+NUM_SAMPLES = 3  # T or K
+# Dyadic fractions: q * n is exact in any float format, so ceil(q * n) has one answer.
+QS = [0.125, 0.25, 0.5, 1.0]
+
+
+def _result_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _unit(method, num_classes):
+    """The natural size of a score: log C for the entropies, 1 for probabilities."""
+    return max(math.log(num_classes), 1.0) if method in ("entropy", "mc_entropy", "bald") else 1.0
+
+
+def _input_shape(method, num_classes, ndim, n=3):
+    shape = (n, num_classes) + SPATIAL_SHAPES[ndim]
+    return (NUM_SAMPLES,) + shape if method in MC_METHODS else shape
+
+
+def _inputs(method, dtype, shape, spread=1.0):
+    """Inputs of `method` for image_scores/pixel_scores, rounded to dtype, as a dict of keyword args.
+
+    MC samples and perturbed passes scatter around one set of logits, so they disagree moderately.
+    """
+    if method in MC_METHODS:
+        base = random_logits(shape[1:])
+        return {"mc_logits": (base + spread * torch.randn(shape, dtype=torch.float64)).to(dtype)}
+    logits = random_logits(shape)
+    if method == "noise_stability":
+        perturbed = logits + spread * torch.randn((NUM_SAMPLES, *shape), dtype=torch.float64)
+        return {"logits": logits.to(dtype), "perturbed_logits": perturbed.to(dtype)}
+    return {"logits": logits.to(dtype)}
+
+
+def _pixel_shape(inputs):
+    if "mc_logits" in inputs:
+        x = inputs["mc_logits"]
+        return (x.shape[1], *x.shape[3:])
+    x = inputs["logits"]
+    return (x.shape[0], *x.shape[2:])
+
+
+def _check_map(method, input, device="cpu"):
+    """pixel_scores(method) of `input` against the float64 reference on the same (rounded) values."""
+    dtype = input.dtype
+    key = "mc_logits" if method in MC_METHODS else "logits"
+    got = pixel_scores(method, **{key: input.to(device)})
+    want = pixel_scores_reference(method, input.double())
+    assert got.shape == want.shape and got.dtype == _result_dtype(dtype) and got.device.type == device
+    assert not got.requires_grad
+    assert_close(got.cpu(), want, _result_dtype(dtype), unit=_unit(method, input.shape[-1 - len(want.shape[1:])]))
+    return got
+
+
+# --- Pixel maps against the float64 reference -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", MAP_METHODS)
+@pytest.mark.parametrize("ndim", list(SPATIAL_SHAPES))
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_pixel_scores_match_reference(device, dtype, ndim, method, seed):
+    (input,) = _inputs(method, dtype, _input_shape(method, 5, ndim)).values()
+    _check_map(method, input, device)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+@pytest.mark.parametrize("method", MAP_METHODS)
+def test_pixel_scores_any_strides(method, ndim, layout, seed):
+    leaf, view = strided(_input_shape(method, 6, ndim), layout, lambda shape: random_logits(shape).float())
+    input = view(leaf)
+    got = _check_map(method, input)
+    key = "mc_logits" if method in MC_METHODS else "logits"
+    assert torch.equal(got, pixel_scores(method, **{key: input.contiguous()}))
+
+
+@pytest.mark.parametrize("num_samples", [1, 4])
+@pytest.mark.parametrize("num_classes", [1, 2, 19])
+@pytest.mark.parametrize("method", MAP_METHODS)
+@pytest.mark.parametrize("dtype", FULL_DTYPES)
+def test_classes_and_samples(dtype, method, num_classes, num_samples, seed):
+    shape = (2, num_classes, 5, 3)
+    if method in MC_METHODS:
+        shape = (num_samples,) + shape
+    got = _check_map(method, (random_logits(shape) * 2).to(dtype))
+    if num_classes == 1 or (method == "bald" and num_samples == 1):
+        assert got.abs().max() <= 1e-6  # one class, or one sample: nothing is uncertain
+
+
+@pytest.mark.parametrize("ndim", [0, 2])
+def test_entropy_matches_scipy(ndim, seed):
+    logits = random_logits((3, 7) + SPATIAL_SHAPES[ndim])
+    got = pixel_scores("entropy", logits=logits)
+    p = torch.softmax(logits, dim=1).numpy()
+    expected = torch.from_numpy(scipy.stats.entropy(p, axis=1))
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    # mc_entropy of T identical samples is the entropy of one.
+    mc = pixel_scores("mc_entropy", mc_logits=logits.expand(4, *logits.shape))
+    torch.testing.assert_close(mc, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_scores_by_hand():
+    """Three classes with probabilities (0.5, 0.3, 0.2): H, margin and least confidence by hand."""
+    logits = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64).log()[None]
+    assert pixel_scores("entropy", logits=logits).item() == pytest.approx(
+        -(0.5 * math.log(0.5) + 0.3 * math.log(0.3) + 0.2 * math.log(0.2)), rel=1e-12
+    )
+    assert pixel_scores("margin", logits=logits).item() == pytest.approx(0.8, rel=1e-12)
+    assert pixel_scores("least_confidence", logits=logits).item() == pytest.approx(0.5, rel=1e-12)
+    # Two MC samples, certain of different classes: H(mean) = log 2, mean H = 0.
+    mc = torch.tensor([[[30.0, 0.0]], [[0.0, 30.0]]], dtype=torch.float64)  # (T=2, N=1, C=2)
+    assert pixel_scores("bald", mc_logits=mc).item() == pytest.approx(math.log(2), rel=1e-9)
+    assert pixel_scores("mc_entropy", mc_logits=mc).item() == pytest.approx(math.log(2), rel=1e-9)
+
+
+@pytest.mark.parametrize("dtype", FULL_DTYPES)
+def test_bald_is_nonnegative_and_zero_when_samples_agree(dtype, seed):
+    (mc,) = _inputs("bald", dtype, (6, 2, 11, 7, 5), spread=3.0).values()
+    bald = pixel_scores("bald", mc_logits=mc)
+    assert (bald >= 0).all() and bald.max() > 0.05
+    assert bald.double().le(pixel_scores("mc_entropy", mc_logits=mc).double() + 1e-6).all()  # BALD <= H(mean)
+    logits = random_logits((2, 11, 7, 5)).to(dtype)
+    agree = pixel_scores("bald", mc_logits=logits.expand(5, *logits.shape))
+    assert (agree >= 0).all() and agree.max() <= (1e-12 if dtype == torch.float64 else 1e-6)
+
+
+def _peaked_and_flat(num_classes, strengths):
+    """(len(strengths), C) logits: class 0 raised by s, the rest 0; larger s is more confident."""
+    logits = torch.zeros(len(strengths), num_classes, dtype=torch.float64)
+    logits[:, 0] = torch.tensor(strengths, dtype=torch.float64)
+    return logits
+
+
+@pytest.mark.parametrize("method", SCORE_METHODS[1:])
+def test_confident_predictions_score_lower(method, seed):
+    """Higher = more informative: scores fall strictly as the prediction grows more confident/stable."""
+    strengths = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0]  # flat ... peaked
+    logits = _peaked_and_flat(5, strengths)[:, :, None].expand(-1, -1, 3).contiguous()  # (6, 5, 3)
+    if method in LOGIT_METHODS:
+        scores = image_scores(method, logits=logits)
+    elif method == "mc_entropy":
+        scores = image_scores(method, mc_logits=logits.expand(4, *logits.shape))
+    elif method == "bald":
+        # Four confident samples that agree more and more: their classes, most disagreement first.
+        patterns = [[0, 1, 2, 3], [0, 1, 2, 2], [0, 0, 1, 1], [0, 0, 0, 1], [0, 0, 0, 0]]
+        mc = torch.zeros(4, len(patterns), 5, 3, dtype=torch.float64)
+        for image, classes in enumerate(patterns):
+            for t, c in enumerate(classes):
+                mc[t, image, c] = 8.0
+        scores = image_scores(method, mc_logits=mc)
+    else:  # noise_stability: perturbations of shrinking size around the same prediction
+        base = random_logits((1, 5, 3)).expand(len(strengths), -1, -1)
+        noise = torch.randn(NUM_SAMPLES, 1, 5, 3, dtype=torch.float64)
+        sizes = torch.tensor([0.4, 0.2, 0.1, 0.05, 0.02, 0.0], dtype=torch.float64)[None, :, None, None]
+        scores = image_scores(method, logits=base.contiguous(), perturbed_logits=base + sizes * noise)
+    assert (scores[:-1] > scores[1:]).all(), scores
+    assert scores[-1] >= 0
+
+
+# --- Non-finite logits ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", MAP_METHODS)
+@pytest.mark.parametrize("dtype", FULL_DTYPES)
+def test_minus_inf_logits_have_zero_probability(dtype, method, seed):
+    (input,) = _inputs(method, dtype, _input_shape(method, 6, 2)).values()
+    masked = torch.rand(input.shape) < 0.3
+    masked.select(-3, 0).fill_(False)  # the class dim: one finite class per pixel
+    input = input.masked_fill(masked, float("-inf"))
+    got = _check_map(method, input)
+    assert torch.isfinite(got).all()
+    # A class at -inf is absent: the scores equal those of the logits without it.
+    first_two = input.narrow(-3, 0, 2).clone()
+    three = torch.cat([first_two, torch.full_like(first_two[..., :1, :, :], float("-inf"))], dim=-3)
+    key = "mc_logits" if method in MC_METHODS else "logits"
+    torch.testing.assert_close(pixel_scores(method, **{key: three}), pixel_scores(method, **{key: first_two}))
+
+
+@pytest.mark.parametrize("method", MAP_METHODS)
+@pytest.mark.parametrize("dtype", FULL_DTYPES)
+def test_nan_logits_give_nan_at_their_pixel(dtype, method, seed):
+    (input,) = _inputs(method, dtype, _input_shape(method, 5, 2, n=2)).values()
+    nan_pixels = torch.zeros(2, 7, 13, dtype=torch.bool)
+    if method in MC_METHODS:
+        input[1, 0, 3, 2, 4] = float("nan")  # one sample's logit
+        input[2, 1, 0, 6, 12] = float("nan")
+        nan_pixels[0, 2, 4] = nan_pixels[1, 6, 12] = True
+    else:
+        input[0, 3, 2, 4] = float("nan")
+        input[1, 0, 6, 12] = float("nan")
+        nan_pixels[0, 2, 4] = nan_pixels[1, 6, 12] = True
+    got = _check_map(method, input)
+    assert torch.equal(got.isnan(), nan_pixels)
+
+
+# --- Aggregation -------------------------------------------------------------------------------------------
+
+
+def _scores_and_mask(shape, layout="contiguous", masked=True, dtype=torch.float32):
+    """Scores >= 0 and a valid mask (about 30% ignored, image 1 entirely) with `layout`'s strides."""
+    leaf, view = strided(shape, layout, lambda s: (torch.rand(s, dtype=torch.float64) * 3).to(dtype))
+    scores = view(leaf)
+    if not masked:
+        return scores, None
+    mask_layout = layout if layout != "expanded" else "contiguous"
+    valid_leaf, valid_view = strided(shape, mask_layout, lambda s: torch.rand(s) > 0.3)
+    valid = valid_view(valid_leaf)
+    if shape[0] > 1:
+        valid = valid.clone()
+        valid[1] = False
+    return scores, valid
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["all-valid", "masked"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("ndim", list(SPATIAL_SHAPES))
+@pytest.mark.parametrize("dtype", FULL_DTYPES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_aggregate_matches_reference(device, dtype, ndim, reduction, masked, seed):
+    scores, valid = _scores_and_mask((4,) + SPATIAL_SHAPES[ndim], masked=masked, dtype=dtype)
+    for q in QS:
+        got = ops.aggregate_scores(scores.to(device), None if valid is None else valid.to(device), reduction, q)
+        want = aggregate_scores_reference(scores.double(), valid, reduction, q)
+        assert got.shape == (4,) and got.dtype == dtype and got.device.type == device
+        assert_close(got.cpu(), want, dtype)
+        if masked and ndim > 0:
+            assert got[1] == 0  # no valid pixel: the least informative score
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_aggregate_any_strides(reduction, layout, seed):
+    scores, valid = _scores_and_mask((3, 6, 9), layout)
+    got = ops.aggregate_scores(scores, valid, reduction, 0.25)
+    assert_close(got, aggregate_scores_reference(scores.double(), valid, reduction, 0.25), torch.float32)
+    assert torch.equal(got, ops.aggregate_scores(scores.contiguous(), valid.contiguous(), reduction, 0.25))
+
+
+def test_topk_mean_by_hand():
+    scores = torch.arange(10, dtype=torch.float64).reshape(1, 2, 5)  # 0 ... 9
+    valid = torch.ones(1, 2, 5, dtype=torch.bool)
+    assert ops.aggregate_scores(scores, valid, "topk_mean", 0.25).item() == 8.0  # ceil(2.5) = 3: 9, 8, 7
+    assert ops.aggregate_scores(scores, valid, "topk_mean", 0.01).item() == 9.0  # at least one pixel
+    valid[0, 1] = False  # only 0 ... 4 count
+    assert ops.aggregate_scores(scores, valid, "topk_mean", 0.5).item() == 3.0  # ceil(2.5) = 3: 4, 3, 2
+    assert ops.aggregate_scores(scores, valid, "max", 0.5).item() == 4.0
+    assert ops.aggregate_scores(scores, valid, "sum", 0.5).item() == 10.0
+    assert ops.aggregate_scores(scores, valid, "mean", 0.5).item() == 2.0
+
+
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+@pytest.mark.parametrize("masked", [False, True], ids=["all-valid", "masked"])
+def test_topk_mean_with_q_one_is_the_mean(masked, ndim, seed):
+    scores, valid = _scores_and_mask((5,) + SPATIAL_SHAPES[ndim], masked=masked)
+    torch.testing.assert_close(
+        ops.aggregate_scores(scores, valid, "topk_mean", 1.0), ops.aggregate_scores(scores, valid, "mean", 1.0)
+    )
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_aggregate_nan_only_where_valid(reduction, seed):
+    scores, valid = _scores_and_mask((3, 4, 5))
+    valid[0, 1, 1], valid[2, 0, 0] = True, False
+    scores[0, 1, 1] = float("nan")  # a valid pixel: NaN
+    scores[2, 0, 0] = float("nan")  # an ignored one: no effect
+    got = ops.aggregate_scores(scores, valid, reduction, 0.25)
+    assert got[0].isnan() and got[1] == 0 and torch.isfinite(got[2])
+    assert_close(got, aggregate_scores_reference(scores.double(), valid, reduction, 0.25), torch.float32)
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 5), (0,), (3, 0, 2)], ids=["N0", "N0-flat", "no-pixels"])
+def test_aggregate_empty(shape):
+    scores = torch.rand(shape)
+    for reduction in REDUCTIONS:
+        got = ops.aggregate_scores(scores, torch.ones(shape, dtype=torch.bool), reduction, 0.5)
+        assert torch.equal(got, torch.zeros(shape[0]))
+        assert torch.equal(ops.aggregate_scores(scores, None, reduction, 0.5), torch.zeros(shape[0]))
+
+
+def test_empty_batch_pixel_scores():
+    assert pixel_scores("entropy", logits=torch.randn(0, 4, 3, 2)).shape == (0, 3, 2)
+    assert pixel_scores("bald", mc_logits=torch.randn(2, 0, 4, 3)).shape == (0, 3)
+    assert image_scores("margin", logits=torch.randn(0, 4, 3, 2)).shape == (0,)
+
+
+# --- image_scores: ignore masks, labels, random ------------------------------------------------------------
+
+
+def _scramble(inputs, ignored):
+    """Copies of `inputs` whose logits at ignored pixels are replaced by huge, infinite and NaN values."""
+    wild = {}
+    for key, value in inputs.items():
+        if key == "logits":
+            mask = ignored[:, None].expand(value.shape)
+        else:  # (T|K, N, C, *spatial)
+            mask = ignored[None, :, None].expand(value.shape)
+        junk = torch.randn(value.shape, dtype=torch.float64) * 1e4
+        junk.view(-1)[::7] = float("nan")
+        junk.view(-1)[1::11] = float("inf")
+        junk.view(-1)[2::13] = float("-inf")
+        wild[key] = torch.where(mask, junk.to(value.dtype), value)
+    return wild
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("method", SCORE_METHODS)
+def test_ignored_pixels_never_change_a_score(method, reduction, seed):
+    inputs = _inputs(method, torch.float32, _input_shape("entropy" if method == "random" else method, 5, 2))
+    ignored = torch.rand(_pixel_shape(inputs)) < 0.4
+    ignored[2] = True  # an image without a valid pixel
+    extra = {"seed": seed} if method == "random" else {}
+    scores = image_scores(method, **inputs, ignore_mask=ignored, reduction=reduction, q=0.25, **extra)
+    wild = _scramble(inputs, ignored)
+    again = image_scores(method, **wild, ignore_mask=ignored, reduction=reduction, q=0.25, **extra)
+    assert torch.equal(scores, again)
+    assert scores[2] == 0 and torch.isfinite(scores).all() and (scores[:2] > 0).all()
+    # The mask matters: scoring every pixel changes the scores (so the check above can fail).
+    unmasked = image_scores(method, **inputs, reduction=reduction, q=0.25, **extra)
+    assert not torch.equal(unmasked, scores)
+    if method != "random":
+        valid = ~ignored
+        maps = pixel_scores(method, **inputs)
+        assert_close(scores, aggregate_scores_reference(maps.double(), valid, reduction, 0.25), torch.float32)
+
+
+@pytest.mark.parametrize("method", ["entropy", "bald", "noise_stability"])
+def test_labels_with_ignore_index_equal_an_ignore_mask(method, seed):
+    inputs = _inputs(method, torch.float32, _input_shape(method, 5, 2))
+    labels = torch.randint(0, 5, _pixel_shape(inputs))
+    labels[torch.rand(labels.shape) < 0.3] = 255
+    by_labels = image_scores(method, **inputs, labels=labels, ignore_index=255, reduction="topk_mean", q=0.5)
+    by_mask = image_scores(method, **inputs, ignore_mask=labels == 255, reduction="topk_mean", q=0.5)
+    assert torch.equal(by_labels, by_mask)
+
+
+def test_noise_stability_scores_are_perturbation_statistics(seed):
+    inputs = _inputs("noise_stability", torch.float64, (3, 5, 7, 6))
+    expected = uaal_ext.perturbation_statistics(inputs["logits"], inputs["perturbed_logits"])[1]
+    assert torch.equal(pixel_scores("noise_stability", **inputs), expected)
+    torch.testing.assert_close(image_scores("noise_stability", **inputs, reduction="sum"), expected.sum(dim=(1, 2)))
+
+
+def test_random_scores(seed):
+    logits = torch.randn(50, 3, 4, 4)
+    first = image_scores("random", logits=logits, seed=seed)
+    assert first.shape == (50,) and first.dtype == torch.float32 and ((first >= 0) & (first < 1)).all()
+    assert torch.equal(first, image_scores("random", mc_logits=logits[None], seed=seed))  # any input: only N
+    assert not torch.equal(first, image_scores("random", logits=logits, seed=seed + 1))
+    generator = torch.Generator().manual_seed(seed)
+    assert torch.equal(image_scores("random", logits=logits, generator=generator), first)
+    assert not torch.equal(image_scores("random", logits=logits, generator=generator), first)  # the generator moved
+    assert torch.equal(image_scores("random", logits=logits), image_scores("random", logits=logits, seed=0))
+    assert image_scores("random", logits=logits.double()).dtype == torch.float64
+    assert len(set(first.tolist())) == 50
+
+
+# --- select -----------------------------------------------------------------------------------------------------
+
+
+def _select_reference(values, k, exclude=()):
+    """Sorted by (NaN last, score descending, index ascending)."""
+    items = [(i, v) for i, v in values.items() if i not in set(exclude)]
+    items.sort(key=lambda item: (math.isnan(item[1]), -item[1] if not math.isnan(item[1]) else 0.0, item[0]))
+    return [i for i, _ in items[:k]]
+
+
+def test_select_ties_nan_and_exclude():
+    nan, inf = float("nan"), float("inf")
+    scores = torch.tensor([1.0, 3.0, 3.0, nan, -inf, 3.0, inf, nan, 0.0])
+    assert select(scores, 20) == [6, 1, 2, 5, 0, 8, 4, 3, 7]
+    assert select(scores, 3) == [6, 1, 2]
+    assert select(scores, 3, exclude=[6, 2]) == [1, 5, 0]
+    assert select(scores, 0) == []
+    assert select(scores.double(), 4) == select(scores.half(), 4) == [6, 1, 2, 5]
+    assert select(torch.tensor([]), 5) == []
+
+
+def test_select_dict_returns_pool_indices_whatever_the_order(seed):
+    values = {int(i): float(v) for i, v in zip(torch.randperm(1000)[:300] * 3, torch.randint(0, 20, (300,)) / 4)}
+    for i in list(values)[:10]:
+        values[i] = float("nan")
+    exclude = list(values)[10:40] + [-5, 10**9]  # indices outside the pool are ignored
+    expected = _select_reference(values, 120, exclude)
+    for _ in range(3):
+        keys = list(values)
+        shuffled = {keys[j]: values[keys[j]] for j in torch.randperm(len(keys)).tolist()}
+        assert select(shuffled, 120, exclude=exclude) == expected
+    assert select(values, 10**6) == _select_reference(values, 10**6)  # k > available: all of them
+    tensor = torch.tensor(list(values.values()))
+    assert select(tensor, 50) == _select_reference(dict(enumerate(tensor.tolist())), 50)
+
+
+# --- kcenter_greedy ---------------------------------------------------------------------------------------------
+
+
+def _distances(features):
+    x = features.double()
+    return (x[:, None] - x[None]).pow(2).sum(-1).sqrt()  # M x M: fine for the small reference inputs
+
+
+def _kcenter_reference(features, k, initial=()):
+    """Farthest-first traversal written out with the full distance matrix and Python max."""
+    d = _distances(features)
+    m = features.shape[0]
+    centres, chosen = list(initial), []
+    if not centres and k > 0 and m > 0:
+        from_mean = (features.double() - features.double().mean(dim=0)).pow(2).sum(-1)
+        first = max(range(m), key=lambda i: (from_mean[i].item(), -i))
+        centres.append(first)
+        chosen.append(first)
+    while len(chosen) < k:
+        candidates = [i for i in range(m) if i not in centres]
+        if not candidates:
+            break
+        best = max(candidates, key=lambda i: (min(d[i, c].item() for c in centres), -i))
+        centres.append(best)
+        chosen.append(best)
+    return chosen
+
+
+def _objective(features, centres):
+    """The covering radius: the largest distance from a point to its nearest centre."""
+    return _distances(features)[:, list(centres)].min(dim=1).values.max().item()
+
+
+@pytest.mark.parametrize("with_initial", [False, True])
+@pytest.mark.parametrize("size", [(1, 3), (7, 2), (40, 5), (123, 17)])
+def test_kcenter_matches_reference(size, with_initial, seed):
+    features = torch.randn(size, dtype=torch.float64)
+    initial = torch.randperm(size[0])[: size[0] // 4].tolist() if with_initial else []
+    for k in (0, 1, 3, size[0] // 2, size[0] + 5):
+        got = kcenter_greedy(features, k, initial=initial)
+        expected = _kcenter_reference(features, k, initial)
+        assert got == expected
+        assert not set(got) & set(initial) and len(set(got)) == len(got)
+        if got and initial:
+            assert _objective(features, got + initial) == _objective(features, expected + initial)
+    assert kcenter_greedy(features.float(), 5, initial=initial) == _kcenter_reference(features.float(), 5, initial)
+
+
+def test_kcenter_is_within_twice_the_optimum(seed):
+    """Brute force over every choice of k centres (and the labeled ones) on tiny inputs."""
+    for trial in range(4):
+        features = torch.randn(9, 2, dtype=torch.float64) * (1 + trial)
+        initial = [] if trial % 2 == 0 else [int(torch.randint(0, 9, ()))]
+        for k in (2, 3):
+            greedy = _objective(features, kcenter_greedy(features, k, initial=initial) + initial)
+            optimum = min(_objective(features, list(c) + initial) for c in itertools.combinations(range(9), k))
+            assert optimum <= greedy <= 2 * optimum + 1e-12
+
+
+def test_kcenter_ties_and_duplicates():
+    line = torch.tensor([[0.0], [2.0], [-2.0], [1.0], [-1.0]])
+    # Farthest from the mean (0): 1 and 2 tie -> 1; then 2; then 0 (2 from both); then 3 and 4 tie -> 3.
+    assert kcenter_greedy(line, 5) == [1, 2, 0, 3, 4]
+    assert kcenter_greedy(line, 2, initial=[0]) == [1, 2]
+    same = torch.ones(6, 3)
+    assert kcenter_greedy(same, 4) == [0, 1, 2, 3]
+    assert kcenter_greedy(same, 10, initial=[0, 2, 2]) == [1, 3, 4, 5]
+    assert kcenter_greedy(torch.empty(0, 4), 3) == []
+
+
+def test_kcenter_memory_is_linear_in_the_points():
+    """300k points: an M x M matrix would need 720 GB."""
+    features = torch.zeros(300_000, 2)
+    features[123_456] = torch.tensor([100.0, 0.0])
+    features[7] = torch.tensor([-50.0, 0.0])
+    assert kcenter_greedy(features, 2) == [123_456, 7]
+
+
+# --- pooled_deviations ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", FULL_DTYPES)
+def test_pooled_deviations(dtype, seed):
+    inputs = _inputs("noise_stability", dtype, (3, 5, 8, 12))
+    clean, perturbed = inputs["logits"], inputs["perturbed_logits"]
+    deviation = (torch.softmax(perturbed.double(), dim=2) - torch.softmax(clean.double(), dim=1))  # (K, N, C, H, W)
+    # A grid as fine as the map pools nothing: the deviations themselves, ordered (k, c, h, w).
+    full = pooled_deviations(clean, perturbed, grid=(8, 12))
+    assert full.shape == (3, NUM_SAMPLES * 5 * 96) and full.dtype == _result_dtype(dtype)
+    assert_close(full, deviation.permute(1, 0, 2, 3, 4).reshape(3, -1), _result_dtype(dtype))
+    # One cell: the mean deviation per (k, c).
+    one = pooled_deviations(clean, perturbed, grid=1)
+    assert_close(one, deviation.mean(dim=(3, 4)).permute(1, 0, 2).reshape(3, -1), _result_dtype(dtype))
+    # 2 x 3 cells of 4 x 4 pixels.
+    cells = pooled_deviations(clean, perturbed, grid=(2, 3)).reshape(3, NUM_SAMPLES, 5, 2, 3)
+    expected = deviation.reshape(NUM_SAMPLES, 3, 5, 2, 4, 3, 4).mean(dim=(4, 6)).permute(1, 0, 2, 3, 4)
+    assert_close(cells, expected, _result_dtype(dtype))
+    # Default grid: 4 cells per spatial dim; other spatial ranks.
+    assert pooled_deviations(clean, perturbed).shape == (3, NUM_SAMPLES * 5 * 16)
+    assert pooled_deviations(clean[..., 0], perturbed[..., 0]).shape == (3, NUM_SAMPLES * 5 * 4)
+    assert pooled_deviations(clean[..., 0, 0], perturbed[..., 0, 0], grid=()).shape == (3, NUM_SAMPLES * 5)
+
+
+# --- score_pool and select_from_pool on a small model ----------------------------------------------------------
+
+POOL = 11
+CLASSES = 4
+
+
+class TinyNet(nn.Module):
+    """Conv + BatchNorm + Dropout2d + 1x1 head: every mode-dependent layer the scorers must handle."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout2d(0.3))
+        self.head = nn.Conv2d(8, CLASSES, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def _model():
+    model = TinyNet()
+    with torch.no_grad():
+        model.body[1].running_mean.normal_(0, 0.3)
+        model.body[1].running_var.uniform_(0.5, 2.0)
+    return model.train()  # score_pool must switch it to eval and back
+
+
+def _pool():
+    return torch.randn(POOL, 3, 7, 9)
+
+
+def _loader(images, batch_size, shuffle_seed=None, first_index=100):
+    """A DataLoader over (image, pool index) pairs; pool indices start at `first_index`."""
+    indices = torch.arange(first_index, first_index + images.shape[0])
+    generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
+    return DataLoader(TensorDataset(images, indices), batch_size=batch_size, shuffle=generator is not None,
+                      generator=generator)
+
+
+def _state(model):
+    return ({k: v.clone() for k, v in model.state_dict().items()}, [m.training for m in model.modules()])
+
+
+def _assert_same_state(model, state):
+    tensors, flags = state
+    assert all(torch.equal(v, tensors[k]) for k, v in model.state_dict().items())
+    assert [m.training for m in model.modules()] == flags
+
+
+def _close_dicts(got, expected, rtol=1e-5, atol=1e-6):
+    assert list(sorted(got)) == list(sorted(expected))
+    torch.testing.assert_close(
+        torch.tensor([got[i] for i in sorted(got)], dtype=torch.float64),
+        torch.tensor([expected[i] for i in sorted(expected)], dtype=torch.float64),
+        rtol=rtol,
+        atol=atol,
+    )
+
+
+@pytest.mark.parametrize("method", LOGIT_METHODS)
+@pytest.mark.parametrize("reduction", ["mean", "topk_mean"])
+def test_score_pool_equals_scoring_the_whole_pool_at_once(method, reduction, seed):
+    model, images = _model(), _pool()
+    state = _state(model)
+    got = score_pool(model, _loader(images, 3, shuffle_seed=seed), method, reduction=reduction, q=0.25, progress=False)
+    _assert_same_state(model, state)
+    assert list(got) != sorted(got)  # shuffled: the dict follows the loader's order
+    with torch.no_grad():
+        expected = image_scores(method, logits=model.eval()(images), reduction=reduction, q=0.25)
+    _close_dicts(got, dict(zip(range(100, 100 + POOL), expected.tolist())))
+
+
+def test_score_pool_noise_stability_uses_the_same_perturbed_models_for_every_batch(seed):
+    model, images = _model(), _pool()
+    state = _state(model)
+    got = score_pool(model, _loader(images, 4), "noise_stability", num_samples=3, eta=0.05, seed=seed, progress=False)
+    _assert_same_state(model, state)
+    _, _, ns = uaal_ext.KernelNoise(eta=0.05, num_samples=3, seed=seed).scores(model.eval(), images)
+    _close_dicts(got, dict(zip(range(100, 100 + POOL), ns.mean(dim=(1, 2)).tolist())), rtol=1e-4)
+    other = score_pool(model.train(), _loader(images, POOL), "noise_stability", num_samples=3, eta=0.05,
+                       seed=seed + 1, progress=False)
+    assert all(abs(other[i] - got[i]) > 1e-7 for i in got)  # another seed, other perturbations
+
+
+@pytest.mark.parametrize("method", ["random", "mc_entropy", "bald"])
+def test_stochastic_scores_do_not_depend_on_batches(method, seed):
+    model, images = _model(), _pool()
+    state = _state(model)
+    options = dict(num_samples=4, seed=seed, progress=False)
+    one_batch = score_pool(model, _loader(images, POOL), method, **options)
+    for batch_size, shuffle in ((1, None), (4, seed)):
+        _close_dicts(score_pool(model, _loader(images, batch_size, shuffle), method, **options), one_batch)
+    _assert_same_state(model, state)
+    assert one_batch == score_pool(model, _loader(images, POOL), method, **options)  # deterministic
+    reseeded = score_pool(model, _loader(images, POOL), method, **{**options, "seed": seed + 1})
+    assert all(reseeded[i] != one_batch[i] for i in one_batch)
+    values = torch.tensor(list(one_batch.values()))
+    assert (values >= 0).all() and len(set(values.tolist())) == POOL
+    if method == "random":
+        assert (values < 1).all()
+    else:  # dropout was active: MC entropy differs from the deterministic prediction's entropy
+        entropy = score_pool(model, _loader(images, POOL), "entropy", progress=False)
+        assert all(abs(one_batch[i] - entropy[i]) > 1e-6 for i in one_batch)
+
+
+def test_score_pool_accepts_dict_and_list_batches(seed):
+    model, images = _model(), _pool()
+    batches = [{"image": images[:5], "index": torch.arange(5)}, {"image": images[5:], "index": torch.arange(5, POOL)}]
+    tuples = [(images[:6], list(range(6))), (images[6:], list(range(6, POOL)))]
+    by_dict = score_pool(model, batches, "margin", progress=False)
+    by_list = score_pool(model, tuples, "margin", progress=False)
+    _close_dicts(by_dict, by_list)
+    assert sorted(by_dict) == list(range(POOL))
+
+
+def test_score_pool_progress_bar(capsys, seed):
+    score_pool(_model(), _loader(_pool(), 4), "entropy", progress=True)
+    assert "scoring (entropy)" in capsys.readouterr().err
+    score_pool(_model(), _loader(_pool(), 4), "entropy", progress=False)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("method", ["entropy", "least_confidence", "bald", "random"])
+def test_select_from_pool_with_scores(method, seed):
+    model, images = _model(), _pool()
+    options = dict(num_samples=3, seed=seed, progress=False)
+    labeled = [101, 104, 110]
+    picked = select_from_pool(model, _loader(images, 4), method, 5, exclude=labeled, **options)
+    expected = select(score_pool(model, _loader(images, 4), method, **options), 5, exclude=labeled)
+    assert picked == expected and len(picked) == 5 and not set(picked) & set(labeled)
+    assert select_from_pool(model, _loader(images, 4), method, 50, exclude=labeled, **options) == select(
+        score_pool(model, _loader(images, 4), method, **options), 50, exclude=labeled
+    )
+
+
+def _kcenter_expected(model, images, k, initial, eta, num_samples, seed, grid=4):
+    """pooled_deviations under KernelNoise's first-call weights, then kcenter_greedy, by hand."""
+    model.eval()
+    perturbed = uaal_ext.KernelNoise(eta=eta, num_samples=num_samples, seed=seed).perturbed_parameters(model)
+    with torch.no_grad():
+        clean = model(images)
+        outputs = torch.stack([functional_call(model, {n: w[i] for n, w in perturbed.items()}, (images,))
+                               for i in range(num_samples)])
+    return clean, outputs, kcenter_greedy(pooled_deviations(clean, outputs, grid=grid), k, initial=initial)
+
+
+def test_select_from_pool_kcenter(seed):
+    model, images = _model(), _pool()
+    state = _state(model)
+    options = dict(num_samples=3, eta=0.1, seed=seed, progress=False)
+    labeled = [102, 107]
+    picked = select_from_pool(model, _loader(images, 4), "noise_stability_kcenter", 4, exclude=labeled, **options)
+    _assert_same_state(model, state)
+    shuffled = select_from_pool(model, _loader(images, 3, seed), "noise_stability_kcenter", 4, exclude=labeled,
+                                **options)
+    assert picked == shuffled  # batch size and order do not matter
+    clean, outputs, expected = _kcenter_expected(model, images, 4, [2, 7], 0.1, 3, seed)
+    model.train()
+    assert picked == [100 + i for i in expected] and not set(picked) & set(labeled)
+    # The perturbed models are those "noise_stability" scores with.
+    ns = uaal_ext.perturbation_statistics(clean, outputs)[1].mean(dim=(1, 2))
+    scores = score_pool(model, _loader(images, 4), "noise_stability", **options)
+    _close_dicts(scores, dict(zip(range(100, 100 + POOL), ns.tolist())), rtol=1e-4)
+    # Without labeled images in the loader: no initial centre; k > pool: everything.
+    everything = select_from_pool(model, _loader(images, 5), "noise_stability_kcenter", 50, **options)
+    assert sorted(everything) == list(range(100, 100 + POOL))
+    assert everything[:4] == [100 + i for i in _kcenter_expected(model, images, 4, [], 0.1, 3, seed)[2]]
+    model.train()
+
+
+# --- Bad inputs ------------------------------------------------------------------------------------------------
+
+
+def _x(*shape, dtype=torch.float32):
+    return torch.randn(shape).to(dtype)
+
+
+def _shape(*sizes):
+    """A shape as a message may print it: [2, 4, 7], (2, 4, 7) or torch.Size([2, 4, 7])."""
+    return r"[\[(]" + r",\s*".join(map(str, sizes)) + r",?[\])]"
+
+
+# (id, call, exception type, regex naming the argument, regexes the message must also show)
+BAD_INPUTS = [
+    ("unknown-method", lambda: image_scores("entropyy", logits=_x(2, 3)), ValueError, "method", ["entropyy"]),
+    ("missing-logits", lambda: image_scores("entropy", mc_logits=_x(2, 2, 3)), ValueError, "logits", ["missing"]),
+    ("missing-mc", lambda: pixel_scores("bald"), ValueError, "mc_logits", []),
+    ("extra-mc", lambda: pixel_scores("margin", logits=_x(2, 3), mc_logits=_x(1, 2, 3)), ValueError, "mc_logits",
+     ["not used"]),
+    ("ns-missing-perturbed", lambda: pixel_scores("noise_stability", logits=_x(2, 3)), ValueError,
+     "perturbed_logits", []),
+    ("ns-shape", lambda: pixel_scores("noise_stability", logits=_x(2, 3, 4), perturbed_logits=_x(2, 2, 3, 5)),
+     ValueError, "perturbed_logits", [_shape(2, 2, 3, 5)]),
+    ("ns-dtype",
+     lambda: pixel_scores("noise_stability", logits=_x(2, 3), perturbed_logits=_x(2, 2, 3, dtype=torch.float64)),
+     TypeError, "perturbed_logits", []),
+    ("logits-1d", lambda: pixel_scores("entropy", logits=_x(5)), ValueError, "logits", [_shape(5)]),
+    ("logits-C0", lambda: pixel_scores("entropy", logits=_x(2, 0, 3)), ValueError, "logits", [_shape(2, 0, 3)]),
+    ("logits-int", lambda: pixel_scores("entropy", logits=torch.ones(2, 3, dtype=torch.int64)), TypeError, "logits",
+     ["int64"]),
+    ("mc-2d", lambda: pixel_scores("mc_entropy", mc_logits=_x(2, 3)), ValueError, "mc_logits", [_shape(2, 3)]),
+    ("mc-T0", lambda: pixel_scores("bald", mc_logits=_x(0, 2, 3)), ValueError, "mc_logits", [_shape(0, 2, 3)]),
+    ("pixel-random", lambda: pixel_scores("random", logits=_x(2, 3)), ValueError, "random", ["image_scores"]),
+    ("kcenter-score", lambda: image_scores("noise_stability_kcenter", logits=_x(2, 3)), ValueError,
+     "noise_stability_kcenter", ["select_from_pool"]),
+    ("random-no-input", lambda: image_scores("random"), ValueError, "logits", []),
+    ("random-seed-and-generator", lambda: image_scores("random", logits=_x(2, 3), seed=1, generator=torch.Generator()),
+     ValueError, "generator", []),
+    ("seed-not-random", lambda: image_scores("entropy", logits=_x(2, 3), seed=1), ValueError, "seed", []),
+    ("mask-shape",
+     lambda: image_scores("entropy", logits=_x(2, 3, 4, 5), ignore_mask=torch.zeros(2, 5, 4, dtype=torch.bool)),
+     ValueError, "ignore_mask", [_shape(2, 5, 4), _shape(2, 4, 5)]),
+    ("mask-dtype", lambda: image_scores("entropy", logits=_x(2, 3, 4), ignore_mask=torch.zeros(2, 4)), TypeError,
+     "ignore_mask", ["float32"]),
+    ("labels-no-index", lambda: image_scores("entropy", logits=_x(2, 3, 4), labels=torch.zeros(2, 4, dtype=torch.long)),
+     ValueError, "ignore_index", []),
+    ("labels-and-mask", lambda: image_scores("entropy", logits=_x(2, 3, 4), labels=torch.zeros(2, 4, dtype=torch.long),
+                                             ignore_index=255, ignore_mask=torch.zeros(2, 4, dtype=torch.bool)),
+     ValueError, "ignore_mask", []),
+    ("labels-shape", lambda: image_scores("entropy", logits=_x(2, 3, 4), labels=torch.zeros(2, 5, dtype=torch.long),
+                                          ignore_index=255), ValueError, "labels", [_shape(2, 5)]),
+    ("reduction", lambda: image_scores("entropy", logits=_x(2, 3), reduction="median"), ValueError, "reduction",
+     ["median"]),
+    ("q-zero", lambda: image_scores("entropy", logits=_x(2, 3), reduction="topk_mean", q=0.0), ValueError, r"\bq\b",
+     []),
+    ("q-above-one", lambda: image_scores("entropy", logits=_x(2, 3), reduction="topk_mean", q=1.5), ValueError,
+     r"\bq\b", ["1.5"]),
+    ("q-nan", lambda: image_scores("entropy", logits=_x(2, 3), reduction="topk_mean", q=float("nan")), ValueError,
+     r"\bq\b", []),
+    ("select-k-negative", lambda: select(torch.rand(4), -1), ValueError, r"\bk\b", ["-1"]),
+    ("select-k-float", lambda: select(torch.rand(4), 2.0), ValueError, r"\bk\b", []),
+    ("select-2d", lambda: select(torch.rand(2, 2), 1), ValueError, "scores", [_shape(2, 2)]),
+    ("select-list", lambda: select([0.1, 0.2], 1), TypeError, "scores", []),
+    ("kcenter-1d", lambda: kcenter_greedy(torch.rand(5), 2), ValueError, "features", [_shape(5)]),
+    ("kcenter-int", lambda: kcenter_greedy(torch.ones(5, 2, dtype=torch.long), 2), TypeError, "features", []),
+    ("kcenter-initial", lambda: kcenter_greedy(torch.rand(5, 2), 2, initial=[1, 5]), ValueError, "initial", ["5"]),
+    ("kcenter-nan", lambda: kcenter_greedy(torch.full((3, 2), float("nan")), 2), ValueError, "features", []),
+    ("kcenter-k", lambda: kcenter_greedy(torch.rand(5, 2), -2), ValueError, r"\bk\b", []),
+    ("pooled-shape", lambda: pooled_deviations(_x(2, 3, 4, 4), _x(2, 2, 3, 4, 5)), ValueError, "perturbed_logits",
+     ["clean_logits", _shape(2, 2, 3, 4, 5)]),
+    ("pooled-clean-1d", lambda: pooled_deviations(_x(3), _x(2, 3)), ValueError, "clean_logits", [_shape(3)]),
+    ("grid", lambda: pooled_deviations(_x(2, 3, 4, 4), _x(2, 2, 3, 4, 4), grid=(2, 2, 2)), ValueError, "grid", []),
+    ("pool-method", lambda: score_pool(_model(), [], "noise_stability_kcenter", progress=False), ValueError,
+     "select_from_pool", []),
+    ("pool-num-samples", lambda: score_pool(_model(), [], "bald", num_samples=0, progress=False), ValueError,
+     "num_samples", []),
+    ("pool-seed", lambda: score_pool(_model(), [], "random", seed=-1, progress=False), ValueError, "seed", []),
+    ("pool-batch", lambda: score_pool(_model(), [_x(2, 3, 5, 5)], "entropy", progress=False), TypeError, "indices", []),
+    ("pool-lengths", lambda: score_pool(_model(), [(_x(2, 3, 5, 5), [0, 1, 2])], "entropy", progress=False),
+     ValueError, "indices", ["2 images", "3"]),
+    ("pool-twice", lambda: score_pool(_model(), [(_x(2, 3, 5, 5), [0, 1]), (_x(1, 3, 5, 5), [1])], "entropy",
+                                      progress=False), ValueError, "twice", ["1"]),
+    ("pool-no-dropout", lambda: score_pool(nn.Conv2d(3, 2, 1), [(_x(2, 3, 5, 5), [0, 1])], "bald", progress=False),
+     ValueError, "dropout", []),
+    ("pool-k", lambda: select_from_pool(_model(), [], "entropy", -3, progress=False), ValueError, r"\bk\b", []),
+]
+
+
+@pytest.mark.parametrize("call,exc,arg,shown", [c[1:] for c in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input(call, exc, arg, shown):
+    with pytest.raises(exc, match=arg) as excinfo:
+        call()
+    for pattern in shown:
+        assert re.search(pattern, str(excinfo.value)), f"message does not show {pattern!r}: {excinfo.value}"
+
+
+def test_raw_ops_name_the_argument():
+    with pytest.raises(ValueError, match="method"):
+        ops.pixel_scores(_x(2, 3, 4), "entropyy")
+    with pytest.raises(ValueError, match="input"):
+        ops.pixel_scores(_x(5), "entropy")
+    with pytest.raises(ValueError, match="input"):
+        ops.pixel_scores(_x(2, 3), "bald")  # MC methods need (T, N, C, ...)
+    with pytest.raises(ValueError, match="reduction"):
+        ops.aggregate_scores(_x(2, 3), None, "median", 0.5)
+    with pytest.raises(ValueError, match=r"\bq\b"):
+        ops.aggregate_scores(_x(2, 3), None, "topk_mean", 0.0)
+    with pytest.raises(ValueError, match="valid"):
+        ops.aggregate_scores(_x(2, 3), torch.ones(2, 4, dtype=torch.bool), "mean", 0.5)
+
+
+# --- Purity, threads, opcheck -----------------------------------------------------------------------------------
+
+
+def test_no_graph_and_inputs_unchanged(seed):
+    for method in MAP_METHODS + ["noise_stability"]:
+        inputs = {k: v.requires_grad_() for k, v in _inputs(method, torch.float32, _input_shape(method, 5, 2)).items()}
+        copies = {k: v.detach().clone() for k, v in inputs.items()}
+        versions = {k: v._version for k, v in inputs.items()}
+        with torch.enable_grad():
+            for out in (pixel_scores(method, **inputs), image_scores(method, **inputs, reduction="topk_mean")):
+                assert not out.requires_grad and out.grad_fn is None
+        for k, v in inputs.items():
+            assert torch.equal(v.detach(), copies[k]) and v._version == versions[k]
+
+
+def test_thread_count_does_not_change_results(seed):
+    logits = random_logits((2, 19, 40, 50)).float()
+    mc = random_logits((4, 2, 19, 40, 50)).float()
+    valid = torch.rand(2, 40, 50) > 0.2
+    results = []
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            maps = [ops.pixel_scores(logits, m) for m in LOGIT_METHODS] + [ops.pixel_scores(mc, m) for m in MC_METHODS]
+            results.append(maps + [ops.aggregate_scores(maps[0], valid, r, 0.25) for r in REDUCTIONS])
+    finally:
+        torch.set_num_threads(previous)
+    for one, two in zip(*results):
+        torch.testing.assert_close(one, two, rtol=1e-6, atol=1e-7)
+
+
+PIXEL_OPCHECK = [("entropy", (2, 5, 3, 4), torch.float32), ("margin", (3, 7), torch.float64),
+                 ("least_confidence", (2, 4, 6), torch.float16), ("mc_entropy", (2, 2, 3, 2, 2, 3), torch.bfloat16),
+                 ("bald", (3, 2, 5, 4, 4), torch.float32)]
+
+
+@pytest.mark.parametrize("method,shape,dtype", PIXEL_OPCHECK, ids=[c[0] for c in PIXEL_OPCHECK])
+def test_opcheck_pixel_scores(method, shape, dtype, seed):
+    input = random_logits(shape).to(dtype)
+    torch.library.opcheck(ops.pixel_scores, (input, method))
+    torch.library.opcheck(ops.pixel_scores, (input.requires_grad_(), method))
+
+
+AGGREGATE_OPCHECK = [("mean", (2, 3, 4), torch.float32, False), ("topk_mean", (3, 5), torch.float64, True),
+                     ("max", (2, 7), torch.float32, True), ("sum", (2, 2, 3, 2), torch.float64, False)]
+
+
+@pytest.mark.parametrize("reduction,shape,dtype,masked", AGGREGATE_OPCHECK, ids=[c[0] for c in AGGREGATE_OPCHECK])
+def test_opcheck_aggregate_scores(reduction, shape, dtype, masked, seed):
+    scores = torch.rand(shape, dtype=dtype)
+    valid = torch.rand(shape) > 0.3 if masked else None
+    torch.library.opcheck(ops.aggregate_scores, (scores, valid, reduction, 0.5))
+    torch.library.opcheck(ops.aggregate_scores, (scores.requires_grad_(), valid, reduction, 0.5))
+
+
+def test_method_lists():
+    assert METHODS == ("random", "entropy", "margin", "least_confidence", "mc_entropy", "bald", "noise_stability",
+                       "noise_stability_kcenter")
+    assert SCORE_METHODS == METHODS[:-1] and REDUCTIONS == ("mean", "sum", "max", "topk_mean")
+    assert set(acquisition.__all__) >= {"pixel_scores", "image_scores", "select", "kcenter_greedy", "score_pool",
+                                        "select_from_pool", "pooled_deviations"}
