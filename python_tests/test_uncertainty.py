@@ -232,7 +232,7 @@ def test_kernel_noise_determinism_and_state_dict(seed):
 
 def test_vmap_fallback_warns_once_and_matches(seed):
     model, images = ItemNet().eval(), _images()
-    kn = KernelNoise(eta=0.05, seed=seed)
+    kn = KernelNoise(eta=0.05, seed=seed, batched=True)
     with pytest.warns(RuntimeWarning, match="vmap"):
         sigma = kn(model, images)[1]
     with warnings.catch_warnings():
@@ -354,7 +354,7 @@ def test_deeplabv3plus(mode, seed):
     snapshot = _snapshot(model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        batched = KernelNoise(eta=0.02, num_samples=3, seed=seed)(model, images)[1]
+        batched = KernelNoise(eta=0.02, num_samples=3, seed=seed, batched=True)(model, images)[1]
         sequential = KernelNoise(eta=0.02, num_samples=3, seed=seed, batched=False)(model, images)[1]
     assert not [w for w in caught if "vmap" in str(w.message)]  # the batched path runs on smp models
     torch.testing.assert_close(batched, sequential, rtol=1e-4, atol=1e-6)
@@ -416,3 +416,29 @@ class DictNet(nn.Module):
 def test_bad_inputs(call, error, match):
     with pytest.raises(error, match=match):
         call(_model("eval"), _images())
+
+
+def test_dropout_state_replays_the_clean_forwards_masks(seed):
+    """With the generator state of the training forward, the perturbed passes draw its very dropout
+    masks: at eta = 0 sigma is exactly 0 although dropout is active, and the generator ends where
+    the training forward left it."""
+    from uaal_ext.uncertainty import rng_state
+
+    model, images = _model("train"), _images()
+    state = rng_state(images.device)
+    out = model(images)
+    after_forward = rng_state(images.device)
+    _, sigma = KernelNoise(eta=0.0, num_samples=3, seed=seed)(model, images, clean_logits=out.detach(), dropout_state=state)
+    assert torch.equal(sigma, torch.zeros_like(sigma))
+    assert torch.equal(rng_state(images.device), after_forward)
+    # Without the state, the dropout-free passes differ from the dropout forward.
+    with pytest.warns(RuntimeWarning, match="dropout"):
+        _, unmatched = KernelNoise(eta=0.0, num_samples=3, seed=seed)(model, images, clean_logits=out.detach())
+    assert unmatched.max() > 0
+    # A perturbation shows up on top of the replayed masks.
+    state = rng_state(images.device)
+    out = model(images)
+    _, perturbed = KernelNoise(eta=0.05, num_samples=3, seed=seed)(model, images, clean_logits=out.detach(), dropout_state=state)
+    assert perturbed.max() > 0
+    with pytest.raises(ValueError, match="dropout_state"):
+        KernelNoise(eta=0.05, seed=seed)(model, images, dropout_state=state)

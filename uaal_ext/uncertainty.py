@@ -11,8 +11,9 @@ uncertainty)``, and carries the ``uncertainty_scale`` to give :class:`uaal_ext.U
 
 The training glue::
 
+    state = rng_state(x.device)                               # only needed if the model has dropout
     out = model(x)                                            # (N, C, H, W), training forward
-    _, sigma = kn(model, x, clean_logits=out.detach())        # (N, H, W), no graph
+    _, sigma = kn(model, x, clean_logits=out.detach(), dropout_state=state)  # (N, H, W), no graph
     loss = uaal_ext.UAALLoss(uncertainty_scale=kn.eta)(out, y, uncertainty=sigma)
     loss.backward()
 
@@ -47,6 +48,7 @@ __all__ = [
     "EntropyUncertainty",
     "make_uncertainty",
     "frozen_batch_norm",
+    "rng_state",
 ]
 
 UNCERTAINTY_SOURCES = ("kernel_noise", "entropy", "mc_dropout")
@@ -106,6 +108,21 @@ def _module_modes(modes: Mapping[nn.Module, bool]) -> Iterator[None]:
     finally:
         for m, training in saved.items():
             m.training = training
+
+
+def rng_state(device: Union[torch.device, str]) -> Tensor:
+    """The state of the random generator dropout draws from on ``device`` (for ``dropout_state=``)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    return torch.get_rng_state()
+
+
+def _set_rng_state(device: torch.device, state: Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
 
 
 @contextlib.contextmanager
@@ -199,8 +216,11 @@ class KernelNoise:
     call that raises does not count.
 
     Passes: the K perturbed forwards run as one ``torch.vmap`` over ``torch.func.functional_call``
-    (``chunk_size`` samples at a time, to bound memory), or one by one when ``batched=False`` or
-    when vmap cannot handle the model (then a warning says why, once per model). During the
+    (``chunk_size`` samples at a time, to bound memory), or one by one (``batched=False``, or when vmap
+    cannot handle the model: then a warning says why, once per model). The default (``None``) batches
+    on GPUs and runs one by one on the CPU: under vmap every conv becomes a grouped conv with K times the
+    groups, which a GPU runs as one well-filled launch but the CPU runs 1.2-1.7x slower than K plain
+    passes (benchmarks/results/uncertainty_cpu.md). During the
     perturbed passes and kn's own clean pass, dropout modules are in eval mode (sigma measures the
     weight perturbation only) and batch norm normalises as the model's mode says (batch statistics
     in training mode, running statistics in eval mode) without updating anything
@@ -214,7 +234,7 @@ class KernelNoise:
         granularity: ``"tensor"`` (one norm per weight) or ``"filter"`` (per output filter, dim 0).
         include: module kinds whose weights are perturbed.
         chunk_size: perturbed passes per vmap call (None: all K at once).
-        batched: False forces the sequential passes.
+        batched: True: one vmap; False: one pass per sample; None: vmap on CUDA, one by one elsewhere.
     """
 
     def __init__(
@@ -225,7 +245,7 @@ class KernelNoise:
         granularity: str = "tensor",
         include: Union[str, Sequence[str]] = ("conv", "linear"),
         chunk_size: Optional[int] = None,
-        batched: bool = True,
+        batched: Optional[bool] = None,
     ) -> None:
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (math.isfinite(eta) and eta >= 0):
             raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
@@ -243,7 +263,9 @@ class KernelNoise:
         self.granularity = granularity
         self.include = include
         self.chunk_size = chunk_size
-        self.batched = bool(batched)
+        if batched is not None and not isinstance(batched, bool):
+            raise ValueError(f"batched must be True, False or None (automatic), got {batched!r}")
+        self.batched = batched
         self.calls = 0
         self._sequential_models: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # vmap failed on these
         self._warned_dropout = False
@@ -254,30 +276,53 @@ class KernelNoise:
         return self.eta
 
     def __call__(
-        self, model: nn.Module, images: Tensor, clean_logits: Optional[Tensor] = None
+        self,
+        model: nn.Module,
+        images: Tensor,
+        clean_logits: Optional[Tensor] = None,
+        *,
+        dropout_state: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Tensor]:
         """Returns ``(logits (N, C, *spatial), sigma (N, *spatial))``.
 
         ``logits`` are ``clean_logits`` (detached) when given -- pass the training forward's output
         to skip the clean pass -- or the clean forward kn ran itself.
+
+        ``dropout_state``: the random generator state of the images' device taken right before the
+        forward that produced ``clean_logits`` (:func:`rng_state`). The perturbed passes then keep
+        dropout as the model's mode has it and replay that state before each pass, so they draw the
+        very dropout masks of the clean forward and sigma measures the weight perturbation alone,
+        without a second clean pass. The generator is left as the clean forward left it.
         """
-        logits, sigma, _ = self.scores(model, images, clean_logits)
+        logits, sigma, _ = self.scores(model, images, clean_logits, dropout_state=dropout_state)
         return logits, sigma
 
     def scores(
-        self, model: nn.Module, images: Tensor, clean_logits: Optional[Tensor] = None
+        self,
+        model: nn.Module,
+        images: Tensor,
+        clean_logits: Optional[Tensor] = None,
+        *,
+        dropout_state: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Tensor, Tensor]:
         """Like ``__call__`` but also returns the Noise Stability score: ``(logits, sigma, ns)``."""
         _check_images(images)
         weights = self._weights(model)
+        if dropout_state is not None and clean_logits is None:
+            raise ValueError("dropout_state replays the dropout of the forward that gave clean_logits; pass both")
         if clean_logits is not None:
             clean_logits = _check_clean_logits(clean_logits, images)
-            self._warn_if_clean_has_dropout(model)
-        dropout_off = {m: False for m in model.modules() if isinstance(m, _DropoutNd)}
+            if dropout_state is None:
+                self._warn_if_clean_has_dropout(model)
+        # Dropout off (a dropout-free comparison), unless the clean forward's masks are replayed.
+        dropout_off = {} if dropout_state is not None else {m: False for m in model.modules() if isinstance(m, _DropoutNd)}
         with torch.no_grad(), frozen_batch_norm(model), _module_modes(dropout_off):
             perturbed = self._draw(weights, offset=self.calls)
             clean = _as_logits(model(images)) if clean_logits is None else clean_logits
-            outputs = self._perturbed_logits(model, images, perturbed)  # (K, N, C, *spatial)
+            if dropout_state is None:
+                outputs = self._perturbed_logits(model, images, perturbed)  # (K, N, C, *spatial)
+            else:
+                outputs = self._replayed_logits(model, images, perturbed, dropout_state)
             if clean.shape != outputs.shape[1:]:
                 raise ValueError(
                     f"clean_logits must have the shape of the model's logits {tuple(outputs.shape[1:])}, "
@@ -326,7 +371,8 @@ class KernelNoise:
         return {name: w for (name, _), w in zip(weights, noisy)}
 
     def _perturbed_logits(self, model: nn.Module, images: Tensor, perturbed: Dict[str, Tensor]) -> Tensor:
-        if self.batched and model not in self._sequential_models:
+        batched = images.is_cuda if self.batched is None else self.batched
+        if batched and model not in self._sequential_models:
             try:
                 outputs = torch.vmap(
                     lambda params: functional_call(model, params, (images,)),
@@ -349,6 +395,20 @@ class KernelNoise:
             return _as_logits(outputs)
         return self._sequential_logits(model, images, perturbed)
 
+    def _replayed_logits(
+        self, model: nn.Module, images: Tensor, perturbed: Dict[str, Tensor], dropout_state: Tensor
+    ) -> Tensor:
+        """The passes one by one, each from the clean forward's generator state (same dropout masks)."""
+        after_clean = rng_state(images.device)
+        outputs = []
+        try:
+            for k in range(self.num_samples):
+                _set_rng_state(images.device, dropout_state)
+                outputs.append(_as_logits(functional_call(model, {name: w[k] for name, w in perturbed.items()}, (images,))))
+        finally:
+            _set_rng_state(images.device, after_clean)
+        return torch.stack(outputs)
+
     def _sequential_logits(self, model: nn.Module, images: Tensor, perturbed: Dict[str, Tensor]) -> Tensor:
         return torch.stack([
             _as_logits(functional_call(model, {name: w[k] for name, w in perturbed.items()}, (images,)))
@@ -362,8 +422,9 @@ class KernelNoise:
             self._warned_dropout = True
             warnings.warn(
                 "KernelNoise: clean_logits come from a forward with active dropout, which the perturbed "
-                "passes switch off, so sigma mixes dropout noise with the weight perturbation; leave "
-                "clean_logits out (kn runs a dropout-free clean pass) or keep dropout in eval mode",
+                "passes switch off, so sigma mixes dropout noise with the weight perturbation; pass "
+                "dropout_state=rng_state(device) taken before that forward (the passes then replay its "
+                "masks), or leave clean_logits out (kn runs a dropout-free clean pass)",
                 RuntimeWarning,
                 stacklevel=4,
             )

@@ -1,0 +1,153 @@
+#!/usr/bin/env python
+"""Cost of a UAAL training step with kernel-noise uncertainty against a standard step, on CPU.
+
+One `uaal_ext.training.train_step` (forward, uncertainty, loss, backward, SGD step) of DeepLabv3+
+(`uaal_ext.models.build_model`, random init) in training mode: the standard step (UAALLoss with
+alpha = 0, plain cross-entropy) against the UAAL step with `KernelNoise` (eta 0.01, K perturbed
+passes that replay the training forward's dropout masks, noise generation and statistics included).
+Also one no-grad forward, for the cost of a single pass. Bar (issue: training): the UAAL step costs
+at most (1 + 0.25 K) standard steps.
+
+    python benchmarks/bench_training_step.py            # mobilenetv3, resnet50; batch 4, 256x512; K = 1, 5
+    python benchmarks/bench_training_step.py --quick    # small model, 2x3x64x128: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_uncertainty import load_note, run_rounds  # noqa: E402  (benchmarks/ is not a package)
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+NUM_CLASSES = 19
+FULL = {"models": "mobilenetv3,resnet50", "image": "4x3x256x512", "ks": "1,5", "repeat": 3}
+QUICK = {"models": "small", "image": "2x3x64x128", "ks": "1,5", "repeat": 1}
+
+
+def make_step(model, images, labels, config):
+    """A closure running one training step of `config` on the fixed batch (the model keeps training)."""
+    from uaal_ext.training import make_criterion, train_step
+
+    criterion, source = make_criterion(config)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    return lambda: train_step(model, (images, labels), criterion, optimizer, source)
+
+
+def bench_model(name: str, shape, ks, repeat: int, log) -> list[dict]:
+    from uaal_ext.models import build_model
+    from uaal_ext.training import TrainConfig
+
+    torch.manual_seed(0)
+    model = build_model(name, NUM_CLASSES).train()
+    images = torch.randn(*shape)
+    labels = torch.randint(0, NUM_CLASSES, (shape[0], *shape[2:]))
+
+    def forward():
+        with torch.no_grad():
+            return model(images)
+
+    calls = {"forward (no grad)": forward,
+             "standard step": make_step(model, images, labels, TrainConfig(mode="standard"))}
+    for k in ks:
+        config = TrainConfig(mode="uaal", uncertainty="kernel_noise", eta=0.01, num_samples=k)
+        calls[f"uaal step, kernel noise K={k}"] = make_step(model, images, labels, config)
+    label = f"{name} {'x'.join(map(str, shape))}"
+    times, busy = run_rounds(calls, repeat=repeat, warmup=1, label=label)
+    log(f"- {load_note(label, busy)}")
+    standard = times["standard step"]
+    rows = [{"model": name, "what": "forward (no grad)", "s": times["forward (no grad)"],
+             "ratio": times["forward (no grad)"] / standard, "bar": None}]
+    rows.append({"model": name, "what": "standard step", "s": standard, "ratio": 1.0, "bar": None})
+    for k in ks:
+        t = times[f"uaal step, kernel noise K={k}"]
+        rows.append({"model": name, "what": f"uaal step, kernel noise K={k}", "s": t, "ratio": t / standard,
+                     "bar": 1 + 0.25 * k})
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default=None, help=f"comma-separated presets (default {FULL['models']})")
+    p.add_argument("--image", default=None, help=f"batch NxCxHxW (default {FULL['image']})")
+    p.add_argument("--ks", default=None, help=f"K values (default {FULL['ks']})")
+    p.add_argument("--repeat", type=int, default=None, help="timed rounds, median reported (default 3)")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--quick", action="store_true", help="small model and batch, 1 round")
+    p.add_argument("--output", default=None, help="Markdown output (default results/training_step_cpu.md)")
+    args = p.parse_args(argv)
+    defaults = QUICK if args.quick else FULL
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    shape = tuple(int(v) for v in args.image.split("x"))
+    ks = [int(k) for k in args.ks.split(",")]
+    out_path = Path(args.output) if args.output else RESULTS_DIR / (
+        "training_step_cpu_quick.md" if args.quick else "training_step_cpu.md")
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+
+    out: list[str] = []
+
+    def log(line: str = "") -> None:
+        print(line, flush=True)
+        out.append(line)
+
+    import uaal_ext
+
+    cmdline = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    log("# UAAL training step with kernel-noise uncertainty vs a standard step, CPU fp32")
+    log()
+    log(f"- command: `{cmdline}`")
+    log(f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    log(f"- torch {torch.__version__}, threads {torch.get_num_threads()}, CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}")
+    log(f"- uaal_ext build_info: `{uaal_ext.build_info()}`")
+    log(f"- batch {args.image}, {NUM_CLASSES} classes, models in training mode (dropout and batch statistics "
+        f"active), eta 0.01, granularity tensor; median of {args.repeat} rounds after one untimed call, "
+        f"the calls interleaved in each round")
+    log("- the UAAL step: training forward, KernelNoise (noise for every conv weight in one kernel_noise "
+        "call, K perturbed forwards that replay the forward's dropout masks, perturbation_statistics), "
+        "the fused loss, backward, SGD")
+    log()
+    rows = []
+    for name in args.models.split(","):
+        rows += bench_model(name.strip(), shape, ks, args.repeat, log)
+    log()
+    log("| model | call | s | x standard step | bar (x standard step) |")
+    log("|---|---|---|---|---|")
+    bars = []
+    for r in rows:
+        bar = ""
+        if r["bar"] is not None:
+            verdict = "PASS" if r["ratio"] <= r["bar"] else "FAIL"
+            bar = f"<= {r['bar']:.2f}: {verdict}"
+            bars.append(f"- {r['model']} {r['what']}: {r['ratio']:.2f}x a standard step (bar <= {r['bar']:.2f}x): "
+                        f"{verdict}")
+        log(f"| {r['model']} | {r['what']} | {r['s']:.3f} | {r['ratio']:.2f}x | {bar} |")
+    log()
+    log("## Bars")
+    log()
+    for line in bars:
+        log(line)
+    log()
+    log(f"Run time: {time.perf_counter() - started:.0f} s.")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text("\n".join(out) + "\n")
+    print(f"\nwritten: {out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,482 @@
+"""Training and evaluation of a segmentation model, with or without the UAAL loss (SPEC 2).
+
+One flat loop, readable top to bottom::
+
+    config = TrainConfig(epochs=20, mode="uaal", uncertainty="kernel_noise", schedule="linear_decrease")
+    result = train(model, dataset, config, checkpoint_path="runs/round0.pt")   # resumes if the file exists
+    metrics = evaluate(model, val_set, num_classes=19)                         # metrics.miou, ...
+
+Per iteration (:func:`train_step`): a training forward, the per-pixel uncertainty of that batch,
+the (weighted) cross-entropy, backward, an SGD step; the learning rate follows a polynomial decay
+per iteration and the UAAL strength ``alpha(t)`` follows its schedule per epoch. The dataset yields
+``(image float (3, H, W), label int64 (H, W))`` with ``ignore_index`` marking unlabeled pixels; the
+model maps ``(N, 3, H, W)`` images to ``(N, C, H, W)`` logits.
+
+Where the uncertainty comes from, by ``TrainConfig.uncertainty`` in ``"uaal"`` mode:
+
+- ``"kernel_noise"``: sigma of K passes with perturbed weights (:class:`uaal_ext.KernelNoise`), scale
+  ``eta``. The training forward is the clean pass; the perturbed passes replay its dropout masks
+  (``dropout_state``), so sigma measures the weight perturbation alone at the cost of K forwards.
+- ``"entropy"``: the normalised entropy of the training logits, computed by the loss kernel itself
+  (``uncertainty=None``): the same numbers as :class:`uaal_ext.EntropyUncertainty` on those logits,
+  without a second pass over them.
+- ``"mc_dropout"``: the spread of T MC-Dropout passes (:class:`uaal_ext.uncertainty.MCDropoutUncertainty`).
+
+No source adds batch-norm updates: ``num_batches_tracked`` grows by one per iteration.
+
+Checkpoints (``checkpoint_path``) are written atomically at the end of every epoch and hold
+everything a resumed run needs to finish with the same weights as an uninterrupted one: model,
+optimizer, LR scheduler, grad scaler, uncertainty-source counters, every RNG state, the config and
+the per-epoch history. An unreadable checkpoint raises :class:`CheckpointError` and is left as it is.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .loss import UAALLoss
+from .metrics import ConfusionMatrix, SegmentationMetrics
+from .schedules import SCHEDULES
+from .uncertainty import UNCERTAINTY_SOURCES, KernelNoise, UncertaintySource, make_uncertainty, rng_state
+
+__all__ = [
+    "MODES",
+    "TrainConfig",
+    "TrainResult",
+    "CheckpointError",
+    "train",
+    "train_step",
+    "make_criterion",
+    "evaluate",
+]
+
+MODES = ("standard", "uaal")
+
+_CHECKPOINT_FORMAT = 1
+# Config fields that say where and how fast a run goes, not what it computes: a run may resume with
+# other values (another device, more workers, AMP toggled).
+_RESUMABLE_WITH_CHANGES = ("device", "num_workers", "amp")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20                    # passes over the training set
+    batch_size: int = 8                 # images per iteration
+    lr: float = 0.01                    # base learning rate of SGD
+    momentum: float = 0.9               # SGD momentum, in [0, 1)
+    weight_decay: float = 5e-4          # L2 penalty of SGD
+    poly_power: float = 0.9             # lr = base * (1 - iter / max_iter) ** power, per iteration
+    mode: str = "standard"              # "standard" (plain cross-entropy) or "uaal" (uncertainty-weighted)
+    uncertainty: str = "kernel_noise"   # uaal mode: "kernel_noise" | "entropy" | "mc_dropout"
+    exponent: float = 2.0               # uaal mode: E in w = 1 + alpha(t) * u ** E (paper's best: 2)
+    alpha: float = 1.0                  # uaal mode: peak strength of the weighting
+    schedule: str = "constant"          # uaal mode: alpha(t) over training, one of uaal_ext.SCHEDULES
+    eta: float = 0.01                   # kernel noise: relative weight-noise size, also its uncertainty scale
+    num_samples: int = 5                # kernel noise: K perturbed passes; mc_dropout: T stochastic passes
+    ignore_index: int = 255             # label value of unlabeled pixels
+    amp: bool = True                    # mixed precision (float16 autocast + GradScaler), CUDA only
+    num_workers: int = 0                # DataLoader worker processes
+    seed: int = 0                       # shuffling, dropout, kernel noise, MC masks (not the model init)
+    device: str = "cpu"                 # where to train: "cpu", "cuda", "cuda:1", ...
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> "TrainConfig":
+        """Raises ValueError naming the first bad field and what it allows; returns self."""
+
+        def fail(key: str, allowed: str) -> None:
+            raise ValueError(f"TrainConfig.{key} must be {allowed}, got {getattr(self, key)!r}")
+
+        def is_int(value: object) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        def is_number(value: object) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        for key, allowed in (("mode", MODES), ("uncertainty", UNCERTAINTY_SOURCES), ("schedule", SCHEDULES)):
+            if getattr(self, key) not in allowed:
+                fail(key, f"one of {allowed}")
+        for key in ("epochs", "batch_size", "num_samples"):
+            if not is_int(getattr(self, key)) or getattr(self, key) < 1:
+                fail(key, "an int >= 1")
+        if not is_number(self.lr) or self.lr <= 0:
+            fail("lr", "a finite number > 0")
+        if not is_number(self.momentum) or not 0 <= self.momentum < 1:
+            fail("momentum", "a number in [0, 1)")
+        for key in ("weight_decay", "poly_power", "exponent", "alpha"):
+            if not is_number(getattr(self, key)) or getattr(self, key) < 0:
+                fail(key, "a finite number >= 0")
+        if not is_number(self.eta) or self.eta <= 0:
+            fail("eta", "a finite number > 0 (it divides sigma)")
+        if not is_int(self.ignore_index):
+            fail("ignore_index", "an int")
+        if not isinstance(self.amp, bool):
+            fail("amp", "True or False")
+        if not is_int(self.num_workers) or self.num_workers < 0:
+            fail("num_workers", "an int >= 0")
+        if not is_int(self.seed) or not 0 <= self.seed < 2**63:
+            fail("seed", "an int in [0, 2**63)")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            fail("device", "a torch device such as 'cpu', 'cuda' or 'cuda:0'")
+        return self
+
+
+@dataclass
+class TrainResult:
+    losses: List[float] = field(default_factory=list)  # mean loss of each epoch (UAAL-weighted in uaal mode)
+    alphas: List[float] = field(default_factory=list)  # alpha(t) used in each epoch (0 in standard mode)
+    steps: int = 0                                      # optimizer steps of the whole run, resumed epochs included
+    wall_time: float = 0.0                              # seconds this call spent training
+    start_epoch: int = 0                                # first epoch this call ran (> 0 after a resume)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read or is not a training checkpoint."""
+
+
+def make_criterion(config: TrainConfig) -> Tuple[UAALLoss, Optional[UncertaintySource]]:
+    """The loss of ``config`` and the uncertainty source it needs (None: the loss needs none)."""
+    if config.mode == "standard":
+        return UAALLoss(ignore_index=config.ignore_index, alpha=0.0), None
+    if config.uncertainty == "entropy":
+        # The loss kernel computes the normalised entropy of the logits it reads anyway (scale log C).
+        source, scale = None, None
+    elif config.uncertainty == "kernel_noise":
+        source = make_uncertainty("kernel_noise", eta=config.eta, num_samples=config.num_samples, seed=config.seed)
+        scale = source.uncertainty_scale
+    else:
+        source = make_uncertainty("mc_dropout", num_samples=config.num_samples, seed=config.seed)
+        scale = source.uncertainty_scale
+    criterion = UAALLoss(
+        ignore_index=config.ignore_index,
+        alpha=config.alpha,
+        exponent=config.exponent,
+        schedule=config.schedule,
+        max_epochs=config.epochs,
+        uncertainty_scale=scale,
+    )
+    return criterion, source
+
+
+def train_step(
+    model: nn.Module,
+    batch: Tuple[Tensor, Tensor],
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    source: Optional[UncertaintySource] = None,
+    *,
+    scaler: Optional[torch.amp.GradScaler] = None,
+    amp: bool = False,
+) -> Tensor:
+    """One training iteration on ``batch = (images (N, 3, H, W), labels (N, H, W))`` on the model's device.
+
+    Runs the forward (float16 autocast when ``amp``), the uncertainty of the batch from ``source``
+    (None: the criterion's own default), the loss, backward and one optimizer step (through
+    ``scaler`` when given). The model should be in training mode. Returns the detached loss.
+    """
+    images, labels = batch
+    kernel_noise = isinstance(source, KernelNoise)
+    with torch.autocast(images.device.type, dtype=torch.float16, enabled=amp):
+        dropout_state = rng_state(images.device) if kernel_noise else None
+        logits = model(images)  # (N, C, H, W)
+        uncertainty = None
+        if kernel_noise:  # the perturbed passes replay this forward's dropout masks
+            _, uncertainty = source(model, images, clean_logits=logits.detach(), dropout_state=dropout_state)
+        elif source is not None:
+            _, uncertainty = source(model, images, clean_logits=logits.detach())  # (N, H, W)
+        loss = criterion(logits, labels, uncertainty)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return loss.detach()
+
+
+def train(
+    model: nn.Module,
+    dataset: Dataset,
+    config: TrainConfig,
+    *,
+    checkpoint_path: Optional[Union[str, os.PathLike]] = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Trains ``model`` in place on ``dataset`` as ``config`` says and returns the per-epoch history.
+
+    With ``checkpoint_path``, the state is saved there (atomically) after every epoch, and an
+    existing file is resumed from: the run continues after the saved epoch and ends with the same
+    weights as an uninterrupted run (a finished checkpoint just loads its weights). The checkpoint
+    must come from the same config (up to ``device``, ``num_workers``, ``amp``) and a dataset of the
+    same length, else ValueError. Same ``seed`` and model initialisation give the same weights
+    (the global torch, ``random`` and numpy generators are seeded with it). The modules' training
+    flags are restored on return. A non-finite loss raises FloatingPointError (without AMP).
+    """
+    config.validate()
+    if len(dataset) == 0:
+        raise ValueError("train: the dataset is empty")
+    device = torch.device(config.device)
+    use_amp = config.amp and device.type == "cuda"
+    _seed_everything(config.seed)
+    model.to(device)
+
+    # Shuffling draws only from this generator, and so do the DataLoader workers' seeds (torch seeds
+    # each worker's torch, random and numpy from a base seed it draws here): runs repeat exactly.
+    loader_generator = torch.Generator().manual_seed(config.seed)
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=True,
+        generator=loader_generator,
+        num_workers=config.num_workers,
+        pin_memory=device.type == "cuda",
+        # A last batch of one image breaks batch norm after global pooling (DeepLabv3+'s ASPP):
+        # drop it then, and only then (the shuffle hands every image its turn over the epochs).
+        drop_last=len(dataset) > config.batch_size and len(dataset) % config.batch_size == 1,
+    )
+    steps_per_epoch = len(loader)
+    max_iter = config.epochs * steps_per_epoch
+
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: (1.0 - it / max_iter) ** config.poly_power  # it = iterations done
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    criterion, source = make_criterion(config)
+    criterion.to(device)
+
+    result = TrainResult()
+    path = os.fspath(checkpoint_path) if checkpoint_path is not None else None
+    if path is not None and os.path.exists(path):
+        state = _load_checkpoint(path)
+        _check_resumable(state, config, len(dataset), path)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as error:
+            raise ValueError(f"checkpoint {path!r} does not fit this model: {error}") from None
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        if source is not None:
+            source.load_state_dict(state["source"])
+        _set_rng_state(state["rng"], loader_generator, device)
+        result = TrainResult(**state["history"], start_epoch=state["epochs_done"])
+
+    modes = {m: m.training for m in model.modules()}
+    model.train()
+    bar = tqdm(total=max_iter, initial=result.steps, disable=not progress, desc="train", dynamic_ncols=True)
+    start = time.perf_counter()
+    try:
+        for epoch in range(result.start_epoch, config.epochs):
+            criterion.set_epoch(epoch)  # alpha(t), t = epoch / epochs
+            result.alphas.append(criterion.current_alpha)
+            epoch_loss = 0.0
+            for images, labels in loader:
+                images = images.to(device, non_blocking=True)  # (N, 3, H, W)
+                labels = labels.to(device, non_blocking=True)  # (N, H, W)
+                lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
+                loss = train_step(model, (images, labels), criterion, optimizer, source, scaler=scaler, amp=use_amp)
+                scheduler.step()
+                loss = loss.item()
+                # With AMP, GradScaler skips a step whose float16 pass overflowed and training goes on.
+                if not math.isfinite(loss) and not use_amp:
+                    raise FloatingPointError(
+                        f"train: the loss is {loss} at epoch {epoch}, step {result.steps}; "
+                        f"lower TrainConfig.lr (now {config.lr}) or check the labels"
+                    )
+                epoch_loss += loss
+                result.steps += 1
+                bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+                bar.update()
+            result.losses.append(epoch_loss / steps_per_epoch)
+            if path is not None:
+                _atomic_save(
+                    {
+                        "format": _CHECKPOINT_FORMAT,
+                        "epochs_done": epoch + 1,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "source": source.state_dict() if source is not None else {},
+                        "rng": _rng_state(loader_generator, device),
+                        "config": dataclasses.asdict(config),
+                        "dataset_size": len(dataset),
+                        "history": {"losses": result.losses, "alphas": result.alphas, "steps": result.steps},
+                    },
+                    path,
+                )
+    finally:
+        bar.close()
+        for m, training in modes.items():
+            m.training = training
+    result.wall_time = time.perf_counter() - start
+    return result
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    num_classes: int,
+    *,
+    ignore_index: int = 255,
+    batch_size: int = 8,
+    device: Union[str, torch.device] = "cpu",
+    progress: bool = False,
+) -> SegmentationMetrics:
+    """mIoU, per-class IoU and accuracies of ``model``'s argmax predictions on ``dataset``.
+
+    Runs in eval mode under ``torch.no_grad`` and restores every module's training flag afterwards.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"evaluate: num_classes must be an int >= 1, got {num_classes!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"evaluate: batch_size must be an int >= 1, got {batch_size!r}")
+    device = torch.device(device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda")
+    confusion = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
+    modes = {m: m.training for m in model.modules()}
+    model.to(device).eval()
+    try:
+        with torch.no_grad():
+            for images, labels in tqdm(loader, disable=not progress, desc="evaluate", dynamic_ncols=True):
+                logits = model(images.to(device, non_blocking=True))  # (N, C, H, W)
+                confusion.update(logits.argmax(dim=1), labels.to(device, non_blocking=True))
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    return confusion.compute()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Helpers: seeding, RNG state, checkpoint files
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # CPU and every CUDA device
+
+
+def _rng_state(loader_generator: torch.Generator, device: torch.device) -> Dict[str, Any]:
+    numpy_state = np.random.get_state(legacy=False)
+    state: Dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "loader": loader_generator.get_state(),
+        "python": random.getstate(),
+        # As plain types and a tensor, so the file loads with torch.load(weights_only=True).
+        "numpy": {
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Dict[str, Any], loader_generator: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    loader_generator.set_state(state["loader"])
+    random.setstate(state["python"])
+    numpy_state = state["numpy"]
+    np.random.set_state({
+        "bit_generator": "MT19937",
+        "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
+        "has_gauss": numpy_state["has_gauss"],
+        "gauss": numpy_state["gauss"],
+    })
+    # A checkpoint from another device (or device count) has no matching CUDA states: keep the seeded ones.
+    cuda_states = state.get("cuda")
+    if device.type == "cuda" and cuda_states is not None and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
+
+
+def _atomic_save(obj: Any, path: str) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then ``os.replace``: a reader (or a run
+    killed mid-write) sees the old file or the new one, never half of one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+_CHECKPOINT_KEYS = (
+    "format", "epochs_done", "model", "optimizer", "scheduler", "scaler", "source", "rng", "config",
+    "dataset_size", "history",
+)
+
+
+def _load_checkpoint(path: str) -> Dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001  (torch.load's failures have no common type)
+        raise CheckpointError(
+            f"checkpoint {path!r} is corrupt or unreadable ({type(error).__name__}: {error}); "
+            f"it was left as it is: move or delete it to start over"
+        ) from error
+    missing = [key for key in _CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    if missing or state["format"] != _CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"checkpoint {path!r} is not a uaal_ext training checkpoint of format {_CHECKPOINT_FORMAT} "
+            f"(missing {missing}, format {state.get('format') if isinstance(state, dict) else None!r}); "
+            f"it was left as it is: move or delete it to start over"
+        )
+    return state
+
+
+def _check_resumable(state: Dict[str, Any], config: TrainConfig, dataset_size: int, path: str) -> None:
+    current = dataclasses.asdict(config)
+    changed = sorted(
+        key for key in current.keys() | state["config"].keys()
+        if key not in _RESUMABLE_WITH_CHANGES and current.get(key) != state["config"].get(key)
+    )
+    if changed:
+        details = ", ".join(f"{key}: {state['config'].get(key)!r} -> {current.get(key)!r}" for key in changed)
+        raise ValueError(
+            f"checkpoint {path!r} was written with another TrainConfig ({details}); use the same config "
+            f"or another checkpoint_path"
+        )
+    if state["dataset_size"] != dataset_size:
+        raise ValueError(
+            f"checkpoint {path!r} was written for a dataset of {state['dataset_size']} images, this one has "
+            f"{dataset_size}; use another checkpoint_path"
+        )
