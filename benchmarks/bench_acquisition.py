@@ -28,13 +28,9 @@ Bar (SPEC 5): uaal_ext >= 5x faster than eager for every score.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import math
-import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -44,6 +40,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_loss import (  # noqa: E402  (benchmarks/ is not a package)
+    log_report_header,
     copy_bandwidth,
     fmt,
     fmt_ms,
@@ -370,14 +367,7 @@ def main(argv=None) -> int:
         print(line, flush=True)
         out.append(line)
 
-    cmdline = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
-    log("# Acquisition scores, CPU fp32")
-    log()
-    log(f"- command: `{cmdline}`")
-    log(f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
-    log(f"- torch {torch.__version__}, threads {torch.get_num_threads()}, CPU capability "
-        f"{torch.backends.cpu.get_cpu_capability()}, {platform.processor() or platform.machine()}, "
-        f"Python {platform.python_version()}")
+    cmdline = log_report_header(log, "Acquisition scores, CPU fp32")
     try:
         import uaal_ext
         import uaal_ext.acquisition  # noqa: F401

@@ -414,6 +414,20 @@ def build_table(rows: list[dict]) -> tuple[str, list[str]]:
     return "\n".join(lines), bars
 
 
+
+def log_report_header(log, title: str) -> str:
+    """Logs the lines every benchmark report starts with (title, command, date, torch and machine);
+    returns the command line."""
+    cmdline = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    log(f"# {title}")
+    log()
+    log(f"- command: `{cmdline}`")
+    log(f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    log(f"- torch {torch.__version__}, threads {torch.get_num_threads()}, CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}")
+    return cmdline
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -451,14 +465,7 @@ def main(argv=None) -> int:
         print(line, flush=True)
         out.append(line)
 
-    cmdline = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
-    log("# UAAL cross-entropy, CPU fp32")
-    log()
-    log(f"- command: `{cmdline}`")
-    log(f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
-    log(f"- torch {torch.__version__}, threads {torch.get_num_threads()}, CPU capability "
-        f"{torch.backends.cpu.get_cpu_capability()}, {platform.processor() or platform.machine()}, "
-        f"Python {platform.python_version()}")
+    cmdline = log_report_header(log, "UAAL cross-entropy, CPU fp32")
     try:
         import uaal_ext
 

@@ -15,10 +15,6 @@ at most (1 + 0.25 K) standard steps.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -26,7 +22,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_uncertainty import load_note, run_rounds  # noqa: E402  (benchmarks/ is not a package)
+from bench_loss import log_report_header  # noqa: E402  (benchmarks/ is not a package)
+from bench_uncertainty import load_note, run_rounds  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NUM_CLASSES = 19
@@ -105,14 +102,7 @@ def main(argv=None) -> int:
 
     import uaal_ext
 
-    cmdline = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
-    log("# UAAL training step with kernel-noise uncertainty vs a standard step, CPU fp32")
-    log()
-    log(f"- command: `{cmdline}`")
-    log(f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
-    log(f"- torch {torch.__version__}, threads {torch.get_num_threads()}, CPU capability "
-        f"{torch.backends.cpu.get_cpu_capability()}, {platform.processor() or platform.machine()}, "
-        f"Python {platform.python_version()}")
+    log_report_header(log, "UAAL training step with kernel-noise uncertainty vs a standard step, CPU fp32")
     log(f"- uaal_ext build_info: `{uaal_ext.build_info()}`")
     log(f"- batch {args.image}, {NUM_CLASSES} classes, models in training mode (dropout and batch statistics "
         f"active), eta 0.01, granularity tensor; median of {args.repeat} rounds after one untimed call, "

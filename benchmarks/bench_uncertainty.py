@@ -28,12 +28,8 @@ in float64; KernelNoise batched against sequential (the same sigma).
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
-import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -45,6 +41,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_loss import (  # noqa: E402  (benchmarks/ is not a package)
+    log_report_header,
     _cpu_snapshot,
     copy_bandwidth,
     fmt,
@@ -555,14 +552,7 @@ def main(argv=None) -> int:
         print(line, flush=True)
         out.append(line)
 
-    cmdline = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
-    log("# Kernel-noise uncertainty, CPU fp32")
-    log()
-    log(f"- command: `{cmdline}`")
-    log(f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
-    log(f"- torch {torch.__version__}, threads {torch.get_num_threads()}, CPU capability "
-        f"{torch.backends.cpu.get_cpu_capability()}, {platform.processor() or platform.machine()}, "
-        f"Python {platform.python_version()}")
+    cmdline = log_report_header(log, "Kernel-noise uncertainty, CPU fp32")
     try:
         import uaal_ext
         import uaal_ext.perturbation  # noqa: F401
