@@ -632,7 +632,35 @@ def _require_dir(path: str, what: str) -> None:
         raise FileNotFoundError(f"{what} not found: {path}")
 
 
-class CityscapesSegmentation(Dataset):
+class _LabelMapDataset(Dataset):
+    """A real dataset's image/label-file pairs: ``images``, ``labels`` (paths), ``transform``, and the
+    id lookup ``_table`` / ``_valid`` (indexed by id + 1) with ``_valid_ids`` naming the valid ids."""
+
+    images: list
+    labels: list
+    _valid_ids: str
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load_label(self, index: int) -> Tensor:
+        """The label map int64 (H, W) of item ``index``: class indices, or 255 (ignored)."""
+        path = self.labels[index]
+        return _map_labels(_read_label_ids(path), self._table, self._valid, path, self._valid_ids)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image = _open_rgb(self.images[index])
+        label = self.load_label(index)
+        if (image.height, image.width) != tuple(label.shape):
+            raise ValueError(f"{self.labels[index]}: label size {tuple(label.shape)} differs from image "
+                             f"{self.images[index]} ({image.height}, {image.width})")
+        return self.transform(image, label)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={self.root!r}, split={self.split!r}, size={len(self)})"
+
+
+class CityscapesSegmentation(_LabelMapDataset):
     """Cityscapes fine annotations (``torchvision.datasets.Cityscapes``, ``target_type="semantic"``).
 
     ``root`` holds ``leftImg8bit/{split}/{city}/*_leftImg8bit.png`` and
@@ -675,27 +703,11 @@ class CityscapesSegmentation(Dataset):
         for c in Cityscapes.classes:
             if 0 <= c.id <= 33 and 0 <= c.train_id < self.NUM_CLASSES:
                 self._table[c.id + 1] = c.train_id
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def load_label(self, index: int) -> Tensor:
-        """The train-id label map int64 (H, W) of item ``index``."""
-        path = self.labels[index]
-        return _map_labels(_read_label_ids(path), self._table, self._valid, path, "0..33 (or -1/255)")
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        image = _open_rgb(self.images[index])
-        label = self.load_label(index)
-        if (image.height, image.width) != tuple(label.shape):
-            raise ValueError(f"{self.labels[index]}: label size {tuple(label.shape)} differs from image {self.images[index]} ({image.height}, {image.width})")
-        return self.transform(image, label)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(root={self.root!r}, split={self.split!r}, size={len(self)})"
+        self._valid_ids = "0..33 (or -1/255)"
 
 
-class ADE20KSegmentation(Dataset):
+
+class ADE20KSegmentation(_LabelMapDataset):
     """ADE20K SceneParsing (``ADEChallengeData2016``): 150 classes (:data:`ADE20K_CLASSES`).
 
     ``root`` is the ``ADEChallengeData2016`` folder (or its parent) holding
@@ -739,24 +751,8 @@ class ADE20KSegmentation(Dataset):
         self._table[2:152] = np.arange(150)
         self._valid = np.zeros(257, dtype=bool)
         self._valid[1:152] = True  # ids 0..150
+        self._valid_ids = "0..150"
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def load_label(self, index: int) -> Tensor:
-        """The label map int64 (H, W) of item ``index``, 0..149 or 255."""
-        path = self.labels[index]
-        return _map_labels(_read_label_ids(path), self._table, self._valid, path, "0..150")
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        image = _open_rgb(self.images[index])
-        label = self.load_label(index)
-        if (image.height, image.width) != tuple(label.shape):
-            raise ValueError(f"{self.labels[index]}: label size {tuple(label.shape)} differs from image {self.images[index]} ({image.height}, {image.width})")
-        return self.transform(image, label)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(root={self.root!r}, split={self.split!r}, size={len(self)})"
 
 
 # --------------------------------------------------------------------------------------------------
