@@ -442,3 +442,17 @@ def test_dropout_state_replays_the_clean_forwards_masks(seed):
     assert perturbed.max() > 0
     with pytest.raises(ValueError, match="dropout_state"):
         KernelNoise(eta=0.05, seed=seed)(model, images, dropout_state=state)
+
+
+def test_channels_last_model_gets_channels_last_perturbed_weights(seed):
+    """A channels-last model's perturbed conv weights keep its layout (else every perturbed conv
+    converts layouts), with the same values and the same sigma as the contiguous model."""
+    model, images = _model("eval"), _images()
+    sigma = KernelNoise(eta=0.05, num_samples=2, seed=seed)(model, images)[1]
+    model_cl = model.to(memory_format=torch.channels_last)
+    kn = KernelNoise(eta=0.05, num_samples=2, seed=seed)
+    sigma_cl = kn(model_cl, images.contiguous(memory_format=torch.channels_last))[1]
+    torch.testing.assert_close(sigma_cl, sigma, rtol=1e-4, atol=1e-6)
+    for name, stack in kn.perturbed_parameters(model_cl).items():
+        if stack.dim() == 5:
+            assert stack[0].is_contiguous(memory_format=torch.channels_last), name

@@ -194,6 +194,15 @@ def _load_calls(owner: str, state: Mapping[str, object]) -> int:
     return calls
 
 
+def _like_layout(stack: Tensor, weight: Tensor) -> Tensor:
+    """The (K, *shape) perturbed copies with each copy in ``weight``'s memory layout: a channels-last
+    model given contiguous conv weights runs every conv through a slow layout conversion (measured
+    2x slower passes)."""
+    if weight.dim() == 4 and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last):
+        return stack.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    return stack
+
+
 # ---------------------------------------------------------------------------------------------------
 # Kernel noise
 
@@ -368,7 +377,7 @@ class KernelNoise:
             offset=offset,
             granularity=self.granularity,
         )
-        return {name: w for (name, _), w in zip(weights, noisy)}
+        return {name: _like_layout(w, p) for (name, p), w in zip(weights, noisy)}
 
     def _perturbed_logits(self, model: nn.Module, images: Tensor, perturbed: Dict[str, Tensor]) -> Tensor:
         batched = images.is_cuda if self.batched is None else self.batched
