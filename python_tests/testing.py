@@ -1,5 +1,7 @@
 """Devices, dtypes, tolerances and input builders shared by every test file (defined once here)."""
 
+import re
+
 import pytest
 import torch
 
@@ -110,3 +112,12 @@ def gradient_unit(grad_out, weight=None, target=None, ignore_index=-100, reducti
         if count > 0:
             unit /= count
     return unit
+
+
+def assert_raises_naming(call, exc, arg, shown=()):
+    """`call()` raises `exc` whose message matches `arg` (the argument's name) and every pattern in
+    `shown` (the shapes or values involved)."""
+    with pytest.raises(exc, match=arg) as excinfo:
+        call()
+    for pattern in shown:
+        assert re.search(pattern, str(excinfo.value)), f"message does not show {pattern!r}: {excinfo.value}"
