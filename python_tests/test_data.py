@@ -255,6 +255,22 @@ def test_eval_transform_inputs():
         transform(torch.rand(3, 5, 7), torch.zeros(5, 7))
 
 
+@pytest.mark.parametrize("divisor", [1, 4, 16])
+def test_eval_transform_pads_to_size_divisor(divisor):
+    h, w = 21, 30
+    image, label = torch.rand(3, h, w), torch.randint(0, 19, (h, w))
+    out, out_label = EvalTransform(size_divisor=divisor, ignore_index=250)(image, label)
+    padded_h, padded_w = -(-h // divisor) * divisor, -(-w // divisor) * divisor
+    assert out.shape == (3, padded_h, padded_w) and out_label.shape == (padded_h, padded_w)
+    torch.testing.assert_close(out[:, :h, :w], (image - MEAN) / STD)
+    assert torch.equal(out_label[:h, :w], label)
+    assert (out[:, h:, :] == 0).all() and (out[:, :, w:] == 0).all()
+    assert (out_label[h:, :] == 250).all() and (out_label[:, w:] == 250).all()
+    for bad in (0, -16, 1.5, True):
+        with pytest.raises(ValueError, match="size_divisor"):
+            EvalTransform(size_divisor=bad)
+
+
 def _coded_pair(h, w, seed):
     """An image whose channels encode (label, row, column) and a blocky label map."""
     g = torch.Generator().manual_seed(seed)

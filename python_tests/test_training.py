@@ -180,6 +180,26 @@ def test_standard_mode_equals_hand_written_cross_entropy_loop():
     _assert_same_state(model, reference, exact=False)
 
 
+@pytest.mark.parametrize("normalize, s_max", [("scale", None), ("mean", 4.0), ("max", None)])
+def test_criterion_takes_normalize_and_cap(normalize, s_max):
+    """The UAAL criterion of a config scales and caps the uncertainty as the config says."""
+    criterion, source = make_criterion(_config(mode="uaal", uncertainty="kernel_noise", eta=0.02, normalize=normalize,
+                                               s_max=s_max, exponent=2.0, alpha=1.5))
+    assert criterion.normalize == normalize and criterion.s_max == s_max and source.uncertainty_scale == 0.02
+    logits = torch.randn(2, 5, 6, 7, dtype=torch.float64)
+    labels = torch.randint(0, 5, (2, 6, 7))
+    sigma = torch.rand(2, 6, 7, dtype=torch.float64) * 0.1
+    if normalize == "scale":
+        u = sigma / 0.02
+    elif normalize == "mean":
+        u = sigma / sigma.mean()
+    else:
+        u = sigma / sigma.amax(dim=(1, 2), keepdim=True)
+    s = u**2 if s_max is None else (u**2).clamp(max=s_max)
+    expected = ((1 + 1.5 * s) * F.cross_entropy(logits, labels, reduction="none")).mean()
+    torch.testing.assert_close(criterion(logits, labels, sigma), expected)
+
+
 def test_fused_entropy_equals_the_entropy_source():
     """mode="uaal", uncertainty="entropy" lets the loss kernel compute Hn: the same step as EntropyUncertainty."""
     criterion, source = make_criterion(_config(mode="uaal", uncertainty="entropy", alpha=3.0))
@@ -341,6 +361,8 @@ def test_checkpoint_of_another_config_or_dataset_is_refused(tmp_path):
         ("weight_decay", -1e-4, ">= 0"),
         ("alpha", -1.0, ">= 0"),
         ("eta", 0.0, "> 0"),
+        ("normalize", "median", "scale"),
+        ("s_max", -1.0, ">= 0"),
         ("seed", -1, "2\\*\\*63"),
         ("amp", "yes", "True or False"),
         ("device", "gpu0", "torch device"),

@@ -156,16 +156,31 @@ def _normalize(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> Te
 class EvalTransform:
     """``(image, label) -> (normalised float32 (3, H, W), int64 (H, W))``; nothing random.
 
-    ``generator`` is accepted (and unused) so both transforms are called the same way.
+    With ``size_divisor`` > 1 the bottom and right edges are padded up to multiples of it (image with
+    0, the mean colour after normalisation; label with ``ignore_index``), since DeepLabv3+ needs
+    sides divisible by its output stride and ADE20K's images come in any size; padded pixels never
+    count in the metrics. ``generator`` is accepted (and unused) so both transforms are called the
+    same way.
     """
 
     mean: tuple[float, float, float] = IMAGENET_MEAN  # subtracted per channel from [0, 1] pixels
     std: tuple[float, float, float] = IMAGENET_STD  # then divided per channel
+    size_divisor: int = 1  # pad H and W up to multiples of this
+    ignore_index: int = IGNORE_INDEX  # label of padded pixels
+
+    def __post_init__(self) -> None:
+        if isinstance(self.size_divisor, bool) or not isinstance(self.size_divisor, int) or self.size_divisor < 1:
+            raise ValueError(f"size_divisor: expected an int >= 1, got {self.size_divisor!r}")
 
     def __call__(self, image: ImageLike, label: Any, generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
         image_t, label_t = _image_to_float(image), _label_to_long(label)
         _check_pair(image_t, label_t)
-        return _normalize(image_t, self.mean, self.std), label_t
+        image_t = _normalize(image_t, self.mean, self.std)
+        pad_h, pad_w = (-label_t.shape[0]) % self.size_divisor, (-label_t.shape[1]) % self.size_divisor
+        if pad_h or pad_w:
+            image_t = F.pad(image_t, (0, pad_w, 0, pad_h), value=0.0)
+            label_t = F.pad(label_t, (0, pad_w, 0, pad_h), value=self.ignore_index)
+        return image_t, label_t
 
 
 @dataclass

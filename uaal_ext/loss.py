@@ -16,10 +16,10 @@ from torch import Tensor, nn
 from . import _ops  # noqa: F401  (fake kernels and autograd formulas)
 from .schedules import get_schedule
 
-__all__ = ["uaal_cross_entropy", "pixel_entropy", "UAALLoss"]
+__all__ = ["uaal_cross_entropy", "pixel_entropy", "UAALLoss", "NORMALIZE_MODES"]
 
 _REDUCTIONS = ("none", "mean", "sum")
-_NORMALIZE_MODES = ("scale", "mean", "max")
+NORMALIZE_MODES = ("scale", "mean", "max")  # how UAALLoss scales the uncertainty
 
 
 def _inverse_scale(uncertainty_scale: Optional[float], uses_entropy: bool, num_classes: int) -> float:
@@ -165,8 +165,8 @@ class UAALLoss(nn.Module):
         super().__init__()
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-        if normalize not in _NORMALIZE_MODES:
-            raise ValueError(f"normalize must be one of {_NORMALIZE_MODES}, got {normalize!r}")
+        if normalize not in NORMALIZE_MODES:
+            raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
         if not (math.isfinite(alpha) and alpha >= 0):
             raise ValueError(f"alpha must be finite and >= 0, got {alpha!r}")
         if not (math.isfinite(exponent) and exponent >= 0):

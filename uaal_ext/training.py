@@ -31,12 +31,10 @@ the per-epoch history. An unreadable checkpoint raises :class:`CheckpointError` 
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -47,7 +45,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .loss import UAALLoss
+from ._atomic import atomic_write
+from .loss import NORMALIZE_MODES, UAALLoss
 from .metrics import ConfusionMatrix, SegmentationMetrics
 from .schedules import SCHEDULES
 from .uncertainty import UNCERTAINTY_SOURCES, KernelNoise, UncertaintySource, make_uncertainty, rng_state
@@ -84,6 +83,8 @@ class TrainConfig:
     exponent: float = 2.0               # uaal mode: E in w = 1 + alpha(t) * u ** E (paper's best: 2)
     alpha: float = 1.0                  # uaal mode: peak strength of the weighting
     schedule: str = "constant"          # uaal mode: alpha(t) over training, one of uaal_ext.SCHEDULES
+    normalize: str = "scale"            # uaal mode: u = U / scale ("scale": eta, log C, 1), or U / its "mean" / per-image "max"
+    s_max: Optional[float] = None       # uaal mode: cap on u ** exponent (None: no cap)
     eta: float = 0.01                   # kernel noise: relative weight-noise size, also its uncertainty scale
     num_samples: int = 5                # kernel noise: K perturbed passes; mc_dropout: T stochastic passes
     ignore_index: int = 255             # label value of unlabeled pixels
@@ -107,7 +108,8 @@ class TrainConfig:
         def is_number(value: object) -> bool:
             return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
-        for key, allowed in (("mode", MODES), ("uncertainty", UNCERTAINTY_SOURCES), ("schedule", SCHEDULES)):
+        for key, allowed in (("mode", MODES), ("uncertainty", UNCERTAINTY_SOURCES), ("schedule", SCHEDULES),
+                             ("normalize", NORMALIZE_MODES)):
             if getattr(self, key) not in allowed:
                 fail(key, f"one of {allowed}")
         for key in ("epochs", "batch_size", "num_samples"):
@@ -120,6 +122,8 @@ class TrainConfig:
         for key in ("weight_decay", "poly_power", "exponent", "alpha"):
             if not is_number(getattr(self, key)) or getattr(self, key) < 0:
                 fail(key, "a finite number >= 0")
+        if self.s_max is not None and (not is_number(self.s_max) or self.s_max < 0):
+            fail("s_max", "a finite number >= 0 or None")
         if not is_number(self.eta) or self.eta <= 0:
             fail("eta", "a finite number > 0 (it divides sigma)")
         if not is_int(self.ignore_index):
@@ -170,6 +174,8 @@ def make_criterion(config: TrainConfig) -> Tuple[UAALLoss, Optional[UncertaintyS
         schedule=config.schedule,
         max_epochs=config.epochs,
         uncertainty_scale=scale,
+        normalize=config.normalize,
+        s_max=config.s_max,
     )
     return criterion, source
 
@@ -416,27 +422,7 @@ def _set_rng_state(state: Dict[str, Any], loader_generator: torch.Generator, dev
 
 
 def _atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then ``os.replace``: a reader (or a run
-    killed mid-write) sees the old file or the new one, never half of one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    atomic_write(path, lambda file: torch.save(obj, file))
 
 
 _CHECKPOINT_KEYS = (

@@ -1,0 +1,6 @@
+"""``python -m uaal_ext ...`` is the ``uaal`` command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

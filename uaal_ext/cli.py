@@ -1,0 +1,272 @@
+"""The ``uaal`` command: active-learning experiments, their reports and figures.
+
+    uaal demo [--quick] [--out DIR]                  the complete comparison on synthetic data
+    uaal run --config FILE [--set key=value ...] --out DIR
+    uaal sweep --config FILE --grid exponent=1,2,3,5 [--grid ...] --out DIR
+    uaal report DIR [DIR ...] [--out DIR]
+    uaal maps DIR [--out DIR] [--images 0,1]
+    uaal info
+
+Every experiment resumes when its command is run again with the same output folder. Bad configs
+and unreadable state files end with one line naming the problem (exit status 2), not a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import os
+import platform
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+__all__ = ["main", "demo_config"]
+
+DEMO_OUT = "uaal_demo"
+
+
+def demo_config(quick: bool = False, device: str = "cpu") -> Any:
+    """The demo experiment: random, entropy, MC-Dropout and Noise Stability, standard vs UAAL
+    (kernel noise), budgets 10% and 20% of a synthetic pool, 2 seeds, the small model. About 15
+    minutes on a 2-core CPU; ``quick`` is a 2-3 minute smoke run of the same grid (1 seed, a
+    smaller pool, few steps)."""
+    from .al import ExperimentConfig
+
+    if quick:
+        return ExperimentConfig(pool_size=200, val_size=40, seeds=(0,), iterations=40, lr=0.1, num_samples=2,
+                                normalize="mean", acquisition_samples=4, device=device)
+    # A short schedule (150 steps a round) learns more with a higher rate than DeepLabv3+'s usual 0.01.
+    # At that rate, the paper's scaling u = sigma / eta (5-70 on this model, so weights up to ~10^3)
+    # diverges; dividing sigma by its batch mean keeps the weights' shape at a stable size.
+    return ExperimentConfig(pool_size=400, val_size=100, seeds=(0, 1), iterations=150, lr=0.1, num_samples=2,
+                            normalize="mean", acquisition_samples=5, device=device)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Subcommands
+
+
+def _finish(out_dir: str, state: Dict[str, Any], started: float, maps: bool = False) -> None:
+    """Report (and figure) of one finished experiment folder, printed where a user looks first."""
+    from . import report
+
+    paths = report.write_report([out_dir], os.path.join(out_dir, "report"))
+    if maps:
+        from .maps import experiment_maps
+
+        paths["maps"] = experiment_maps(out_dir, os.path.join(out_dir, "report", "uncertainty_maps.png"))
+    summary = report.summarize(report.load_experiments([out_dir]))
+    print()
+    print(report.main_table(summary))
+    print()
+    print(f"finished in {time.perf_counter() - started:.0f} s (all sessions: {state.get('wall_time', 0.0):.0f} s)")
+    for name, path in paths.items():
+        print(f"  {name}: {path}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .al import run_experiment
+
+    config = demo_config(quick=args.quick, device=args.device)
+    print(f"uaal demo: {len(config.methods)} methods x {len(config.modes)} training modes x "
+          f"{len(config.seeds)} seed(s), budgets {[f'{b:.0%}' for b in config.budgets]} of a synthetic pool of "
+          f"{config.pool_size} images; output in {args.out!r} (rerun the same command to resume)")
+    started = time.perf_counter()
+    state = run_experiment(config, args.out, progress=not args.no_progress)
+    _finish(args.out, state, started, maps=True)
+
+
+def _run(args: argparse.Namespace) -> None:
+    from .al import load_config, run_experiment
+
+    config = load_config(args.config, args.set)
+    started = time.perf_counter()
+    state = run_experiment(config, args.out, progress=not args.no_progress)
+    _finish(args.out, state, started)
+
+
+def _parse_grid(items: Sequence[str]) -> List[tuple]:
+    """``["exponent=1,2", "eta=0.01"]`` -> ``[(("exponent", 1), ("eta", 0.01)), ...]`` (the product)."""
+    from .al import ExperimentConfig, _parse_value
+
+    known = [f.name for f in dataclasses.fields(ExperimentConfig)]
+    axes = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        if not sep or not values.strip():
+            raise ValueError(f"--grid must look like key=value1,value2,..., got {item!r}")
+        if key not in known:
+            raise ValueError(f"--grid: unknown config key {key!r}; the keys are {known}")
+        axes.append([(key, _parse_value(text)) for text in values.split(",")])
+    if len({axis[0][0] for axis in axes}) != len(axes):
+        raise ValueError("--grid: each key may be swept once")
+    return list(itertools.product(*axes))
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from . import report
+    from .al import load_config, run_experiment
+
+    points = _parse_grid(args.grid)
+    configs = []
+    for point in points:  # every config is checked before the first one runs
+        name = "_".join(f"{key}={value}" for key, value in point)
+        configs.append((name, load_config(args.config, [*args.set, *(f"{k}={v}" for k, v in point)])))
+    started = time.perf_counter()
+    for position, (name, config) in enumerate(configs, 1):
+        print(f"uaal sweep: {name} ({position}/{len(configs)})")
+        run_experiment(config, os.path.join(args.out, name), progress=not args.no_progress)
+    paths = report.write_report([args.out], os.path.join(args.out, "report"))
+    print(report.markdown_tables(report.summarize(report.load_experiments([args.out]))))
+    print(f"finished in {time.perf_counter() - started:.0f} s")
+    for name, path in paths.items():
+        print(f"  {name}: {path}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from . import report
+
+    out = args.out or os.path.join(args.dirs[0], "report")
+    paths = report.write_report(args.dirs, out)
+    print(report.markdown_tables(report.summarize(report.load_experiments(args.dirs))))
+    for name, path in paths.items():
+        print(f"  {name}: {path}")
+
+
+def _maps(args: argparse.Namespace) -> None:
+    from .maps import experiment_maps
+
+    out = args.out or os.path.join(args.dir, "report")
+    images = tuple(int(i) for i in args.images.split(","))
+    methods = tuple(args.methods.split(",")) if args.methods else None
+    path = experiment_maps(args.dir, os.path.join(out, "uncertainty_maps.png"), images=images, seed=args.seed,
+                           round_index=args.round, methods=methods, device=args.device)
+    print(f"uncertainty maps: {path}")
+
+
+def _info(args: argparse.Namespace) -> None:
+    import numpy
+    import segmentation_models_pytorch
+    import torch
+    import torchvision
+
+    import uaal_ext
+
+    build = uaal_ext.build_info()
+    rows = [
+        ("uaal_ext", f"{uaal_ext.__version__} ({os.path.dirname(uaal_ext.__file__)})"),
+        ("kernels", ", ".join(name for name in ("cpu", "cuda") if build.get(name))),
+        *((key, value) for key, value in build.items() if key not in ("version", "cpu", "cuda")),
+        ("python", platform.python_version()),
+        ("torch", f"{torch.__version__} (CUDA {torch.version.cuda}, available: {torch.cuda.is_available()}, "
+                  f"devices: {torch.cuda.device_count()})"),
+        ("torchvision", torchvision.__version__),
+        ("segmentation_models_pytorch", segmentation_models_pytorch.__version__),
+        ("numpy", numpy.__version__),
+        ("threads", f"{torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op "
+                    f"({os.cpu_count()} CPUs)"),
+        ("cpu capability", torch.backends.cpu.get_cpu_capability()),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Arguments
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="uaal",
+        description="Uncertainty-aware active learning for semantic segmentation: run experiments, "
+                    "report them, draw their uncertainty maps.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Every experiment resumes where it stopped when its command is run again with the same --out.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def progress_flag(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+
+    demo = commands.add_parser(
+        "demo", help="the complete comparison on built-in synthetic data (about 15 min on 2 CPU cores)",
+        description="Random, Entropy, MC-Dropout and Noise Stability selection, each with standard and "
+                    "UAAL (kernel-noise) training, at 10%% and 20%% of a synthetic pool, 2 seeds, the small "
+                    "DeepLabv3+; then the report, the mIoU-vs-budget figure and uncertainty maps.")
+    demo.add_argument("--out", default=DEMO_OUT, help=f"output folder (default {DEMO_OUT}; rerun to resume)")
+    demo.add_argument("--quick", action="store_true", help="a 2-3 minute smoke run: 1 seed, smaller pool, few steps")
+    demo.add_argument("--device", default="cpu", help="torch device to train on (default cpu)")
+    progress_flag(demo)
+    demo.set_defaults(handler=_demo)
+
+    run = commands.add_parser(
+        "run", help="one experiment from a YAML config",
+        description="One experiment from a YAML config file (keys: those of uaal_ext.al.ExperimentConfig; "
+                    "see configs/*.yaml), overridden by --set.")
+    run.add_argument("--config", default=None, help="YAML config file (default: every key at its default)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key, value in YAML syntax (e.g. --set seeds=[0,1,2] --set eta=0.005); repeatable")
+    run.add_argument("--out", required=True, help="output folder (state, checkpoints, report); rerun to resume")
+    progress_flag(run)
+    run.set_defaults(handler=_run)
+
+    sweep = commands.add_parser(
+        "sweep", help="one experiment per grid point (ablations such as the exponent or eta)",
+        description="Runs the config once per point of the grid, in OUT/key=value folders, then reports them "
+                    "together (each point is a column).")
+    sweep.add_argument("--config", default=None, help="YAML config file")
+    sweep.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
+                       help="a config key and its values, e.g. exponent=1,2,3,5 or eta=0.001,0.01; repeatable (product)")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key; repeatable")
+    sweep.add_argument("--out", required=True, help="output folder of the sweep")
+    progress_flag(sweep)
+    sweep.set_defaults(handler=_sweep)
+
+    rep = commands.add_parser(
+        "report", help="Markdown/CSV tables (mean +- std over seeds, best in bold) and mIoU-vs-budget plots",
+        description="Reads the experiments in the given folders (or below them) and writes report.md, "
+                    "summary.csv, runs.csv and one mIoU-vs-budget PNG per dataset and model.")
+    rep.add_argument("dirs", nargs="+", metavar="DIR", help="experiment folders, or folders holding them")
+    rep.add_argument("--out", default=None, help="where to write the report (default FIRST_DIR/report)")
+    rep.set_defaults(handler=_report)
+
+    maps = commands.add_parser(
+        "maps", help="uncertainty maps of validation images, standard vs UAAL training, per method (PNG)",
+        description="Draws, for chosen validation images, the uncertainty map of each selection method "
+                    "under the models trained with standard and with UAAL training.")
+    maps.add_argument("dir", metavar="DIR", help="a finished (or partly run) experiment folder")
+    maps.add_argument("--out", default=None, help="folder of uncertainty_maps.png (default DIR/report)")
+    maps.add_argument("--images", default="0,1", help="validation image indices, comma-separated (default 0,1)")
+    maps.add_argument("--seed", type=int, default=None, help="which seed's models (default the first)")
+    maps.add_argument("--round", type=int, default=-1, help="which round's models (default the last trained)")
+    maps.add_argument("--methods", default=None, help="comma-separated methods (default all but random)")
+    maps.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    maps.set_defaults(handler=_maps)
+
+    info = commands.add_parser("info", help="what was built (CPU / CUDA kernels, archs), versions, threads")
+    info.set_defaults(handler=_info)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    from .al import StateError  # after parsing: --help answers without importing torch
+
+    try:
+        args.handler(args)
+    except (ValueError, StateError, FileNotFoundError, FloatingPointError) as error:
+        if os.environ.get("UAAL_TRACEBACK"):  # for debugging the library itself
+            raise
+        print(f"uaal {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nuaal {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

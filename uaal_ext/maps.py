@@ -1,0 +1,386 @@
+"""Uncertainty maps of validation images: standard vs UAAL training (the paper's supplementary Fig. 7).
+
+For each selection method, the per-pixel map it ranks images by, from the model trained with
+standard training (top row) and with UAAL training (bottom row)::
+
+    maps = {(method, mode): uncertainty_map(model_of[method, mode], images, method) for ...}
+    draw_uncertainty_maps(images, labels, maps, "figures/maps.png", class_names=SYNTHETIC_CLASSES)
+
+or straight from an experiment folder (:func:`uaal_ext.al.run_experiment`)::
+
+    experiment_maps("runs/demo", "runs/demo/maps.png", images=(0, 1))
+
+The maps are the acquisition module's fused ops (:func:`uaal_ext.acquisition.pixel_scores`,
+:meth:`uaal_ext.KernelNoise.scores`); higher always means more uncertain / more informative.
+"""
+from __future__ import annotations
+
+import colorsys
+import os
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .acquisition import _DEFAULT_SAMPLES, METHODS, _eval_mode, _model_device, pixel_scores
+from .al import ExperimentConfig, build_datasets, load_round_model, load_state, run_key
+from .data import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from .report import DATASET_NAMES, METHOD_NAMES, MODE_NAMES, MODEL_NAMES
+from .training import MODES
+from .uncertainty import KernelNoise, MCDropout
+
+__all__ = ["MAP_METHODS", "uncertainty_map", "draw_uncertainty_maps", "experiment_maps"]
+
+#: The methods that have a per-pixel map (all but "random").
+MAP_METHODS = tuple(m for m in METHODS if m != "random")
+_LOGIT_METHODS = ("entropy", "margin", "least_confidence")
+_MC_METHODS = ("mc_entropy", "bald")
+_NOISE_METHODS = ("noise_stability", "noise_stability_kcenter")
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Maps
+
+
+def _check_map_method(method: object) -> str:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "random":
+        raise ValueError(
+            "method='random' has no uncertainty map: it draws one random score per image; "
+            f"choose one of {MAP_METHODS}"
+        )
+    return method  # type: ignore[return-value]
+
+
+def uncertainty_map(
+    model: nn.Module,
+    images: Tensor,
+    method: str,
+    *,
+    num_samples: Optional[int] = None,
+    eta: float = 0.01,
+    seed: int = 0,
+) -> Tensor:
+    """The per-pixel map that selection ``method`` ranks by: ``(N, H, W)`` float32 on the CPU.
+
+    - ``"entropy"``, ``"margin"``, ``"least_confidence"``: of the model's logits (eval mode);
+    - ``"mc_entropy"``, ``"bald"``: of T MC-Dropout passes (``MCDropout(T, seed)``, default T = 10);
+    - ``"noise_stability"``, ``"noise_stability_kcenter"``: the Noise Stability deviation
+      ``mean_k ||p_k - p|| / ||p||`` of K kernel-noise passes (``KernelNoise(eta, K, seed)``,
+      default K = 5); the k-center variant selects by diversity, but its pixel-wise signal is this map.
+
+    The model runs in eval mode under ``torch.no_grad`` (MC-Dropout switches only its dropout layers
+    on); every module's ``training`` flag is restored and no parameter or buffer changes. Images
+    move to the model's device. ``num_samples`` (T or K) is ignored by the logit methods.
+
+    Raises:
+        ValueError: ``"random"`` (no map) or an unknown method (the message lists ``METHODS``).
+    """
+    method = _check_map_method(method)
+    if not isinstance(images, Tensor) or not images.is_floating_point() or images.dim() != 4:
+        got = f"{images.dtype} tensor of shape {tuple(images.shape)}" if isinstance(images, Tensor) \
+            else type(images).__name__
+        raise TypeError(f"images must be a floating-point tensor (N, 3, H, W), got {got}")
+    device = _model_device(model)
+    if device is not None:
+        images = images.to(device)
+    samples = _DEFAULT_SAMPLES.get(method, 1) if num_samples is None else num_samples
+    with _eval_mode(model), torch.no_grad():
+        if method in _LOGIT_METHODS:
+            scores = pixel_scores(method, logits=model(images))
+        elif method in _MC_METHODS:
+            scores = pixel_scores(method, mc_logits=MCDropout(num_samples=samples, seed=seed)(model, images))
+        else:
+            _, _, scores = KernelNoise(eta=eta, num_samples=samples, seed=seed).scores(model, images)
+    if scores.shape != (images.shape[0], *images.shape[2:]):
+        raise ValueError(
+            f"the model must return logits at the images' resolution (N, C, H, W) = (N, C, {images.shape[2]}, "
+            f"{images.shape[3]}); the {method!r} map has shape {tuple(scores.shape)}"
+        )
+    return scores.detach().to(device="cpu", dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Drawing
+
+
+def _palette(num_colors: int) -> np.ndarray:
+    """A fixed categorical palette ``(num_colors, 3)`` in [0, 1]: tab10 / tab20 / tab20+b+c, then golden-ratio hues."""
+    from matplotlib import colormaps
+
+    if num_colors <= 10:
+        base = list(colormaps["tab10"].colors)
+    elif num_colors <= 20:
+        base = list(colormaps["tab20"].colors)
+    else:
+        base = [c for name in ("tab20", "tab20b", "tab20c") for c in colormaps[name].colors]
+    colors = [tuple(c[:3]) for c in base[:num_colors]]
+    for i in range(len(colors), num_colors):  # beyond 60 classes (ADE20K): distinct, reproducible hues
+        hue = (i * 0.6180339887498949) % 1.0
+        colors.append(colorsys.hsv_to_rgb(hue, 0.55 + 0.45 * ((i * 7) % 3) / 2, 0.95 - 0.3 * ((i * 5) % 2)))
+    return np.asarray(colors, dtype=np.float64).reshape(num_colors, 3)
+
+
+def _as_tensor(name: str, value: object) -> Tensor:
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
+    return value.detach().cpu()
+
+
+def _display_image(image: Tensor) -> np.ndarray:
+    """A normalised (3, H, W) image back to (H, W, 3) in [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float64).view(3, 1, 1)
+    return (image.double() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def _first_seen(values: Sequence[str]) -> List[str]:
+    return list(dict.fromkeys(values))
+
+
+def draw_uncertainty_maps(
+    images: Tensor,
+    labels: Tensor,
+    maps: Mapping[Tuple[str, str], Tensor],
+    path: PathLike,
+    *,
+    class_names: Optional[Sequence[str]] = None,
+    title: Optional[str] = None,
+) -> str:
+    """One PNG comparing uncertainty maps of standard and UAAL training; returns ``path``.
+
+    Layout: per image a block of rows, one per training mode present (``"standard"`` then
+    ``"uaal"``); the first column holds the image (top) and its label map (below: a fixed categorical
+    palette, ignored pixels (255) black), then one column per method (in the order the ``maps`` keys
+    name them) with its map in the ``"inferno"`` colormap. Each method column has one colour scale,
+    shared by all its maps (both modes, every image), so standard and UAAL read alike: from the
+    column's lowest value to its 99.5th percentile (brighter = more uncertain); a colour bar under
+    the column shows it. NaN pixels are grey; a missing ``(method, mode)`` cell says "n/a".
+
+    Args:
+        images: ``(N, 3, H, W)`` ImageNet-normalised images (as the datasets give them).
+        labels: ``(N, H, W)`` integer class indices, 255 = ignored.
+        maps: ``{(method, mode): (N, H, W) map}``.
+        path: the PNG to write (parent folders are created).
+        class_names: names of the classes, for a legend of those the labels show.
+        title: the figure's title.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    images, labels = _as_tensor("images", images), _as_tensor("labels", labels)
+    if not images.is_floating_point() or images.dim() != 4 or images.shape[1] != 3 or images.shape[0] == 0:
+        raise ValueError(f"images must be a floating-point (N, 3, H, W) tensor with N >= 1, got "
+                         f"{images.dtype} of shape {tuple(images.shape)}")
+    n, _, height, width = images.shape
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool \
+            or tuple(labels.shape) != (n, height, width):
+        raise ValueError(f"labels must be an integer (N, H, W) = ({n}, {height}, {width}) tensor, got "
+                         f"{labels.dtype} of shape {tuple(labels.shape)}")
+    labels = labels.long()
+    if bool((labels < 0).any()):
+        raise ValueError(f"labels must be class indices >= 0 or {IGNORE_INDEX} (ignored), got {int(labels.min())}")
+    if not isinstance(maps, Mapping) or not maps:
+        raise ValueError("maps must be a non-empty dict {(method, mode): (N, H, W) tensor}")
+    checked: Dict[Tuple[str, str], np.ndarray] = {}
+    for key, value in maps.items():
+        if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str) for k in key)):
+            raise ValueError(f"the keys of maps must be (method, mode) pairs of strings, got {key!r}")
+        value = _as_tensor(f"maps[{key!r}]", value)
+        if not value.is_floating_point() or tuple(value.shape) != (n, height, width):
+            raise ValueError(f"maps[{key!r}] must be a floating-point (N, H, W) = ({n}, {height}, {width}) tensor, "
+                             f"got {value.dtype} of shape {tuple(value.shape)}")
+        checked[key] = value.double().numpy()
+    methods = _first_seen([method for method, _ in checked])
+    present = _first_seen([mode for _, mode in checked])
+    modes = [m for m in MODES if m in present] + [m for m in present if m not in MODES]
+    valid_labels = labels[labels != IGNORE_INDEX]
+    num_classes = max(len(class_names) if class_names is not None else 0,
+                      int(valid_labels.max()) + 1 if valid_labels.numel() else 0, 1)
+    colors = np.concatenate([_palette(num_classes), np.zeros((1, 3))])  # the last row: ignored pixels
+    label_rgb = colors[torch.where(labels == IGNORE_INDEX, num_classes, labels).numpy()]
+
+    # One colour scale per method, over all its maps: from the lowest finite value up to the 99.5th
+    # percentile, so a few extreme pixels do not wash out the rest, and a weak model's maps (all near
+    # log C, say) still show their structure; the colour bar gives the values.
+    norms, clipped = {}, {}
+    for method in methods:
+        values = np.concatenate([checked[(method, mode)].ravel() for mode in modes if (method, mode) in checked])
+        values = values[np.isfinite(values)]
+        low = float(values.min()) if values.size else 0.0
+        high = float(np.percentile(values, 99.5)) if values.size else 1.0
+        high = high if high > low else low + max(abs(low), 1.0) * 1e-9
+        norms[method] = Normalize(vmin=low, vmax=high)
+        clipped[method] = bool(values.size and values.max() > high)
+    cmap = colormaps["inferno"].with_extremes(bad="0.6")
+
+    rows_per_block = max(2, len(modes))
+    num_rows, num_cols = n * rows_per_block, 1 + len(methods)
+    cell_w = 2.4
+    cell_h = min(max(cell_w * height / width, 0.8), 3.2)
+    figure = Figure(figsize=(cell_w * num_cols + 0.6, cell_h * num_rows + 1.2 + (0.4 if title else 0.0)),
+                    layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(num_rows, num_cols, squeeze=False)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    columns: Dict[str, list] = {method: [] for method in methods}
+    mappables = {}
+    for i in range(n):
+        top = i * rows_per_block
+        axes[top, 0].imshow(_display_image(images[i]), interpolation="nearest")
+        axes[top, 0].set_ylabel("image")
+        axes[top + 1, 0].imshow(label_rgb[i], interpolation="nearest")
+        axes[top + 1, 0].set_ylabel("label")
+        for extra in range(2, rows_per_block):
+            axes[top + extra, 0].set_axis_off()
+        for j, method in enumerate(methods, start=1):
+            for r in range(rows_per_block):
+                ax = axes[top + r, j]
+                if r >= len(modes):
+                    ax.set_axis_off()
+                    continue
+                mode = modes[r]
+                columns[method].append(ax)
+                if j == 1:
+                    ax.set_ylabel(MODE_NAMES.get(mode, mode), fontweight="bold")
+                if (method, mode) not in checked:
+                    ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes)
+                    continue
+                mappables[method] = ax.imshow(np.ma.masked_invalid(checked[(method, mode)][i]), cmap=cmap,
+                                              norm=norms[method], interpolation="nearest")
+    axes[0, 0].set_title("image / label")
+    for j, method in enumerate(methods, start=1):
+        axes[0, j].set_title(METHOD_NAMES.get(method, method))
+        if method in mappables:
+            bar = figure.colorbar(mappables[method], ax=columns[method], location="bottom", shrink=0.8,
+                                  aspect=25, pad=0.02, extend="max" if clipped[method] else "neither")
+            bar.ax.tick_params(labelsize="small")
+    if class_names is not None:
+        shown = sorted(int(c) for c in torch.unique(valid_labels).tolist())
+        handles = [Patch(color=colors[c], label=class_names[c] if c < len(class_names) else str(c)) for c in shown]
+        handles.append(Patch(color="black", label="ignored"))
+        figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize="small",
+                      frameon=False)
+    if title:
+        figure.suptitle(title)
+    path = os.fspath(path)
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# From an experiment folder
+
+
+def _trained_round(state: Mapping, key: str, round_index: int) -> Optional[int]:
+    """The round ``load_round_model`` picks for run ``key`` (None if it has none)."""
+    rounds = [r["round"] for r in state["runs"].get(key, {}).get("rounds", []) if r["status"] in ("trained", "done")]
+    if round_index >= 0:
+        rounds = [r for r in rounds if r == round_index]
+    return rounds[-1] if rounds else None
+
+
+def experiment_maps(
+    out_dir: PathLike,
+    path: PathLike,
+    *,
+    images: Sequence[int] = (0, 1),
+    seed: Optional[int] = None,
+    round_index: int = -1,
+    methods: Optional[Sequence[str]] = None,
+    device: Union[str, torch.device] = "cpu",
+    progress: bool = True,
+) -> str:
+    """Draws the uncertainty maps of validation images for every method and mode of an experiment.
+
+    Loads the state of ``out_dir`` (:func:`uaal_ext.al.load_state`), its config and validation
+    split; for each method (default: the experiment's methods except ``"random"``) and each training
+    mode of the experiment, the model of round ``round_index`` (default: the last trained round) of
+    seed ``seed`` (default: the config's first) maps the validation images ``images`` with
+    :func:`uncertainty_map` (the experiment's ``eta`` and ``acquisition_samples``; the random draws
+    keyed by the seed, the same for both modes), and :func:`draw_uncertainty_maps` writes ``path``.
+
+    Raises:
+        ValueError: a seed or method the experiment does not have (the message lists those it has),
+            or an experiment whose only method is ``"random"``.
+        IndexError: an image index outside the validation split (the message gives its size).
+    """
+    out_dir = os.fspath(out_dir)
+    state = load_state(out_dir)
+    config = ExperimentConfig.from_dict(state["config"])
+    available = [m for m in config.methods if m != "random"]
+    if methods is None:
+        if not available:
+            raise ValueError(
+                f"the experiment in {out_dir!r} only ran method 'random', which has no uncertainty map"
+            )
+        chosen = available
+    else:
+        chosen = [methods] if isinstance(methods, str) else list(methods)
+        if not chosen:
+            raise ValueError(f"methods must name at least one of the experiment's methods {available}")
+        for method in chosen:
+            if method not in available:
+                why = "has no uncertainty map" if method == "random" else "is not a method of the experiment"
+                raise ValueError(
+                    f"method {method!r} {why} in {out_dir!r}; the methods with maps are {available}"
+                )
+    if isinstance(round_index, bool) or not isinstance(round_index, int) or round_index < -1:
+        # load_round_model reads every negative index as "the last trained round"; -2 would not mean that.
+        raise ValueError(f"round_index must be -1 (the last trained round) or a round >= 0, got {round_index!r}")
+    if seed is None:
+        seed = config.seeds[0]
+    elif seed not in config.seeds:
+        raise ValueError(f"seed {seed!r} is not a seed of the experiment in {out_dir!r}; it has {list(config.seeds)}")
+
+    data = build_datasets(config)
+    size = len(data.val)  # type: ignore[arg-type]
+    indices = [images] if isinstance(images, int) else list(images)
+    if not indices:
+        raise ValueError("images must name at least one validation image index")
+    for index in indices:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"image indices must be ints, got {index!r}")
+        if not 0 <= index < size:
+            raise IndexError(f"validation image index {index} is out of range: the split has {size} images "
+                             f"(indices 0 to {size - 1})")
+    items = [data.val[int(i)] for i in indices]
+    batch = torch.stack([image for image, _ in items])
+    labels = torch.stack([label for _, label in items])
+
+    maps: Dict[Tuple[str, str], Tensor] = {}
+    used_rounds = set()
+    jobs = [(method, mode) for method in chosen for mode in config.modes]
+    for method, mode in tqdm(jobs, desc="uncertainty maps", unit="model", disable=not progress, dynamic_ncols=True):
+        model = load_round_model(out_dir, seed, mode, method, round_index, state=state, device=device)
+        maps[(method, mode)] = uncertainty_map(model, batch, method, num_samples=config.acquisition_samples,
+                                               eta=config.eta, seed=seed)
+        used_rounds.add(_trained_round(state, run_key(seed, mode, None if round_index == 0 else method), round_index))
+        del model
+
+    dataset = DATASET_NAMES.get(config.dataset, config.dataset)
+    model_name = MODEL_NAMES.get(config.model, config.model)
+    if len(used_rounds) == 1 and None not in used_rounds:
+        (r,) = used_rounds
+        budget = config.initial_fraction if r == 0 else config.budgets[r - 1]
+        when = f"round {r} ({budget:.0%} labeled)"
+    else:
+        when = "last trained rounds"
+    shown = ", ".join(str(int(i)) for i in indices)
+    title = f"{dataset}, {model_name}, seed {seed}, {when}: validation image{'s' if len(indices) > 1 else ''} {shown}"
+    return draw_uncertainty_maps(batch, labels, maps, path, class_names=data.class_names, title=title)

@@ -1,0 +1,460 @@
+"""Reports of active-learning experiments: tables like the paper's (mean +- std over seeds, best in
+bold), CSV files and mIoU-vs-budget figures.
+
+    experiments = load_experiments(["runs/sweep"])   # every folder with a state.json, at or below
+    summary = summarize(experiments)                 # one row per (dataset, model, variant, method, mode, budget)
+    print(markdown_tables(summary))
+    write_report(["runs/sweep"], "runs/sweep/report")
+
+Experiments whose configs differ (a sweep over ``exponent``, say) are told apart by a *variant*
+label naming the keys that differ (``"exponent=2"``); dataset and model are separate dimensions of
+every table and figure, so they never appear in the label. Experiments with the same label pool
+their seeds.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .al import STATE_FILE, StateError, load_state
+
+__all__ = [
+    "METHOD_NAMES",
+    "MODE_NAMES",
+    "MODEL_NAMES",
+    "DATASET_NAMES",
+    "Experiment",
+    "find_experiments",
+    "load_experiments",
+    "variant_labels",
+    "summarize",
+    "markdown_tables",
+    "main_table",
+    "write_report",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+METHOD_NAMES: Dict[str, str] = {
+    "random": "Random",
+    "entropy": "Entropy",
+    "margin": "Margin",
+    "least_confidence": "Least confidence",
+    "mc_entropy": "MC-Dropout",
+    "bald": "BALD",
+    "noise_stability": "Noise Stability",
+    "noise_stability_kcenter": "Noise Stability (k-center)",
+}
+MODE_NAMES: Dict[str, str] = {"standard": "standard", "uaal": "UAAL"}
+MODEL_NAMES: Dict[str, str] = {
+    "mobilenetv3": "MobileNetV3", "resnet50": "ResNet-50", "xception65": "Xception-65", "small": "small",
+}
+DATASET_NAMES: Dict[str, str] = {"synthetic": "Synthetic", "cityscapes": "CityScapes", "ade20k": "ADE20K"}
+
+# Config keys that never make experiments different variants: where and how fast they ran, which
+# seeds (experiments with other seeds of the same config pool them), which methods and modes (rows
+# of the tables), and dataset and model (columns and figures of their own).
+_NOT_VARIANT_KEYS = frozenset(
+    {"seeds", "device", "num_workers", "amp", "eval_batch_size", "root", "methods", "modes", "dataset", "model"}
+)
+_ROW_KEYS = ("dataset", "model", "method", "mode", "seed", "round", "budget", "num_labeled", "miou",
+             "pixel_accuracy", "mean_class_accuracy")
+_SUMMARY_COLUMNS = ("dataset", "model", "variant", "method", "mode", "round", "budget", "mean", "std", "n")
+_MISSING = "–"
+
+
+@dataclass
+class Experiment:
+    """One experiment folder as read from its state file."""
+
+    path: str                      # the folder holding state.json
+    config: Dict[str, Any]         # ExperimentConfig.to_dict() of the run
+    rows: List[Dict[str, Any]]     # the state's "results": one row per (seed, mode, method, round)
+    finished: bool                 # False while (or if) the run stopped before its last round
+    wall_time: Optional[float] = None  # seconds over all sessions, when the state records it
+
+
+# ---------------------------------------------------------------------------------------------------
+# Finding and reading experiments
+
+
+def find_experiments(paths: Sequence[PathLike]) -> List[str]:
+    """The experiment folders at or below ``paths``, sorted, each once.
+
+    A path is an experiment folder (it holds ``state.json``) or a folder with experiments somewhere
+    below it (a sweep); the search does not descend into an experiment folder (its checkpoints and
+    report hold none). FileNotFoundError names a path that does not exist or holds no experiment.
+    """
+    found: Dict[str, str] = {}  # real path -> the path as reported, so "out" and "out/" count once
+    for path in paths:
+        path = os.path.normpath(os.fspath(path))
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path!r} does not exist")
+        if os.path.isfile(path) and os.path.basename(path) == STATE_FILE:
+            path = os.path.dirname(path) or "."  # the state file itself names its experiment
+        folders = []
+        for folder, subfolders, files in os.walk(path):
+            if STATE_FILE in files:
+                folders.append(folder)
+                subfolders.clear()
+        if not folders:
+            raise FileNotFoundError(f"{path!r} holds no experiment (no {STATE_FILE} in it or in a folder below it)")
+        for folder in folders:
+            found.setdefault(os.path.realpath(folder), folder)
+    return sorted(set(found.values()))
+
+
+def load_experiments(paths: Sequence[PathLike]) -> List[Experiment]:
+    """The experiments of :func:`find_experiments` (``paths``), read with :func:`uaal_ext.al.load_state`.
+
+    A state file that cannot be read raises :class:`uaal_ext.al.StateError`; so does a result row
+    without the keys a report needs.
+    """
+    experiments = []
+    for folder in find_experiments(paths):
+        state = load_state(folder)
+        rows = state["results"]
+        for index, row in enumerate(rows if isinstance(rows, list) else [None]):
+            missing = [key for key in _ROW_KEYS if not isinstance(row, dict) or key not in row]
+            if missing:
+                raise StateError(f"result row {index} of {os.path.join(folder, STATE_FILE)!r} lacks {missing}")
+        wall_time = state.get("wall_time")
+        experiments.append(Experiment(path=folder, config=dict(state["config"]), rows=list(rows),
+                                      finished=bool(state["finished"]),
+                                      wall_time=float(wall_time) if isinstance(wall_time, (int, float)) else None))
+    return experiments
+
+
+# ---------------------------------------------------------------------------------------------------
+# Variants
+
+
+def _format_value(value: Any) -> str:
+    """``2.0`` -> ``2``, ``0.005`` -> ``0.005``, ``[64, 128]`` -> ``[64,128]`` (no ", ": that separates keys)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_format_value(item) for item in value) + "]"
+    return str(value)
+
+
+def _sortable(value: Any) -> Tuple[Any, ...]:
+    """Numbers in numeric order (exponent 2 before 10), then everything else by its text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, _format_value(value))
+
+
+def _variant_keys(experiments: Sequence[Experiment]) -> List[str]:
+    if not experiments:
+        return []
+    keys = sorted({key for experiment in experiments for key in experiment.config} - _NOT_VARIANT_KEYS)
+    return [key for key in keys
+            if any(e.config.get(key) != experiments[0].config.get(key) for e in experiments[1:])]
+
+
+def variant_labels(experiments: Sequence[Experiment]) -> List[str]:
+    """Each experiment's label: the config keys that differ between ``experiments``, alphabetically,
+    as ``"eta=0.005, exponent=2"``; empty for every experiment when none differ."""
+    keys = _variant_keys(experiments)
+    return [", ".join(f"{key}={_format_value(e.config.get(key))}" for key in keys) for e in experiments]
+
+
+def _variant_order(experiments: Sequence[Experiment]) -> List[str]:
+    """The distinct labels, ordered by their keys' values (numerically where they are numbers)."""
+    keys = _variant_keys(experiments)
+    by_label = {label: tuple(_sortable(e.config.get(key)) for key in keys)
+                for e, label in zip(experiments, variant_labels(experiments))}
+    return sorted(by_label, key=by_label.__getitem__)
+
+
+def _first_seen(values: Iterable[Any]) -> List[Any]:
+    return list(dict.fromkeys(values))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Summary
+
+
+def summarize(experiments: Sequence[Experiment]) -> List[Dict[str, Any]]:
+    """mIoU over seeds: one row per (dataset, model, variant, method, mode, budget), round 0 included.
+
+    Each row has those keys plus ``round``, ``mean``, ``std`` (sample std, ddof=1; 0.0 for one
+    seed) and ``n`` (seeds), mIoU as a fraction. Rows are ordered by dataset and model (first
+    seen), variant (by value), method and mode (as the configs list them), then budget. The same
+    seed of the same cell in two experiments raises ValueError (a copied folder would count twice).
+    """
+    labels = variant_labels(experiments)
+    variant_rank = {label: rank for rank, label in enumerate(_variant_order(experiments))}
+    methods = _first_seen([m for e in experiments for m in e.config.get("methods", ())]
+                          + [row["method"] for e in experiments for row in e.rows])
+    modes = _first_seen([m for e in experiments for m in e.config.get("modes", ())]
+                        + [row["mode"] for e in experiments for row in e.rows])
+    datasets = _first_seen(row["dataset"] for e in experiments for row in e.rows)
+    models = _first_seen(row["model"] for e in experiments for row in e.rows)
+
+    cells: Dict[Tuple[Any, ...], List[float]] = {}
+    seen_in: Dict[Tuple[Any, ...], str] = {}
+    for experiment, label in zip(experiments, labels):
+        for row in experiment.rows:
+            cell = (row["dataset"], row["model"], label, row["method"], row["mode"], row["round"], row["budget"])
+            seed_key = cell + (row["seed"],)
+            if seed_key in seen_in:
+                raise ValueError(
+                    f"seed {row['seed']} of {row['method']}/{row['mode']} round {row['round']} appears in both "
+                    f"{seen_in[seed_key]!r} and {experiment.path!r}; report each experiment once"
+                )
+            seen_in[seed_key] = experiment.path
+            cells.setdefault(cell, []).append(float(row["miou"]))
+
+    def order(cell: Tuple[Any, ...]) -> Tuple[Any, ...]:
+        dataset, model, label, method, mode, round_index, budget = cell
+        return (datasets.index(dataset), models.index(model), variant_rank[label], methods.index(method),
+                modes.index(mode), budget, round_index)
+
+    summary = []
+    for cell in sorted(cells, key=order):
+        values = np.asarray(cells[cell], dtype=np.float64)
+        summary.append({
+            **dict(zip(("dataset", "model", "variant", "method", "mode", "round", "budget"), cell)),
+            "mean": float(values.mean()),
+            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            "n": len(values),
+        })
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tables
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:g}%"  # 0.1 -> "10%" (:g hides 10.000000000000002)
+
+
+def _cell_text(row: Dict[str, Any]) -> str:
+    return f"{row['mean'] * 100:.2f}±{row['std'] * 100:.2f}"
+
+
+def _column_name(model: str, variant: str) -> str:
+    name = MODEL_NAMES.get(model, model)
+    return f"{name}, {variant}" if variant else name
+
+
+def _seeds_note(counts: Iterable[int]) -> str:
+    counts = sorted(set(counts))
+    if not counts:
+        return "no seeds"
+    if len(counts) == 1:
+        return f"{counts[0]} seed{'s' if counts[0] != 1 else ''}"
+    return f"{counts[0]} to {counts[-1]} seeds (per cell: the n of summary.csv)"
+
+
+def markdown_tables(summary: Sequence[Dict[str, Any]]) -> str:
+    """One Markdown table per dataset, shaped like the paper's Table 7.
+
+    Rows: (method, training mode) in the order of ``summary`` (the configs' order), the method
+    named on its first row only. Columns: budget x model x variant, ``"name (B = 10%)"``; round 0
+    (the shared initial set) is left out. Cells: mIoU in percent, ``"67.95±1.81"``; the best mean
+    of each column in bold, ties (equal to the shown precision) all bold; ``–`` where a cell has
+    no runs. The seeds count follows each table.
+    """
+    blocks = []
+    for dataset in _first_seen(row["dataset"] for row in summary):
+        rows = [row for row in summary if row["dataset"] == dataset]
+        trained = [row for row in rows if row["round"] != 0]
+        budgets = sorted({row["budget"] for row in trained})
+        columns = [(budget, model, variant)
+                   for budget in budgets
+                   for model, variant in _first_seen((row["model"], row["variant"]) for row in trained)
+                   if any(r["budget"] == budget and r["model"] == model and r["variant"] == variant for r in trained)]
+        lines = _first_seen((row["method"], row["mode"]) for row in rows)
+        by_cell = {(row["method"], row["mode"], row["budget"], row["model"], row["variant"]): row for row in trained}
+
+        # Best per column as shown: two means that print alike are a tie, both bold.
+        best = {}
+        for column in columns:
+            shown = [round(row["mean"] * 100, 2) for (method, mode, *rest), row in by_cell.items()
+                     if tuple(rest) == column and not math.isnan(row["mean"])]
+            best[column] = max(shown) if shown else None
+
+        header = ["Data selection method", "Training method"] + [
+            f"{_column_name(model, variant)} (B = {_percent(budget)})" for budget, model, variant in columns]
+        table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        previous_method = None
+        for method, mode in lines:
+            cells = [METHOD_NAMES.get(method, method) if method != previous_method else "", MODE_NAMES.get(mode, mode)]
+            previous_method = method
+            for column in columns:
+                row = by_cell.get((method, mode) + column)
+                if row is None:
+                    cells.append(_MISSING)
+                elif best[column] is not None and round(row["mean"] * 100, 2) == best[column]:
+                    cells.append(f"**{_cell_text(row)}**")
+                else:
+                    cells.append(_cell_text(row))
+            table.append("| " + " | ".join(cells) + " |")
+
+        initial = ", ".join(_percent(b) for b in sorted({row["budget"] for row in rows if row["round"] == 0}))
+        note = (f"mIoU (%) on the validation split, mean ± std over {_seeds_note(row['n'] for row in trained)}; "
+                f"best per column in bold.")
+        if initial:
+            note += f" Every method starts from the same random {initial} of the pool (round 0, not shown)."
+        blocks.append(f"## {DATASET_NAMES.get(dataset, dataset)}\n\n" + "\n".join(table) + f"\n\n{note}\n")
+    return "\n".join(blocks) if blocks else "No results yet.\n"
+
+
+def main_table(summary: Sequence[Dict[str, Any]]) -> str:
+    """A plain-text table for a terminal: method, mode, then mIoU (%) mean±std at every budget
+    (round 0, the shared initial set, first), one block per dataset, model and variant."""
+    blocks = []
+    for group in _first_seen((row["dataset"], row["model"], row["variant"]) for row in summary):
+        rows = [row for row in summary if (row["dataset"], row["model"], row["variant"]) == group]
+        dataset, model, variant = group
+        budgets = _first_seen(sorted((row["budget"], row["round"]) for row in rows))
+        header = ["method", "mode"] + [_percent(b) + (" (initial)" if r == 0 else "") for b, r in budgets]
+        by_cell = {(row["method"], row["mode"], row["budget"], row["round"]): row for row in rows}
+        table = [header]
+        for method, mode in _first_seen((row["method"], row["mode"]) for row in rows):
+            cells = [by_cell.get((method, mode) + budget) for budget in budgets]
+            table.append([METHOD_NAMES.get(method, method), MODE_NAMES.get(mode, mode)]
+                         + [_cell_text(cell) if cell else _MISSING for cell in cells])
+        widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+        title = f"{DATASET_NAMES.get(dataset, dataset)} / {_column_name(model, variant)}: mIoU (%), " \
+                f"mean±std over {_seeds_note(row['n'] for row in rows)}"
+        text = [title] + ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table]
+        blocks.append("\n".join(text))
+    return "\n\n".join(blocks) if blocks else "No results yet."
+
+
+# ---------------------------------------------------------------------------------------------------
+# Files
+
+
+def _slug(text: str) -> str:
+    """A file-name part: "eta=0.005, exponent=2" -> "eta=0.005_exponent=2"."""
+    return re.sub(r"[^A-Za-z0-9.=+-]+", "_", text).strip("_")
+
+
+def _figure_name(dataset: str, model: str, variant: str) -> str:
+    parts = ["miou_vs_budget", _slug(dataset), _slug(model)] + ([_slug(variant)] if variant else [])
+    return "_".join(parts) + ".png"
+
+
+def _plot(rows: Sequence[Dict[str, Any]], title: str, path: str) -> None:
+    """mIoU (%) against the labeled share of the pool (%), a line and a std band per (method, mode)."""
+    # Agg canvas on a bare Figure: renders headless without switching the process-wide backend
+    # (matplotlib.use would change it for a notebook that imports this), and pyplot never holds
+    # the figure, so nothing stays open after saving.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4, 4.4))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    methods = _first_seen(row["method"] for row in rows)
+    for method, mode in _first_seen((row["method"], row["mode"]) for row in rows):
+        line = sorted((row for row in rows if (row["method"], row["mode"]) == (method, mode)),
+                      key=lambda row: row["budget"])
+        x = np.array([row["budget"] * 100 for row in line])
+        mean = np.array([row["mean"] * 100 for row in line])
+        std = np.array([row["std"] * 100 for row in line])
+        color = f"C{methods.index(method) % 10}"  # one colour per method, both modes
+        axes.plot(x, mean, color=color, linestyle="-" if mode == "uaal" else "--", marker="o", markersize=4,
+                  label=f"{METHOD_NAMES.get(method, method)} ({MODE_NAMES.get(mode, mode)})")
+        axes.fill_between(x, mean - std, mean + std, color=color, alpha=0.12, linewidth=0)
+    axes.set_xlabel("labeled fraction of the pool (%)")
+    axes.set_ylabel("mIoU (%)")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _progress(experiment: Experiment) -> str:
+    """``"12 of 40 rounds evaluated"`` for an unfinished experiment (the count of its config)."""
+    config = experiment.config
+    try:
+        total = len(config["seeds"]) * len(config["modes"]) * (1 + len(config["methods"]) * len(config["budgets"]))
+    except (KeyError, TypeError):
+        return f"{len(experiment.rows)} result rows so far"
+    # Round 0 is one training per seed and mode, recorded once per method.
+    done = len({(r["seed"], r["mode"], None if r["round"] == 0 else r["method"], r["round"]) for r in experiment.rows})
+    return f"{done} of {total} rounds evaluated"
+
+
+def write_report(paths: Sequence[PathLike], out_dir: PathLike) -> Dict[str, str]:
+    """Writes the report of the experiments at or below ``paths`` into ``out_dir``.
+
+    Files: ``report.md`` (tables, figures, one line per experiment), ``summary.csv``
+    (:func:`summarize`'s rows, mIoU as fractions), ``runs.csv`` (every per-seed row with its
+    experiment folder and variant) and ``miou_vs_budget_<dataset>_<model>[_<variant>].png`` per
+    dataset, model and variant. Returns ``{name: path}`` of what was written ("report",
+    "summary", "runs", and each figure's file name without ``.png``).
+    """
+    experiments = load_experiments(paths)
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    summary = summarize(experiments)
+    labels = variant_labels(experiments)
+    written: Dict[str, str] = {}
+
+    written["summary"] = os.path.join(out_dir, "summary.csv")
+    with open(written["summary"], "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=_SUMMARY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(summary)  # floats as repr: full precision
+
+    written["runs"] = os.path.join(out_dir, "runs.csv")
+    with open(written["runs"], "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=("experiment", "variant") + _ROW_KEYS, extrasaction="ignore")
+        writer.writeheader()
+        for experiment, label in zip(experiments, labels):
+            for row in experiment.rows:
+                writer.writerow({"experiment": experiment.path, "variant": label, **row})
+
+    figures = []
+    for dataset, model, variant in _first_seen((row["dataset"], row["model"], row["variant"]) for row in summary):
+        name = _figure_name(dataset, model, variant)
+        title = f"{DATASET_NAMES.get(dataset, dataset)}, {_column_name(model, variant)}"
+        _plot([row for row in summary if (row["dataset"], row["model"], row["variant"]) == (dataset, model, variant)],
+              title, os.path.join(out_dir, name))
+        written[name[: -len(".png")]] = os.path.join(out_dir, name)
+        figures.append((title, name))
+
+    unfinished = sum(not e.finished for e in experiments)
+    text = ["# Active-learning report", ""]
+    count = f"{len(experiments)} experiment{'s' if len(experiments) != 1 else ''}"
+    if unfinished:
+        text += [f"{count}, **{unfinished} unfinished**: their cells hold the rounds evaluated so far.", ""]
+    else:
+        text += [f"{count}, all finished.", ""]
+    text += [markdown_tables(summary), "## mIoU against budget", ""]
+    text += [f"![{title}]({name})\n" for title, name in figures]
+    text += ["## Experiments", ""]
+    for experiment, label in zip(experiments, labels):
+        details = ["finished" if experiment.finished else f"unfinished ({_progress(experiment)})"]
+        if experiment.wall_time is not None:
+            details.append(f"wall time {_duration(experiment.wall_time)}")
+        if label:
+            details.append(label)
+        text.append(f"- `{experiment.path}`: {', '.join(details)}")
+    written["report"] = os.path.join(out_dir, "report.md")
+    with open(written["report"], "w", encoding="utf-8") as file:
+        file.write("\n".join(text) + "\n")
+    return written
