@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from ._atomic import atomic_write
+from ._checks import is_int, is_number
 from .acquisition import METHODS, REDUCTIONS, select_from_pool
 from .data import DATASETS, EvalTransform, TrainTransform, dataset_info, make_dataset
 from .models import MODELS, build_model
@@ -135,12 +136,6 @@ class ExperimentConfig:
 
         def fail(key: str, allowed: str) -> None:
             raise ValueError(f"config key {key!r} must be {allowed}, got {getattr(self, key)!r}")
-
-        def is_int(value: object) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
-        def is_number(value: object) -> bool:
-            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
         for key, allowed in (("dataset", DATASETS), ("model", MODELS), ("retrain", RETRAIN),
                              ("reduction", REDUCTIONS), ("uncertainty", UNCERTAINTY_SOURCES),

@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ._atomic import atomic_write
+from ._checks import is_int, is_number
 from .loss import NORMALIZE_MODES, UAALLoss
 from .metrics import ConfusionMatrix, SegmentationMetrics
 from .schedules import SCHEDULES
@@ -101,12 +102,6 @@ class TrainConfig:
 
         def fail(key: str, allowed: str) -> None:
             raise ValueError(f"TrainConfig.{key} must be {allowed}, got {getattr(self, key)!r}")
-
-        def is_int(value: object) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
-        def is_number(value: object) -> bool:
-            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
         for key, allowed in (("mode", MODES), ("uncertainty", UNCERTAINTY_SOURCES), ("schedule", SCHEDULES),
                              ("normalize", NORMALIZE_MODES)):
