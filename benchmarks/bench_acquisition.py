@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import sys
 import time
@@ -40,6 +39,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_loss import (  # noqa: E402  (benchmarks/ is not a package)
+    Report,
+    fill_defaults,
     log_report_header,
     copy_bandwidth,
     fmt,
@@ -337,10 +338,7 @@ def main(argv=None) -> int:
                                                    "--quick: results/acquisition_cpu_quick.md)")
     args = p.parse_args(argv)
 
-    defaults = QUICK if args.quick else FULL
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_defaults(args, FULL, QUICK)
     args.repeat = args.repeat or (3 if args.quick else 5)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     bw_mib = args.bw_mib or (256 if args.quick else 1024)
@@ -356,16 +354,10 @@ def main(argv=None) -> int:
              ([(parse_shape(s), args.mc_samples, mc_cases) for s in args.mc_shapes.split(",")] if mc_cases else [])
     if any(len(shape) < 3 for shape, _, _ in inputs):
         p.error("shapes need at least one spatial dim (NxCxHxW)")
-    out_path = Path(args.output) if args.output else RESULTS_DIR / (
-        "acquisition_cpu_quick.md" if args.quick else "acquisition_cpu.md")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
-    out: list[str] = []
-
-    def log(line: str = "") -> None:
-        print(line, flush=True)
-        out.append(line)
+    log = Report(args, "acquisition_cpu")
 
     cmdline = log_report_header(log, "Acquisition scores, CPU fp32")
     try:
@@ -430,12 +422,8 @@ def main(argv=None) -> int:
         log()
     log(f"Run time: {time.perf_counter() - started:.0f} s.")
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text("\n".join(out) + "\n")
-    out_path.with_suffix(".json").write_text(json.dumps(
-        {"command": cmdline, "torch": torch.__version__, "threads": args.threads,
-         "bandwidth_bytes_per_s": bw, "mc_samples": args.mc_samples, "rows": rows}, indent=1) + "\n")
-    print(f"\nwritten: {out_path} (and {out_path.with_suffix('.json').name})")
+    log.write({"command": cmdline, "torch": torch.__version__, "threads": args.threads,
+               "bandwidth_bytes_per_s": bw, "mc_samples": args.mc_samples, "rows": rows})
     return 0
 
 

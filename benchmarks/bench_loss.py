@@ -415,6 +415,36 @@ def build_table(rows: list[dict]) -> tuple[str, list[str]]:
 
 
 
+class Report:
+    """A benchmark's Markdown report: each logged line is printed at once and kept; :meth:`write`
+    saves them (default ``results/<stem>.md``, ``<stem>_quick.md`` with ``--quick``) and a JSON twin."""
+
+    def __init__(self, args, stem: str) -> None:
+        suffix = "_quick" if args.quick else ""
+        self.path = Path(args.output) if args.output else RESULTS_DIR / f"{stem}{suffix}.md"
+        self.lines: list[str] = []
+
+    def __call__(self, line: str = "") -> None:
+        print(line, flush=True)
+        self.lines.append(line)
+
+    def write(self, data=None) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("\n".join(self.lines) + "\n")
+        if data is None:
+            print(f"\nwritten: {self.path}")
+            return
+        self.path.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
+        print(f"\nwritten: {self.path} (and {self.path.with_suffix('.json').name})")
+
+
+def fill_defaults(args, full: dict, quick: dict) -> None:
+    """Options left at None take their value from the ``quick`` or ``full`` table."""
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
 def log_report_header(log, title: str) -> str:
     """Logs the lines every benchmark report starts with (title, command, date, torch and machine);
     returns the command line."""
@@ -453,17 +483,12 @@ def main(argv=None) -> int:
 
     repeat = args.repeat or (3 if args.quick else 5)
     bw_mib = args.bw_mib or (256 if args.quick else 1024)
-    out_path = Path(args.output) if args.output else RESULTS_DIR / ("loss_cpu_quick.md" if args.quick else "loss_cpu.md")
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     if "eager reference" not in names:
         names.insert(1, "eager reference")  # needed for the correctness check
     torch.set_num_threads(args.threads)
 
-    out: list[str] = []
-
-    def log(line: str = "") -> None:
-        print(line, flush=True)
-        out.append(line)
+    log = Report(args, "loss_cpu")
 
     cmdline = log_report_header(log, "UAAL cross-entropy, CPU fp32")
     try:
@@ -578,12 +603,8 @@ def main(argv=None) -> int:
             log(f"- {b}")
         log()
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text("\n".join(out) + "\n")
-    out_path.with_suffix(".json").write_text(json.dumps(
-        {"command": cmdline, "torch": torch.__version__, "threads": args.threads,
-         "bandwidth_bytes_per_s": bw, "rows": rows}, indent=1) + "\n")
-    print(f"\nwritten: {out_path} (and {out_path.with_suffix('.json').name})")
+    log.write({"command": cmdline, "torch": torch.__version__, "threads": args.threads,
+               "bandwidth_bytes_per_s": bw, "rows": rows})
     return 0
 
 

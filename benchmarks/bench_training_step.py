@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_loss import log_report_header  # noqa: E402  (benchmarks/ is not a package)
+from bench_loss import Report, fill_defaults, log_report_header  # noqa: E402  (benchmarks/ is not a package)
 from bench_uncertainty import load_note, run_rounds  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -83,22 +83,13 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="small model and batch, 1 round")
     p.add_argument("--output", default=None, help="Markdown output (default results/training_step_cpu.md)")
     args = p.parse_args(argv)
-    defaults = QUICK if args.quick else FULL
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_defaults(args, FULL, QUICK)
     shape = tuple(int(v) for v in args.image.split("x"))
     ks = [int(k) for k in args.ks.split(",")]
-    out_path = Path(args.output) if args.output else RESULTS_DIR / (
-        "training_step_cpu_quick.md" if args.quick else "training_step_cpu.md")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
-    out: list[str] = []
-
-    def log(line: str = "") -> None:
-        print(line, flush=True)
-        out.append(line)
+    log = Report(args, "training_step_cpu")
 
     import uaal_ext
 
@@ -133,9 +124,7 @@ def main(argv=None) -> int:
         log(line)
     log()
     log(f"Run time: {time.perf_counter() - started:.0f} s.")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text("\n".join(out) + "\n")
-    print(f"\nwritten: {out_path}")
+    log.write()
     return 0
 
 

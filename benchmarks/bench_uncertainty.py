@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import sys
 import time
@@ -41,6 +40,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_loss import (  # noqa: E402  (benchmarks/ is not a package)
+    Report,
+    fill_defaults,
     log_report_header,
     _cpu_snapshot,
     copy_bandwidth,
@@ -530,27 +531,18 @@ def main(argv=None) -> int:
                                                    "--quick: results/uncertainty_cpu_quick.md)")
     args = p.parse_args(argv)
 
-    defaults = QUICK if args.quick else FULL
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_defaults(args, FULL, QUICK)
     args.repeat = args.repeat or (1 if args.quick else 5)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     bw_mib = args.bw_mib or (256 if args.quick else 1024)
     parts = [s.strip() for s in args.parts.split(",") if s.strip()]
     if unknown := set(parts) - set(PARTS):
         p.error(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
-    out_path = Path(args.output) if args.output else RESULTS_DIR / (
-        "uncertainty_cpu_quick.md" if args.quick else "uncertainty_cpu.md")
     torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)  # the eager baselines draw from the global generator
     started = time.perf_counter()
 
-    out: list[str] = []
-
-    def log(line: str = "") -> None:
-        print(line, flush=True)
-        out.append(line)
+    log = Report(args, "uncertainty_cpu")
 
     cmdline = log_report_header(log, "Kernel-noise uncertainty, CPU fp32")
     try:
@@ -673,12 +665,8 @@ def main(argv=None) -> int:
     log(f"Run time: {', '.join(f'{k} {v:.0f} s' for k, v in part_seconds.items())}; total "
         f"{time.perf_counter() - started:.0f} s.")
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text("\n".join(out) + "\n")
-    out_path.with_suffix(".json").write_text(json.dumps(
-        {"command": cmdline, "torch": torch.__version__, "threads": args.threads,
-         "bandwidth_bytes_per_s": bw, **results}, indent=1) + "\n")
-    print(f"\nwritten: {out_path} (and {out_path.with_suffix('.json').name})")
+    log.write({"command": cmdline, "torch": torch.__version__, "threads": args.threads,
+               "bandwidth_bytes_per_s": bw, **results})
     return 0
 
 
