@@ -453,6 +453,8 @@ def test_channels_last_model_gets_channels_last_perturbed_weights(seed):
     kn = KernelNoise(eta=0.05, num_samples=2, seed=seed)
     sigma_cl = kn(model_cl, images.contiguous(memory_format=torch.channels_last))[1]
     torch.testing.assert_close(sigma_cl, sigma, rtol=1e-4, atol=1e-6)
+    weights = dict(model_cl.named_parameters())
     for name, stack in kn.perturbed_parameters(model_cl).items():
+        assert stack[1].stride() == weights[name].stride(), name  # 1x1 kernels too, size-1 dims included
         if stack.dim() == 5:
             assert stack[0].is_contiguous(memory_format=torch.channels_last), name

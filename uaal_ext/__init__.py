@@ -16,7 +16,7 @@ from . import _C  # noqa: F401  (registers torch.ops.uaal_ext.*)
 from ._build import build_info
 from .loss import UAALLoss, pixel_entropy, uaal_cross_entropy
 from .perturbation import kernel_noise, perturbation_statistics
-from .uncertainty import EntropyUncertainty, KernelNoise, MCDropout, make_uncertainty
+from .uncertainty import EntropyUncertainty, KernelNoise, MCDropout, make_uncertainty, record_dropout
 from . import acquisition  # noqa: E402  (uaal_ext.acquisition.METHODS, image_scores, select, ...)
 from .schedules import SCHEDULES, get_schedule
 
@@ -32,6 +32,7 @@ __all__ = [
     "MCDropout",
     "EntropyUncertainty",
     "make_uncertainty",
+    "record_dropout",
     "get_schedule",
     "SCHEDULES",
     "build_info",

@@ -11,9 +11,9 @@ uncertainty)``, and carries the ``uncertainty_scale`` to give :class:`uaal_ext.U
 
 The training glue::
 
-    state = rng_state(x.device)                               # only needed if the model has dropout
-    out = model(x)                                            # (N, C, H, W), training forward
-    _, sigma = kn(model, x, clean_logits=out.detach(), dropout_state=state)  # (N, H, W), no graph
+    with record_dropout(model) as masks:                      # only needed if the model has dropout
+        out = model(x)                                        # (N, C, H, W), training forward
+    _, sigma = kn(model, x, clean_logits=out.detach(), dropout_masks=masks)  # (N, H, W), no graph
     loss = uaal_ext.UAALLoss(uncertainty_scale=kn.eta)(out, y, uncertainty=sigma)
     loss.backward()
 
@@ -36,6 +36,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
+from ._dropout import DropoutRecording, record_dropout
 from .loss import pixel_entropy
 from .perturbation import GRANULARITIES, kernel_noise, perturbation_statistics
 
@@ -48,6 +49,8 @@ __all__ = [
     "EntropyUncertainty",
     "make_uncertainty",
     "frozen_batch_norm",
+    "record_dropout",
+    "DropoutRecording",
     "rng_state",
 ]
 
@@ -187,6 +190,33 @@ def _check_seed(seed: object) -> None:
         raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
 
 
+def _check_replay(
+    images: Tensor,
+    clean_logits: Optional[Tensor],
+    dropout_masks: Optional[DropoutRecording],
+    dropout_state: Optional[Tensor],
+) -> Optional[Tuple[Tensor, Optional[DropoutRecording]]]:
+    """``(generator state, masks or None)`` that replay the clean forward's randomness, or None."""
+    if dropout_masks is None and dropout_state is None:
+        return None
+    if dropout_masks is not None and dropout_state is not None:
+        raise ValueError("pass dropout_masks or dropout_state, not both (a recording holds its generator state)")
+    name = "dropout_masks" if dropout_masks is not None else "dropout_state"
+    if clean_logits is None:
+        raise ValueError(f"{name} replays the dropout of the forward that gave clean_logits; pass both")
+    if dropout_state is not None:
+        return dropout_state, None
+    if not isinstance(dropout_masks, DropoutRecording):
+        raise TypeError(
+            f"dropout_masks must be what record_dropout(model) yields, got {type(dropout_masks).__name__}"
+        )
+    if dropout_masks.device.type != images.device.type:
+        raise ValueError(
+            f"dropout_masks were recorded for a forward on {dropout_masks.device}, but the images are on {images.device}"
+        )
+    return dropout_masks.rng_state, dropout_masks
+
+
 def _load_calls(owner: str, state: Mapping[str, object]) -> int:
     calls = state.get("calls") if isinstance(state, Mapping) else None
     if isinstance(calls, bool) or not isinstance(calls, int) or calls < 0:
@@ -195,12 +225,18 @@ def _load_calls(owner: str, state: Mapping[str, object]) -> int:
 
 
 def _like_layout(stack: Tensor, weight: Tensor) -> Tensor:
-    """The (K, *shape) perturbed copies with each copy in ``weight``'s memory layout: a channels-last
-    model given contiguous conv weights runs every conv through a slow layout conversion (measured
-    2x slower passes)."""
-    if weight.dim() == 4 and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last):
-        return stack.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
-    return stack
+    """The (K, *shape) perturbed copies, each with ``weight``'s very strides. A conv whose weight
+    layout differs from the model's own runs a slower oneDNN path: a channels-last model given
+    contiguous 3x3 weights converts layouts in every conv (passes measured 2x slower), and even its
+    1x1 and depthwise kernels, whose size-1 dims carry other strides in a stacked copy, cost 1.2x."""
+    channels_last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(weight.dim())
+    dense = weight.is_contiguous() or (channels_last is not None and weight.is_contiguous(memory_format=channels_last))
+    if stack[0].stride() == weight.stride() or not dense:
+        return stack
+    copies = torch.empty_strided(
+        (stack.shape[0], *weight.shape), (weight.numel(), *weight.stride()), dtype=stack.dtype, device=stack.device
+    )
+    return copies.copy_(stack)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -290,6 +326,7 @@ class KernelNoise:
         images: Tensor,
         clean_logits: Optional[Tensor] = None,
         *,
+        dropout_masks: Optional[DropoutRecording] = None,
         dropout_state: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Tensor]:
         """Returns ``(logits (N, C, *spatial), sigma (N, *spatial))``.
@@ -297,13 +334,23 @@ class KernelNoise:
         ``logits`` are ``clean_logits`` (detached) when given -- pass the training forward's output
         to skip the clean pass -- or the clean forward kn ran itself.
 
-        ``dropout_state``: the random generator state of the images' device taken right before the
-        forward that produced ``clean_logits`` (:func:`rng_state`). The perturbed passes then keep
-        dropout as the model's mode has it and replay that state before each pass, so they draw the
-        very dropout masks of the clean forward and sigma measures the weight perturbation alone,
-        without a second clean pass. The generator is left as the clean forward left it.
+        A clean forward with active dropout is matched by one of (else its masks differ, see the
+        warning):
+
+        - ``dropout_masks``: the :func:`record_dropout` recording of the forward that produced
+          ``clean_logits``. The perturbed passes multiply by its masks instead of drawing new ones
+          (the fast way: no mask is drawn again) and restore its generator state before each pass,
+          so any other random op of the model repeats too.
+        - ``dropout_state``: the random generator state of the images' device taken right before
+          that forward (:func:`rng_state`). The perturbed passes restore it before each pass and so
+          redraw the very masks of the clean forward.
+
+        Either way sigma measures the weight perturbation alone, without a second clean pass, and
+        the generator is left as the clean forward left it.
         """
-        logits, sigma, _ = self.scores(model, images, clean_logits, dropout_state=dropout_state)
+        logits, sigma, _ = self.scores(
+            model, images, clean_logits, dropout_masks=dropout_masks, dropout_state=dropout_state
+        )
         return logits, sigma
 
     def scores(
@@ -312,26 +359,26 @@ class KernelNoise:
         images: Tensor,
         clean_logits: Optional[Tensor] = None,
         *,
+        dropout_masks: Optional[DropoutRecording] = None,
         dropout_state: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Tensor, Tensor]:
         """Like ``__call__`` but also returns the Noise Stability score: ``(logits, sigma, ns)``."""
         _check_images(images)
         weights = self._weights(model)
-        if dropout_state is not None and clean_logits is None:
-            raise ValueError("dropout_state replays the dropout of the forward that gave clean_logits; pass both")
+        replay = _check_replay(images, clean_logits, dropout_masks, dropout_state)
         if clean_logits is not None:
             clean_logits = _check_clean_logits(clean_logits, images)
-            if dropout_state is None:
+            if replay is None:
                 self._warn_if_clean_has_dropout(model)
         # Dropout off (a dropout-free comparison), unless the clean forward's masks are replayed.
-        dropout_off = {} if dropout_state is not None else {m: False for m in model.modules() if isinstance(m, _DropoutNd)}
+        dropout_off = {} if replay is not None else {m: False for m in model.modules() if isinstance(m, _DropoutNd)}
         with torch.no_grad(), frozen_batch_norm(model), _module_modes(dropout_off):
             perturbed = self._draw(weights, offset=self.calls)
             clean = _as_logits(model(images)) if clean_logits is None else clean_logits
-            if dropout_state is None:
+            if replay is None:
                 outputs = self._perturbed_logits(model, images, perturbed)  # (K, N, C, *spatial)
             else:
-                outputs = self._replayed_logits(model, images, perturbed, dropout_state)
+                outputs = self._replayed_logits(model, images, perturbed, *replay)
             if clean.shape != outputs.shape[1:]:
                 raise ValueError(
                     f"clean_logits must have the shape of the model's logits {tuple(outputs.shape[1:])}, "
@@ -405,15 +452,22 @@ class KernelNoise:
         return self._sequential_logits(model, images, perturbed)
 
     def _replayed_logits(
-        self, model: nn.Module, images: Tensor, perturbed: Dict[str, Tensor], dropout_state: Tensor
+        self,
+        model: nn.Module,
+        images: Tensor,
+        perturbed: Dict[str, Tensor],
+        generator_state: Tensor,
+        masks: Optional[DropoutRecording],
     ) -> Tensor:
-        """The passes one by one, each from the clean forward's generator state (same dropout masks)."""
+        """The passes one by one, each from the clean forward's generator state and, when recorded,
+        with its dropout masks: the clean forward's randomness in every pass."""
         after_clean = rng_state(images.device)
         outputs = []
         try:
             for k in range(self.num_samples):
-                _set_rng_state(images.device, dropout_state)
-                outputs.append(_as_logits(functional_call(model, {name: w[k] for name, w in perturbed.items()}, (images,))))
+                _set_rng_state(images.device, generator_state)
+                with masks.replaying(model) if masks is not None else contextlib.nullcontext():
+                    outputs.append(_as_logits(functional_call(model, {name: w[k] for name, w in perturbed.items()}, (images,))))
         finally:
             _set_rng_state(images.device, after_clean)
         return torch.stack(outputs)
@@ -432,8 +486,9 @@ class KernelNoise:
             warnings.warn(
                 "KernelNoise: clean_logits come from a forward with active dropout, which the perturbed "
                 "passes switch off, so sigma mixes dropout noise with the weight perturbation; pass "
-                "dropout_state=rng_state(device) taken before that forward (the passes then replay its "
-                "masks), or leave clean_logits out (kn runs a dropout-free clean pass)",
+                "dropout_masks=recording from `with record_dropout(model) as recording:` around that forward, "
+                "or dropout_state=rng_state(device) taken before it (the passes then replay its masks), "
+                "or leave clean_logits out (kn runs a dropout-free clean pass)",
                 RuntimeWarning,
                 stacklevel=4,
             )
