@@ -5,8 +5,14 @@ One `uaal_ext.training.train_step` (forward, uncertainty, loss, backward, SGD st
 (`uaal_ext.models.build_model`, random init) in training mode: the standard step (UAALLoss with
 alpha = 0, plain cross-entropy) against the UAAL step with `KernelNoise` (eta 0.01, K perturbed
 passes that replay the training forward's dropout masks, noise generation and statistics included).
-Also one no-grad forward, for the cost of a single pass. Bar (issue: training): the UAAL step costs
-at most (1 + 0.25 K) standard steps.
+Also one no-grad forward, for the cost of a single pass: K perturbed passes cannot cost less than
+K such forwards without their dropout draws, so "1 + K x forward" is printed as the sequential
+floor. Bar (issue: training): the UAAL step costs at most (1 + 0.25 K) standard steps.
+
+Runs as ``uaal`` trains by default: channels-last model and images (``TrainConfig.channels_last``)
+and glibc malloc keeping freed memory (``uaal_ext.runtime.keep_freed_memory``); ``--layout
+contiguous`` and ``--malloc default`` measure without them (malloc settings are process-wide: one
+setting per run).
 
     python benchmarks/bench_training_step.py            # mobilenetv3, resnet50; batch 4, 256x512; K = 1, 5
     python benchmarks/bench_training_step.py --quick    # small model, 2x3x64x128: a smoke run
@@ -41,13 +47,13 @@ def make_step(model, images, labels, config):
     return lambda: train_step(model, (images, labels), criterion, optimizer, source)
 
 
-def bench_model(name: str, shape, ks, repeat: int, log) -> list[dict]:
+def bench_model(name: str, shape, ks, repeat: int, layout: torch.memory_format, log) -> list[dict]:
     from uaal_ext.models import build_model
     from uaal_ext.training import TrainConfig
 
     torch.manual_seed(0)
-    model = build_model(name, NUM_CLASSES).train()
-    images = torch.randn(*shape)
+    model = build_model(name, NUM_CLASSES).train().to(memory_format=layout)
+    images = torch.randn(*shape).contiguous(memory_format=layout)
     labels = torch.randint(0, NUM_CLASSES, (shape[0], *shape[2:]))
 
     def forward():
@@ -63,13 +69,14 @@ def bench_model(name: str, shape, ks, repeat: int, log) -> list[dict]:
     times, busy = run_rounds(calls, repeat=repeat, warmup=1, label=label)
     log(f"- {load_note(label, busy)}")
     standard = times["standard step"]
+    forward = times["forward (no grad)"] / standard
     rows = [{"model": name, "what": "forward (no grad)", "s": times["forward (no grad)"],
-             "ratio": times["forward (no grad)"] / standard, "bar": None}]
-    rows.append({"model": name, "what": "standard step", "s": standard, "ratio": 1.0, "bar": None})
+             "ratio": forward, "bar": None, "floor": None}]
+    rows.append({"model": name, "what": "standard step", "s": standard, "ratio": 1.0, "bar": None, "floor": None})
     for k in ks:
         t = times[f"uaal step, kernel noise K={k}"]
         rows.append({"model": name, "what": f"uaal step, kernel noise K={k}", "s": t, "ratio": t / standard,
-                     "bar": 1 + 0.25 * k})
+                     "bar": 1 + 0.25 * k, "floor": 1 + k * forward})
     return rows
 
 
@@ -80,6 +87,10 @@ def main(argv=None) -> int:
     p.add_argument("--ks", default=None, help=f"K values (default {FULL['ks']})")
     p.add_argument("--repeat", type=int, default=None, help="timed rounds, median reported (default 3)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--layout", choices=("channels_last", "contiguous"), default="channels_last",
+                   help="memory format of model and images (default channels_last, as uaal trains)")
+    p.add_argument("--malloc", choices=("kept", "default"), default="kept",
+                   help="kept: uaal_ext.runtime.keep_freed_memory() (default, as uaal runs); default: glibc's")
     p.add_argument("--quick", action="store_true", help="small model and batch, 1 round")
     p.add_argument("--output", default=None, help="Markdown output (default results/training_step_cpu.md)")
     args = p.parse_args(argv)
@@ -88,6 +99,12 @@ def main(argv=None) -> int:
     ks = [int(k) for k in args.ks.split(",")]
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
+    from uaal_ext.runtime import keep_freed_memory
+
+    malloc = "glibc defaults"
+    if args.malloc == "kept":
+        malloc = "freed memory kept (keep_freed_memory)" if keep_freed_memory() else "not glibc: defaults"
+    layout = torch.channels_last if args.layout == "channels_last" else torch.contiguous_format
 
     log = Report(args, "training_step_cpu")
 
@@ -98,16 +115,19 @@ def main(argv=None) -> int:
     log(f"- batch {args.image}, {NUM_CLASSES} classes, models in training mode (dropout and batch statistics "
         f"active), eta 0.01, granularity tensor; median of {args.repeat} rounds after one untimed call, "
         f"the calls interleaved in each round")
-    log("- the UAAL step: training forward, KernelNoise (noise for every conv weight in one kernel_noise "
-        "call, K perturbed forwards that replay the forward's dropout masks, perturbation_statistics), "
-        "the fused loss, backward, SGD")
+    log(f"- layout {args.layout}; malloc: {malloc}")
+    log("- the UAAL step: training forward recording its dropout masks, KernelNoise (noise for every conv "
+        "weight in one kernel_noise call, K perturbed forwards that reuse the recorded masks, "
+        "perturbation_statistics), the fused loss, backward, SGD")
+    log("- sequential floor: 1 + K x (no-grad forward / standard step), what K plain forwards cost on top "
+        "of the step")
     log()
     rows = []
     for name in args.models.split(","):
-        rows += bench_model(name.strip(), shape, ks, args.repeat, log)
+        rows += bench_model(name.strip(), shape, ks, args.repeat, layout, log)
     log()
-    log("| model | call | s | x standard step | bar (x standard step) |")
-    log("|---|---|---|---|---|")
+    log("| model | call | s | x standard step | sequential floor | bar (x standard step) |")
+    log("|---|---|---|---|---|---|")
     bars = []
     for r in rows:
         bar = ""
@@ -116,7 +136,8 @@ def main(argv=None) -> int:
             bar = f"<= {r['bar']:.2f}: {verdict}"
             bars.append(f"- {r['model']} {r['what']}: {r['ratio']:.2f}x a standard step (bar <= {r['bar']:.2f}x): "
                         f"{verdict}")
-        log(f"| {r['model']} | {r['what']} | {r['s']:.3f} | {r['ratio']:.2f}x | {bar} |")
+        floor = f"{r['floor']:.2f}x" if r["floor"] is not None else ""
+        log(f"| {r['model']} | {r['what']} | {r['s']:.3f} | {r['ratio']:.2f}x | {floor} | {bar} |")
     log()
     log("## Bars")
     log()

@@ -133,6 +133,20 @@ def test_kernel_noise_reuses_training_logits_with_or_without_dropout():
     assert calls[0.1] == calls[0.0] > result.steps
 
 
+def test_channels_last_changes_layout_not_results():
+    """channels_last trains the model in channels-last layout (its conv weights keep it) and
+    contiguous otherwise, to the same weights up to float rounding (same dropout draws)."""
+    weights = {}
+    for channels_last in (True, False):
+        model = _tiny_net()
+        train(model, _dataset(), _config(epochs=2, channels_last=channels_last), progress=False)
+        conv = model.features[0].weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert conv.is_contiguous() != channels_last
+        weights[channels_last] = model
+    _assert_same_state(weights[True], weights[False], exact=False)
+
+
 def test_standard_mode_counts_batch_norm_updates_and_restores_modes():
     model = _tiny_net().eval()
     result = train(model, _dataset(), _config(), progress=False)
@@ -365,6 +379,7 @@ def test_checkpoint_of_another_config_or_dataset_is_refused(tmp_path):
         ("s_max", -1.0, ">= 0"),
         ("seed", -1, "2\\*\\*63"),
         ("amp", "yes", "True or False"),
+        ("channels_last", 1, "True or False"),
         ("device", "gpu0", "torch device"),
     ],
 )

@@ -76,7 +76,7 @@ STATE_FILE = "state.json"
 _STATE_FORMAT = 1
 # Config fields that say where and how fast an experiment runs, not what it computes: a resumed run
 # may change them.
-_RESUMABLE_WITH_CHANGES = ("device", "num_workers", "amp", "eval_batch_size")
+_RESUMABLE_WITH_CHANGES = ("device", "num_workers", "amp", "channels_last", "eval_batch_size")
 
 
 @dataclass
@@ -119,6 +119,7 @@ class ExperimentConfig:
     eta: float = 0.01                        # kernel-noise size (training and Noise Stability scoring)
     num_samples: int = 5                     # uaal mode: K kernel-noise / T MC-Dropout passes per step
     amp: bool = True                         # float16 autocast on CUDA
+    channels_last: bool = True               # channels-last training (faster convs on CPU and GPU)
     num_workers: int = 0                     # DataLoader workers
     device: str = "cpu"                      # "cpu", "cuda", "cuda:1", ...
     eval_batch_size: int = 16                # images per batch when scoring the pool and evaluating
@@ -195,8 +196,8 @@ class ExperimentConfig:
             weight_decay=self.weight_decay, poly_power=self.poly_power, uncertainty=self.uncertainty,
             exponent=self.exponent, alpha=self.alpha, schedule=self.schedule, normalize=self.normalize,
             s_max=self.s_max, eta=self.eta,
-            num_samples=self.num_samples, amp=self.amp, num_workers=self.num_workers, seed=seed,
-            device=self.device,
+            num_samples=self.num_samples, amp=self.amp, channels_last=self.channels_last,
+            num_workers=self.num_workers, seed=seed, device=self.device,
         )
 
     def to_dict(self) -> Dict[str, Any]:

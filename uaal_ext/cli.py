@@ -153,6 +153,7 @@ def _info(args: argparse.Namespace) -> None:
     import torchvision
 
     import uaal_ext
+    from uaal_ext.runtime import keep_freed_memory
 
     build = uaal_ext.build_info()
     rows = [
@@ -168,6 +169,7 @@ def _info(args: argparse.Namespace) -> None:
         ("threads", f"{torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op "
                     f"({os.cpu_count()} CPUs)"),
         ("cpu capability", torch.backends.cpu.get_cpu_capability()),
+        ("freed memory kept", "yes (glibc malloc tuned)" if keep_freed_memory() else "no (not glibc)"),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
@@ -254,6 +256,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     from .al import StateError  # after parsing: --help answers without importing torch
+    from .runtime import keep_freed_memory
+
+    keep_freed_memory()  # the command runs whole trainings: reuse freed activation memory
 
     try:
         args.handler(args)
