@@ -21,7 +21,7 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DropoutRecording", "record_dropout"]
+__all__ = ["DropoutRecording", "record_dropout", "rng_state"]
 
 # The forwards whose masks are recorded, with the number of spatial dims of their batched input
 # (None: element-wise masks, any shape). Matching the forward, not the class, leaves subclasses
@@ -34,7 +34,9 @@ _RECORDED_FORWARDS: Dict[Callable, Optional[int]] = {
 }
 
 
-def _device_generator_state(device: torch.device) -> Tensor:
+def rng_state(device: Union[torch.device, str]) -> Tensor:
+    """The state of the random generator dropout draws from on ``device`` (for ``dropout_state=``)."""
+    device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_rng_state(device)
     return torch.get_rng_state()
@@ -75,7 +77,7 @@ class DropoutRecording:
         self.masks: Dict[nn.Module, List[Optional[Tensor]]] = {}
         self._seed = seed
         self._generators: Dict[torch.device, torch.Generator] = {}
-        self.rng_state = _device_generator_state(device)
+        self.rng_state = rng_state(device)
 
     def __len__(self) -> int:
         """The number of masks recorded."""

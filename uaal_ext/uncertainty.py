@@ -36,7 +36,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from ._dropout import DropoutRecording, record_dropout
+from ._dropout import DropoutRecording, record_dropout, rng_state
 from .loss import pixel_entropy
 from .perturbation import GRANULARITIES, kernel_noise, perturbation_statistics
 
@@ -111,14 +111,6 @@ def _module_modes(modes: Mapping[nn.Module, bool]) -> Iterator[None]:
     finally:
         for m, training in saved.items():
             m.training = training
-
-
-def rng_state(device: Union[torch.device, str]) -> Tensor:
-    """The state of the random generator dropout draws from on ``device`` (for ``dropout_state=``)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_rng_state(device)
-    return torch.get_rng_state()
 
 
 def _set_rng_state(device: torch.device, state: Tensor) -> None:
