@@ -95,14 +95,16 @@ class DropoutRecording:
         raises RuntimeError.
         """
         used = {m: 0 for m in self.masks}
-        names = {m: name for name, m in model.named_modules()}
+
+        def name(module: nn.Module) -> str:  # for error messages only: not walked on every pass
+            return next((n for n, m in model.named_modules() if m is module), type(module).__name__)
 
         def replay(module: nn.Module, x: Tensor) -> Tensor:
             masks = self.masks[module]
             call = used[module]
             if call >= len(masks):
                 raise RuntimeError(
-                    f"dropout module {names.get(module, type(module).__name__)!r} ran {call + 1} times in a replayed "
+                    f"dropout module {name(module)!r} ran {call + 1} times in a replayed "
                     f"pass but {len(masks)} times in the recorded forward"
                 )
             used[module] = call + 1
@@ -111,7 +113,7 @@ class DropoutRecording:
                 return type(module).forward(module, x)
             if x.dim() != mask.dim() or any(m not in (1, s) for m, s in zip(mask.shape, x.shape)):
                 raise RuntimeError(
-                    f"dropout module {names.get(module, type(module).__name__)!r} got input of shape "
+                    f"dropout module {name(module)!r} got input of shape "
                     f"{tuple(x.shape)} in a replayed pass, but its recorded mask has shape {tuple(mask.shape)}"
                 )
             return x * mask
