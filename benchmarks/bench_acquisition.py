@@ -15,7 +15,7 @@ Methods, all timed in one run (rounds interleaved so drift hits every method ali
   torch.compile(eager)  torch.compile of that same function, compiled afresh per case (compile s)
 
 Correctness is checked before timing: the fused path and the eager functions against
-uaal_ext.reference in float64 on small odd shapes, then every method in float32 against the eager
+uaal_ext.ops.reference in float64 on small odd shapes, then every method in float32 against the eager
 functions run in float64 at each timed shape. The floor is the bytes-moved floor at the copy
 bandwidth measured in the same run: read the logits once (all T samples for MC), write and read
 back the float32 per-pixel map (and read the ignore mask where there is one).
@@ -87,7 +87,7 @@ FUSED, OPS, EAGER, COMPILED = "uaal_ext", "uaal_ext ops", "eager", "torch.compil
 
 # --------------------------------------------------------------------------------------------
 # Baselines: the scores written the obvious way in eager PyTorch (finite logits assumed:
-# exp(-inf) * -inf is NaN here; uaal_ext.reference handles it).
+# exp(-inf) * -inf is NaN here; uaal_ext.ops.reference handles it).
 # --------------------------------------------------------------------------------------------
 def entropy_eager(logits: torch.Tensor) -> torch.Tensor:
     """H = -sum_c p_c log p_c: (N, C, *spatial) -> (N, *spatial)."""
@@ -202,8 +202,8 @@ def memory_gib(shape, mc_samples: int | None) -> float:
 # Correctness
 # --------------------------------------------------------------------------------------------
 def check_float64(cases, mc_samples: int, log) -> None:
-    """Fused path and eager functions agree with uaal_ext.reference in float64 on small odd shapes."""
-    from uaal_ext.reference import aggregate_scores_reference, pixel_scores_reference
+    """Fused path and eager functions agree with uaal_ext.ops.reference in float64 on small odd shapes."""
+    from uaal_ext.ops.reference import aggregate_scores_reference, pixel_scores_reference
 
     for shape in [(3, 19, 7, 11), (2, 150, 5, 9)]:
         for score, reduction, masked in cases:
@@ -220,7 +220,7 @@ def check_float64(cases, mc_samples: int, log) -> None:
                     got, ref, rtol=1e-10, atol=1e-14,
                     msg=lambda m: f"{what} vs reference, {case_label(score, reduction, masked)}, "
                                   f"{input_label(shape, mc)}: {m}")
-    log(f"- uaal_ext (image_scores and the raw ops) and the eager functions vs uaal_ext.reference "
+    log(f"- uaal_ext (image_scores and the raw ops) and the eager functions vs uaal_ext.ops.reference "
         f"(float64, shapes 3x19x7x11 and 2x150x5x9, T={mc_samples} for MC, every configuration): OK")
 
 

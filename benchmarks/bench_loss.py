@@ -314,9 +314,9 @@ def _loss_and_grad(fn, x, t):
 def check_baseline_against_reference(log) -> None:
     """The eager baseline must compute the project's reference math (float64, small input)."""
     try:
-        from uaal_ext.reference import uaal_cross_entropy_reference
+        from uaal_ext.ops.reference import uaal_cross_entropy_reference
     except Exception as exc:  # noqa: BLE001  (reference not written yet, or package not importable)
-        log(f"- eager baseline vs uaal_ext.reference: skipped ({type(exc).__name__}: {exc})")
+        log(f"- eager baseline vs uaal_ext.ops.reference: skipped ({type(exc).__name__}: {exc})")
         return
     for shape in [(3, 19, 7, 11), (2, 150, 5, 9)]:
         x, t = make_inputs(shape, seed=1)
@@ -325,7 +325,7 @@ def check_baseline_against_reference(log) -> None:
                                            exponent=EXPONENT)
         ours = uaal_loss_eager(x, t)
         torch.testing.assert_close(ours, ref.to(ours.dtype), rtol=1e-10, atol=0)
-    log("- eager baseline vs uaal_ext.reference (float64, small shapes): OK")
+    log("- eager baseline vs uaal_ext.ops.reference (float64, small shapes): OK")
 
 
 def check_correctness(methods: dict, x, t, log) -> None:

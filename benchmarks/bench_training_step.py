@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Cost of a UAAL training step with kernel-noise uncertainty against a standard step, on CPU.
 
-One `uaal_ext.training.train_step` (forward, uncertainty, loss, backward, SGD step) of DeepLabv3+
-(`uaal_ext.models.build_model`, random init) in training mode: the standard step (UAALLoss with
+One `uaal_ext.experiment.training.train_step` (forward, uncertainty, loss, backward, SGD step) of DeepLabv3+
+(`uaal_ext.experiment.models.build_model`, random init) in training mode: the standard step (UAALLoss with
 alpha = 0, plain cross-entropy) against the UAAL step with `KernelNoise` (eta 0.01, K perturbed
 passes that replay the training forward's dropout masks, noise generation and statistics included).
 Also one no-grad forward, for the cost of a single pass: K perturbed passes cannot cost less than
@@ -10,7 +10,7 @@ K such forwards without their dropout draws, so "1 + K x forward" is printed as 
 floor. Bar (issue: training): the UAAL step costs at most (1 + 0.25 K) standard steps.
 
 Runs as ``uaal`` trains by default: channels-last model and images (``TrainConfig.channels_last``)
-and glibc malloc keeping freed memory (``uaal_ext.runtime.keep_freed_memory``); ``--layout
+and glibc malloc keeping freed memory (``uaal_ext.experiment.runtime.keep_freed_memory``); ``--layout
 contiguous`` and ``--malloc default`` measure without them (malloc settings are process-wide: one
 setting per run).
 
@@ -39,7 +39,7 @@ QUICK = {"models": "small", "image": "2x3x64x128", "ks": "1,5", "repeat": 1}
 
 def make_step(model, images, labels, config):
     """A closure running one training step of `config` on the fixed batch (the model keeps training)."""
-    from uaal_ext.training import make_criterion, train_step
+    from uaal_ext.experiment.training import make_criterion, train_step
 
     criterion, source = make_criterion(config)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=config.momentum,
@@ -48,8 +48,8 @@ def make_step(model, images, labels, config):
 
 
 def bench_model(name: str, shape, ks, repeat: int, layout: torch.memory_format, log) -> list[dict]:
-    from uaal_ext.models import build_model
-    from uaal_ext.training import TrainConfig
+    from uaal_ext.experiment.models import build_model
+    from uaal_ext.experiment.training import TrainConfig
 
     torch.manual_seed(0)
     model = build_model(name, NUM_CLASSES).train().to(memory_format=layout)
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     p.add_argument("--layout", choices=("channels_last", "contiguous"), default="channels_last",
                    help="memory format of model and images (default channels_last, as uaal trains)")
     p.add_argument("--malloc", choices=("kept", "default"), default="kept",
-                   help="kept: uaal_ext.runtime.keep_freed_memory() (default, as uaal runs); default: glibc's")
+                   help="kept: uaal_ext.experiment.runtime.keep_freed_memory() (default, as uaal runs); default: glibc's")
     p.add_argument("--quick", action="store_true", help="small model and batch, 1 round")
     p.add_argument("--output", default=None, help="Markdown output (default results/training_step_cpu.md)")
     args = p.parse_args(argv)
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     ks = [int(k) for k in args.ks.split(",")]
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    from uaal_ext.runtime import keep_freed_memory
+    from uaal_ext.experiment.runtime import keep_freed_memory
 
     malloc = "glibc defaults"
     if args.malloc == "kept":

@@ -4,12 +4,12 @@
 Three parts, each timed in one run against its PyTorch baselines (rounds interleaved so drift hits
 every method alike), all on the conv weights / logits of smp's DeepLabV3+ with a MobileNetV3 encoder:
 
-  noise   uaal_ext.perturbation.kernel_noise (one fused call for every weight) against an eager
+  noise   uaal_ext.ops.perturbation.kernel_noise (one fused call for every weight) against an eager
           per-tensor loop of the same math (`kernel_noise_eager` below: randn, norms, w + eta *
           ||w|| * n / ||n||) and torch.compile of that loop; K perturbed copies of the 77 conv
           weights (4.7M elements), norms per tensor or per output filter.
           Floor: read the weights once and write the K copies.  Bar: fused >= 2x eager.
-  stats   uaal_ext.perturbation.perturbation_statistics (sigma and the Noise Stability score in one
+  stats   uaal_ext.ops.perturbation.perturbation_statistics (sigma and the Noise Stability score in one
           pass) against the eager formula (`perturbation_statistics_eager`) and torch.compile of it,
           on K perturbed logit tensors.  Floor: read the K + 1 logit tensors, write the 2 per-pixel
           maps.  Bar: fused >= 5x eager.
@@ -17,7 +17,7 @@ every method alike), all on the conv weights / logits of smp's DeepLabV3+ with a
           batched with torch.vmap, and one by one (batched=False), against one plain forward and one
           forward + backward of a plain loss.  No bar; SPEC asks for the ratios.
 
-Correctness is checked before timing: the fused noise against uaal_ext.reference (exact noise) and
+Correctness is checked before timing: the fused noise against uaal_ext.ops.reference (exact noise) and
 every method's noise against the defining norm identity; the statistics against the eager formula
 in float64; KernelNoise batched against sequential (the same sigma).
 
@@ -105,7 +105,7 @@ def kernel_noise_eager(weights: list[torch.Tensor], num_samples: int, eta: float
 
 
 def kernel_noise_fused(weights, num_samples: int, eta: float, per_filter: bool):
-    from uaal_ext.perturbation import kernel_noise
+    from uaal_ext.ops.perturbation import kernel_noise
 
     return kernel_noise(weights, num_samples, eta, seed=SEED, offset=0,
                         granularity="filter" if per_filter else "tensor")
@@ -122,7 +122,7 @@ def perturbation_statistics_eager(clean: torch.Tensor, perturbed: torch.Tensor):
 
 
 def perturbation_statistics_fused(clean, perturbed):
-    from uaal_ext.perturbation import perturbation_statistics
+    from uaal_ext.ops.perturbation import perturbation_statistics
 
     return perturbation_statistics(clean, perturbed)
 
@@ -199,8 +199,8 @@ def compile_timed(fn, first_call):
 # Part 1: kernel noise
 # --------------------------------------------------------------------------------------------
 def check_noise_exact(weights, log) -> None:
-    """Fused op and the eager math (fed the reference's normals) against uaal_ext.reference."""
-    from uaal_ext.reference import kernel_noise_normals_reference, kernel_noise_reference
+    """Fused op and the eager math (fed the reference's normals) against uaal_ext.ops.reference."""
+    from uaal_ext.ops.reference import kernel_noise_normals_reference, kernel_noise_reference
 
     weights = weights[:4]
     k = 2
@@ -217,7 +217,7 @@ def check_noise_exact(weights, log) -> None:
                                        msg=lambda m: f"kernel_noise vs reference (weight {t}): {m}")
             torch.testing.assert_close(eager, r, rtol=1e-5, atol=atol,
                                        msg=lambda m: f"eager loop vs reference (weight {t}): {m}")
-    log(f"- kernel_noise and the eager loop (fed the reference's normals) vs uaal_ext.reference, first "
+    log(f"- kernel_noise and the eager loop (fed the reference's normals) vs uaal_ext.ops.reference, first "
         f"{len(weights)} weights, K={k}, both granularities: OK")
 
 
@@ -321,8 +321,8 @@ def stats_memory_gib(shape, k: int) -> float:
 
 
 def check_stats_float64(log) -> None:
-    """Fused op, eager formula and uaal_ext.reference agree in float64 on small odd shapes."""
-    from uaal_ext.reference import perturbation_statistics_reference
+    """Fused op, eager formula and uaal_ext.ops.reference agree in float64 on small odd shapes."""
+    from uaal_ext.ops.reference import perturbation_statistics_reference
 
     for shape, k in [((3, 19, 7, 11), 5), ((2, 150, 5, 9), 3)]:
         clean, perturbed = (t.double() for t in make_stats_inputs(shape, k, seed=1))
@@ -333,7 +333,7 @@ def check_stats_float64(log) -> None:
             for i, metric in enumerate(("sigma", "ns")):
                 torch.testing.assert_close(got[i], ref[i], rtol=1e-10, atol=1e-14,
                                            msg=lambda m: f"{what} {metric} vs reference, {shape} K={k}: {m}")
-    log("- perturbation_statistics and the eager formula vs uaal_ext.reference (float64, small shapes): OK")
+    log("- perturbation_statistics and the eager formula vs uaal_ext.ops.reference (float64, small shapes): OK")
 
 
 def check_stats(methods: dict, clean, perturbed, label: str, log) -> None:
@@ -547,7 +547,7 @@ def main(argv=None) -> int:
     cmdline = log_report_header(log, "Kernel-noise uncertainty, CPU fp32")
     try:
         import uaal_ext
-        import uaal_ext.perturbation  # noqa: F401
+        import uaal_ext.ops.perturbation  # noqa: F401
 
         log(f"- uaal_ext build_info: `{uaal_ext.build_info()}`")
     except Exception as exc:  # noqa: BLE001

@@ -37,9 +37,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from uaal_ext.data import SyntheticScenes, TrainTransform
-    from uaal_ext.models import build_model, count_parameters
-    from uaal_ext.training import TrainConfig, evaluate, train
+    from uaal_ext.experiment.data import SyntheticScenes, TrainTransform
+    from uaal_ext.experiment.models import build_model, count_parameters
+    from uaal_ext.experiment.training import TrainConfig, evaluate, train
 
     image_size = (64, 128)
     train_set = SyntheticScenes("train", args.train_size, seed=args.seed, image_size=image_size,

@@ -13,10 +13,10 @@ from torch.utils.data import DataLoader, TensorDataset
 import uaal_ext
 from uaal_ext import acquisition
 from uaal_ext.acquisition import (
-    METHODS,
     REDUCTIONS,
-    SCORE_METHODS,
     image_scores,
+    method_class,
+    method_names,
     kcenter_greedy,
     pixel_scores,
     pooled_deviations,
@@ -24,13 +24,15 @@ from uaal_ext.acquisition import (
     select,
     select_from_pool,
 )
-from uaal_ext.reference import aggregate_scores_reference, pixel_scores_reference
+from uaal_ext.ops.reference import aggregate_scores_reference, pixel_scores_reference
 from testing import DEVICES, FLOAT_DTYPES, FULL_DTYPES, LAYOUTS, SPATIAL_SHAPES, assert_close, assert_raises_naming, random_logits, strided
 
 ops = torch.ops.uaal_ext
 LOGIT_METHODS = ["entropy", "margin", "least_confidence"]
 MC_METHODS = ["mc_entropy", "bald"]
 MAP_METHODS = LOGIT_METHODS + MC_METHODS
+# The built-in methods that give each image a score (all but the k-center diversity method).
+SCORE_METHODS = ("random", *MAP_METHODS, "noise_stability")
 NUM_SAMPLES = 3  # T or K
 # Dyadic fractions: q * n is exact in any float format, so ceil(q * n) has one answer.
 QS = [0.125, 0.25, 0.5, 1.0]
@@ -861,8 +863,11 @@ def test_opcheck_aggregate_scores(reduction, shape, dtype, masked, seed):
 
 
 def test_method_lists():
-    assert METHODS == ("random", "entropy", "margin", "least_confidence", "mc_entropy", "bald", "noise_stability",
-                       "noise_stability_kcenter")
-    assert SCORE_METHODS == METHODS[:-1] and REDUCTIONS == ("mean", "sum", "max", "topk_mean")
+    builtin = ("random", "entropy", "margin", "least_confidence", "mc_entropy", "bald", "noise_stability",
+               "noise_stability_kcenter")
+    assert method_names()[: len(builtin)] == builtin
+    assert [m for m in builtin if method_class(m).ranks_by_score] == list(builtin[:-1])
+    assert [m for m in builtin if not method_class(m).has_pixel_map] == ["random"]
+    assert REDUCTIONS == ("mean", "sum", "max", "topk_mean")
     assert set(acquisition.__all__) >= {"pixel_scores", "image_scores", "select", "kcenter_greedy", "score_pool",
                                         "select_from_pool", "pooled_deviations"}

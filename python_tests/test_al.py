@@ -1,4 +1,4 @@
-"""The active-learning loop (uaal_ext.al): rounds, labeled sets, resume after SIGKILL, configs."""
+"""The active-learning loop (uaal_ext.experiment.al): rounds, labeled sets, resume after SIGKILL, configs."""
 
 import dataclasses
 import json
@@ -13,12 +13,27 @@ import pytest
 import torch
 import yaml
 
-from uaal_ext import al
-from uaal_ext.acquisition import METHODS, select_from_pool
-from uaal_ext.al import ExperimentConfig, StateError, load_config, load_state, run_experiment, run_key
-from uaal_ext.cli import demo_config
+from uaal_ext.acquisition import method_names, select_from_pool
+from uaal_ext.experiment import al
+from uaal_ext.experiment.al import (
+    ExperimentConfig,
+    RoundStatus,
+    StateError,
+    load_config,
+    load_state,
+    run_experiment,
+    run_key,
+)
+from uaal_ext.experiment.al import loop as al_loop
+from uaal_ext.experiment.cli import demo_config
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 # A whole experiment in seconds: 40 pool images of 32x64, rounds of 2 optimizer steps.
 TINY = dict(pool_size=40, val_size=4, image_size=(32, 64), initial_fraction=0.05, budgets=(0.1, 0.2),
@@ -31,31 +46,31 @@ def tiny_config(**changes):
 
 def labeled_sets(state):
     """{run key: [labeled ids of each round]}."""
-    return {key: [entry["labeled"] for entry in run["rounds"]] for key, run in state["runs"].items()}
+    return {key: [entry.labeled for entry in run.rounds] for key, run in state.runs.items()}
 
 
 def check_rounds(state, config):
     """The invariants of every finished experiment: sizes, nesting, no duplicates, shared initial sets."""
-    sizes = state["budget_sizes"]
-    assert sizes == al.budget_sizes(config, state["pool_size"])
+    sizes = state.budget_sizes
+    assert sizes == al.budget_sizes(config, state.pool_size)
     for seed in config.seeds:
-        initial = state["initial"][str(seed)]
+        initial = state.initial[str(seed)]
         assert len(initial) == sizes[0] == len(set(initial))
         for mode in config.modes:
-            first = state["runs"][run_key(seed, mode, None)]["rounds"]
-            assert [e["labeled"] for e in first] == [initial]
+            first = state.runs[run_key(seed, mode, None)].rounds
+            assert [e.labeled for e in first] == [initial]
             for method in config.methods:
-                rounds = state["runs"][run_key(seed, mode, method)]["rounds"]
-                assert [e["round"] for e in rounds] == list(range(1, len(config.budgets) + 1))
+                rounds = state.runs[run_key(seed, mode, method)].rounds
+                assert [e.round for e in rounds] == list(range(1, len(config.budgets) + 1))
                 previous = initial
                 for entry, size in zip(rounds, sizes[1:]):
-                    labeled = entry["labeled"]
-                    assert len(labeled) == size == len(set(labeled)) == entry["num_labeled"]
-                    assert set(previous) < set(labeled) and all(0 <= i < state["pool_size"] for i in labeled)
-                    assert sorted(set(labeled) - set(previous)) == sorted(entry["added"])
-                    assert entry["status"] == "done" and 0 <= entry["metrics"]["miou"] <= 1
+                    labeled = entry.labeled
+                    assert len(labeled) == size == len(set(labeled)) == entry.num_labeled
+                    assert set(previous) < set(labeled) and all(0 <= i < state.pool_size for i in labeled)
+                    assert sorted(set(labeled) - set(previous)) == sorted(entry.added)
+                    assert entry.status is RoundStatus.DONE and 0 <= entry.metrics["miou"] <= 1
                     previous = labeled
-    rows = state["results"]
+    rows = state.results
     assert len(rows) == len(config.seeds) * len(config.modes) * len(config.methods) * (1 + len(config.budgets))
 
 
@@ -68,17 +83,20 @@ def tiny_experiment(tmp_path_factory):
 
 def test_experiment_rounds_and_files(tiny_experiment):
     config, out, state = tiny_experiment
-    assert state["finished"] and state["budget_sizes"] == [2, 4, 8]
+    assert state.finished and state.budget_sizes == [2, 4, 8]
     check_rounds(state, config)
-    assert load_state(out) == json.loads(json.dumps(state))  # what is on disk is what was returned
+    # What is on disk is what was returned (compared as JSON text: NaN IoUs of absent classes).
+    assert json.dumps(load_state(out).to_json()) == json.dumps(state.to_json())
+    assert json.loads((out / "state.json").read_text())["format"] == 1
+    assert (out / "state.json").stat().st_mode & 0o777 == 0o666 & ~_umask()  # like every other output
     # Different seeds draw different initial sets; the initial set is shared by modes and methods.
-    assert state["initial"]["0"] != state["initial"]["1"]
-    for key, run in state["runs"].items():
-        for entry in run["rounds"]:
-            assert (out / entry["checkpoint"]).is_file()
+    assert state.initial["0"] != state.initial["1"]
+    for key, run in state.runs.items():
+        for entry in run.rounds:
+            assert (out / entry.checkpoint).is_file()
     assert not list(out.rglob("*.train.pt")) and not list(out.rglob("*.tmp"))
     # Round 0's result is shared by every method of its mode and seed.
-    initial_rows = [r for r in state["results"] if r["round"] == 0 and r["seed"] == 0 and r["mode"] == "uaal"]
+    initial_rows = [r for r in state.results if r["round"] == 0 and r["seed"] == 0 and r["mode"] == "uaal"]
     assert {r["method"] for r in initial_rows} == set(config.methods) and len({r["miou"] for r in initial_rows}) == 1
 
 
@@ -88,10 +106,13 @@ def test_finished_experiment_reruns_nothing(tiny_experiment, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a finished experiment trained or selected again")
 
-    monkeypatch.setattr(al, "train", fail)
-    monkeypatch.setattr(al, "select_from_pool", fail)
-    again = run_experiment(config, out, progress=False)
-    assert labeled_sets(again) == labeled_sets(state) and again["results"] == state["results"]
+    monkeypatch.setattr(al_loop, "train", fail)
+    monkeypatch.setattr(al_loop, "select_from_pool", fail)
+    lines = []
+    again = run_experiment(config, out, progress=False, log=lines.append)
+    assert labeled_sets(again) == labeled_sets(state) and again.results == state.results
+    total = len(config.seeds) * len(config.modes) * (1 + len(config.methods) * len(config.budgets))
+    assert lines and lines[0].startswith("resuming") and f"{total} of {total} rounds done" in lines[0]
 
 
 def test_entropy_round_picks_the_top_scores_of_the_previous_model(tiny_experiment):
@@ -100,31 +121,32 @@ def test_entropy_round_picks_the_top_scores_of_the_previous_model(tiny_experimen
     seed, mode = 0, "standard"
     model = al.load_round_model(out, seed, mode, None, 0)
     data = al.build_datasets(config)
-    loader = torch.utils.data.DataLoader(al._IndexedImages(data.pool_eval), batch_size=8)
-    initial = state["initial"][str(seed)]
-    expected = select_from_pool(model, loader, "entropy", state["budget_sizes"][1] - len(initial), exclude=initial,
+    loader = torch.utils.data.DataLoader(al.datasets.IndexedImages(data.pool_eval), batch_size=8)
+    initial = state.initial[str(seed)]
+    expected = select_from_pool(model, loader, "entropy", state.budget_sizes[1] - len(initial), exclude=initial,
                                 progress=False)
-    entry = state["runs"][run_key(seed, mode, "entropy")]["rounds"][0]
-    assert entry["added"] == expected
+    entry = state.runs[run_key(seed, mode, "entropy")].round(1)
+    assert entry.added == expected
 
 
 def test_every_method_through_the_loop(tmp_path):
-    config = tiny_config(methods=METHODS, modes=("standard",), seeds=(3,), budgets=(0.1,))
+    methods = method_names()
+    config = tiny_config(methods=methods, modes=("standard",), seeds=(3,), budgets=(0.1,))
     state = run_experiment(config, tmp_path, progress=False)
     check_rounds(state, config)
-    added = {m: state["runs"][run_key(3, "standard", m)]["rounds"][0]["added"] for m in METHODS}
+    added = {m: state.runs[run_key(3, "standard", m)].rounds[0].added for m in methods}
     assert len({tuple(sorted(a)) for a in added.values()}) > 1  # the methods do not all agree
 
 
 def test_finetune_starts_from_the_previous_round(tmp_path, monkeypatch):
     loaded = []
-    original = al._load_weights
+    original = al_loop._load_round_weights
 
     def spy(model, path):
         loaded.append(os.path.relpath(path, tmp_path))
         return original(model, path)
 
-    monkeypatch.setattr(al, "_load_weights", spy)
+    monkeypatch.setattr(al_loop, "_load_round_weights", spy)
     config = tiny_config(methods=("random",), modes=("standard",), seeds=(0,), retrain="finetune")
     run_experiment(config, tmp_path, progress=False)
     # Round 1 trains from the initial model, round 2 from round 1's (each also loaded to evaluate).
@@ -142,7 +164,7 @@ def test_real_dataset_fixture_through_the_loop(tmp_path):
                               budgets=(1.0,), iterations=1, batch_size=2, eval_batch_size=1)
     state = run_experiment(config, tmp_path / "run", progress=False)
     check_rounds(state, config)
-    assert state["pool_size"] == 4 and len(state["results"]) == 2
+    assert state.pool_size == 4 and len(state.results) == 2
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -155,7 +177,7 @@ def test_resume_after_interrupted_training(tmp_path, monkeypatch):
     reference = run_experiment(config, tmp_path / "reference", progress=False)
 
     calls = {"n": 0}
-    original = al.train
+    original = al_loop.train
 
     class StopsInSecondEpoch(torch.utils.data.Dataset):
         """Round 1's labeled set (4 images, 2 epochs of 2 steps): the 'kill' comes with the 5th item."""
@@ -179,12 +201,12 @@ def test_resume_after_interrupted_training(tmp_path, monkeypatch):
             dataset = StopsInSecondEpoch(dataset)
         return original(model, dataset, train_config, **kwargs)
 
-    monkeypatch.setattr(al, "train", train_then_stop)
+    monkeypatch.setattr(al_loop, "train", train_then_stop)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(config, tmp_path / "run", progress=False)
     state = load_state(tmp_path / "run")
-    assert not state["finished"]
-    assert state["runs"][run_key(0, "standard", "entropy")]["rounds"][0]["status"] == "selected"
+    assert not state.finished
+    assert state.runs[run_key(0, "standard", "entropy")].rounds[0].status is RoundStatus.SELECTED
     assert any((tmp_path / "run").rglob("round1.train.pt"))  # the epoch checkpoint it resumes from
     monkeypatch.undo()
     resumed = run_experiment(config, tmp_path / "run", progress=False)
@@ -225,9 +247,9 @@ def test_resume_after_sigkill(tmp_path):
 
     def after_a_selection():
         state = _state_or_none(out)
-        runs = state["runs"] if state else {}
-        return any(entry["status"] == "selected" for key, run in runs.items() if key.endswith("/random")
-                   for entry in run["rounds"])
+        runs = state.runs if state else {}
+        return any(entry.status is RoundStatus.SELECTED for key, run in runs.items() if key.endswith("/random")
+                   for entry in run.rounds)
 
     for condition in (mid_training, after_a_selection):
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -241,11 +263,11 @@ def test_resume_after_sigkill(tmp_path):
                 process.kill()
         assert process.returncode == -signal.SIGKILL
         state = load_state(out)  # readable after every kill: writes are atomic
-        assert not state["finished"]
+        assert not state.finished
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
     state = load_state(out)
-    assert state["finished"]
+    assert state.finished
     check_rounds(state, config)
     assert labeled_sets(state) == labeled_sets(reference)
     assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.train.pt"))
@@ -353,7 +375,7 @@ def test_shipped_configs_load():
 
 
 def test_cli_run_sweep_report(tmp_path, capsys):
-    from uaal_ext.cli import main
+    from uaal_ext.experiment.cli import main
 
     config_file = tmp_path / "tiny.yaml"
     config_file.write_text(yaml.safe_dump(tiny_config(methods=("entropy",), modes=("uaal",), seeds=(0,)).to_dict()))
@@ -363,7 +385,7 @@ def test_cli_run_sweep_report(tmp_path, capsys):
     assert "Entropy" in out and (tmp_path / "run" / "report" / "report.md").is_file()
     assert main(["sweep", "--config", str(config_file), "--grid", "exponent=1,3", "--out", str(tmp_path / "sweep"),
                  "--no-progress", "--set", "budgets=[0.1]"]) == 0
-    assert load_state(tmp_path / "sweep" / "exponent=3").get("config")["exponent"] == 3
+    assert load_state(tmp_path / "sweep" / "exponent=3").config["exponent"] == 3
     report = (tmp_path / "sweep" / "report" / "report.md").read_text()
     assert "exponent=1" in report and "exponent=3" in report
     assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "again")]) == 0
@@ -376,7 +398,7 @@ def test_cli_run_sweep_report(tmp_path, capsys):
 
 
 def test_cli_help_and_info(capsys):
-    from uaal_ext.cli import main
+    from uaal_ext.experiment.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])

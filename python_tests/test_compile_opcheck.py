@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import uaal_ext
-from uaal_ext.reference import pixel_entropy_reference, uaal_cross_entropy_reference
+from uaal_ext.ops.reference import pixel_entropy_reference, uaal_cross_entropy_reference
 from testing import DEVICES, assert_close, gradient_unit, random_logits, random_target
 
 INF = float("inf")

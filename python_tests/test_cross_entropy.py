@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import uaal_ext
-from uaal_ext.reference import uaal_cross_entropy_reference
+from uaal_ext.ops.reference import uaal_cross_entropy_reference
 from testing import (
     DEVICES,
     FLOAT_DTYPES,

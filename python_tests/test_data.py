@@ -1,4 +1,4 @@
-"""uaal_ext.data: synthetic scenes, the Cityscapes and ADE20K loaders, transforms, the factory."""
+"""uaal_ext.experiment.data: synthetic scenes, the Cityscapes and ADE20K loaders, transforms, the factory."""
 
 import os
 import pickle
@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from uaal_ext.data import (
+from uaal_ext.experiment.data import (
     ADE20K_CLASSES,
     CITYSCAPES_CLASSES,
-    DATASETS,
+    dataset_names,
     IGNORE_INDEX,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -541,7 +541,7 @@ def test_real_loaders_with_train_transform(tmp_path):
 
 
 def test_make_dataset_and_info(tmp_path):
-    assert DATASETS == ("synthetic", "cityscapes", "ade20k")
+    assert set(dataset_names()) >= {"synthetic", "cityscapes", "ade20k"}
     assert dataset_info("synthetic") == (10, 255, SYNTHETIC_CLASSES)
     for bad in ("imagenet", "Cityscapes"):
         with pytest.raises(ValueError, match=f"'{bad}'.*'synthetic', 'cityscapes', 'ade20k'"):

@@ -7,7 +7,7 @@ from torch import nn
 from torch.func import functional_call
 
 from uaal_ext import KernelNoise, UAALLoss, record_dropout
-from uaal_ext.reference import perturbation_statistics_reference
+from uaal_ext.ops.reference import perturbation_statistics_reference
 from uaal_ext.uncertainty import DropoutRecording, rng_state
 
 NUM_CLASSES = 5
@@ -138,7 +138,7 @@ def test_kernel_noise_with_recorded_masks_matches_a_manual_computation(seed):
 def test_train_step_replays_the_masks(seed):
     """train_step's kernel-noise step records the forward's masks: at eta = 0 the uncertainty it
     hands the loss is exactly 0 although dropout is active."""
-    from uaal_ext.training import train_step
+    from uaal_ext.experiment.training import train_step
 
     seen = []
 

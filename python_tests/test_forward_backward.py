@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import uaal_ext
-from uaal_ext.reference import uaal_cross_entropy_reference
+from uaal_ext.ops.reference import uaal_cross_entropy_reference
 from testing import DEVICES, assert_close, random_logits, random_target
 
 ops = torch.ops.uaal_ext

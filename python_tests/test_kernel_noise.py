@@ -1,4 +1,4 @@
-"""uaal_ext.perturbation.kernel_noise against the Philox4x32-10 / Box-Muller reference (SPEC 2)."""
+"""uaal_ext.ops.perturbation.kernel_noise against the Philox4x32-10 / Box-Muller reference (SPEC 2)."""
 
 import math
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import uaal_ext  # noqa: F401  (registers torch.ops.uaal_ext.*)
-from uaal_ext.perturbation import kernel_noise
-from uaal_ext.reference import kernel_noise_normals_reference, kernel_noise_reference, philox4x32_10
+from uaal_ext.ops.perturbation import kernel_noise
+from uaal_ext.ops.reference import kernel_noise_normals_reference, kernel_noise_reference, philox4x32_10
 from testing import DEVICES, FLOAT_DTYPES, FULL_DTYPES, assert_close, cuda_only, strided
 
 ops = torch.ops.uaal_ext

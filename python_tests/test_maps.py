@@ -1,4 +1,4 @@
-"""uaal_ext.maps: uncertainty maps (against plain-torch / reference computations of the same
+"""uaal_ext.experiment.maps: uncertainty maps (against plain-torch / reference computations of the same
 passes), the standard-vs-UAAL figure, and the figure of a real tiny experiment."""
 
 import json
@@ -7,15 +7,18 @@ import os
 import pytest
 import torch
 
-from uaal_ext import maps as maps_module
-from uaal_ext.acquisition import METHODS
-from uaal_ext.al import ExperimentConfig, build_datasets, load_round_model, load_state, run_experiment
-from uaal_ext.maps import MAP_METHODS, draw_uncertainty_maps, experiment_maps, uncertainty_map
-from uaal_ext.models import build_model
-from uaal_ext.reference import pixel_scores_reference
+from uaal_ext.acquisition import method_names
+from uaal_ext.acquisition.selection import image_key
+from uaal_ext.experiment import maps as maps_module
+from uaal_ext.experiment.al import ExperimentConfig, build_datasets, load_round_model, load_state, run_experiment
+from uaal_ext.experiment.maps import draw_uncertainty_maps, experiment_maps, map_methods, uncertainty_map
+from uaal_ext.experiment.models import build_model
+from uaal_ext.ops.reference import pixel_scores_reference
 from uaal_ext.uncertainty import KernelNoise, MCDropout
 
 PNG = b"\x89PNG\r\n\x1a\n"
+MAP_METHODS = ("entropy", "margin", "least_confidence", "mc_entropy", "bald", "noise_stability",
+               "noise_stability_kcenter")
 
 
 def _tiny_model_and_images(seed=0):
@@ -40,7 +43,9 @@ def _expected(model, images, method, num_samples, eta, seed):
             top = p.topk(2, dim=1).values
             return 1 - top[:, 0] if method == "least_confidence" else 1 - (top[:, 0] - top[:, 1])
         if method in ("mc_entropy", "bald"):
-            mc_logits = MCDropout(num_samples=num_samples, seed=seed)(model, images)
+            # Each image on its own, its masks keyed by (seed, index) as selection keys them.
+            mc_logits = torch.cat([MCDropout(num_samples=num_samples, seed=image_key(seed, i) >> 1)(model, images[i:i + 1])
+                                   for i in range(images.shape[0])], dim=1)
             return pixel_scores_reference(method, mc_logits.double())
         return KernelNoise(eta=eta, num_samples=num_samples, seed=seed).scores(model, images)[2].double()
 
@@ -89,7 +94,8 @@ def test_random_and_unknown_methods_raise():
         uncertainty_map(model, images, "random")
     with pytest.raises(ValueError, match="'coreset'") as error:
         uncertainty_map(model, images, "coreset")
-    assert str(METHODS) in str(error.value)
+    assert str(method_names()) in str(error.value)
+    assert map_methods() == MAP_METHODS
     with pytest.raises(TypeError, match=r"\(N, 3, H, W\)"):
         uncertainty_map(model, images[0], "entropy")
 
@@ -169,7 +175,7 @@ def test_experiment_maps_draws_the_experiments_models(experiment, tmp_path, monk
     for (method, mode), got in drawn["maps"].items():
         model = load_round_model(out, 0, mode, method, state=state)
         expected = uncertainty_map(model, drawn["images"], method, num_samples=config.acquisition_samples,
-                                   eta=config.eta, seed=0)
+                                   eta=config.eta, seed=0, indices=(3, 1))
         torch.testing.assert_close(got, expected)
     # The two training modes give different models, so different maps.
     assert not torch.allclose(drawn["maps"][("entropy", "standard")], drawn["maps"][("entropy", "uaal")])
@@ -193,7 +199,7 @@ def test_experiment_maps_rejects_bad_requests(experiment, tmp_path):
         experiment_maps(out, target, methods=("entropy", "bald"), progress=False)
     with pytest.raises(ValueError, match="'random' has no uncertainty map"):
         experiment_maps(out, target, methods=("random",), progress=False)
-    with pytest.raises(ValueError, match="round_index must be -1"):
+    with pytest.raises(ValueError, match="round_index must be an int >= -1"):
         experiment_maps(out, target, round_index=-2, progress=False)
     with pytest.raises(ValueError, match=r"seed 5 .*\[0\]"):
         experiment_maps(out, target, seed=5, progress=False)
@@ -201,9 +207,9 @@ def test_experiment_maps_rejects_bad_requests(experiment, tmp_path):
 
     # An experiment that only ran "random" has nothing to map.
     state = load_state(out)
-    state["config"]["methods"] = ["random"]
+    state.config["methods"] = ["random"]
     only_random = tmp_path / "only_random"
     only_random.mkdir()
-    (only_random / "state.json").write_text(json.dumps(state))
-    with pytest.raises(ValueError, match="only ran method 'random'"):
+    (only_random / "state.json").write_text(json.dumps(state.to_json()))
+    with pytest.raises(ValueError, match=r"only ran methods without an uncertainty map \(\['random'\]\)"):
         experiment_maps(only_random, target, progress=False)

@@ -1,4 +1,4 @@
-"""uaal_ext.models: DeepLabv3+ presets, the classifier dropout, local weights, and the uncertainty sources."""
+"""uaal_ext.experiment.models: DeepLabv3+ presets, the classifier dropout, local weights, and the uncertainty sources."""
 
 import re
 import warnings
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uaal_ext import KernelNoise, MCDropout
-from uaal_ext.models import MODELS, build_model, classifier_dropout, count_parameters, model_info
+from uaal_ext.experiment.models import MODELS, build_model, classifier_dropout, count_parameters, model_info
 
 NUM_CLASSES = 5
 

@@ -1,4 +1,4 @@
-"""uaal_ext.perturbation.perturbation_statistics against the float64 reference (SPEC 2)."""
+"""uaal_ext.ops.perturbation.perturbation_statistics against the float64 reference (SPEC 2)."""
 
 import math
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import uaal_ext  # noqa: F401  (registers torch.ops.uaal_ext.*)
-from uaal_ext.perturbation import perturbation_statistics
-from uaal_ext.reference import perturbation_statistics_reference
+from uaal_ext.ops.perturbation import perturbation_statistics
+from uaal_ext.ops.reference import perturbation_statistics_reference
 from testing import DEVICES, FLOAT_DTYPES, FULL_DTYPES, SPATIAL_SHAPES, assert_close, assert_raises_naming, cuda_only, random_logits
 
 ops = torch.ops.uaal_ext

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import uaal_ext
-from uaal_ext.reference import pixel_entropy_reference
+from uaal_ext.ops.reference import pixel_entropy_reference
 from testing import (
     DEVICES,
     FLOAT_DTYPES,

@@ -1,4 +1,4 @@
-"""uaal_ext.report: tables, CSV files and figures of experiment folders, against numbers computed here
+"""uaal_ext.experiment.report: tables, CSV files and figures of experiment folders, against numbers computed here
 with numpy from the rows written into hand-made state files."""
 
 import csv
@@ -9,8 +9,8 @@ import re
 import numpy as np
 import pytest
 
-from uaal_ext import report
-from uaal_ext.al import _STATE_FORMAT, ExperimentConfig, StateError  # the format load_state accepts
+from uaal_ext.experiment import report
+from uaal_ext.experiment.al import STATE_FORMAT, ExperimentConfig, StateError  # the format load_state accepts
 
 METHODS = ("random", "entropy", "mc_entropy")
 MODES = ("standard", "uaal")
@@ -39,7 +39,7 @@ def _write_experiment(folder, rng, seeds=(0, 1, 2), finished=True, last_round=le
             for method in METHODS:
                 rows += [_row(config, method, mode, seed, r, float(rng.uniform(0.3, 0.8)))
                          for r in range(1, last_round + 1)]
-    state = {"format": _STATE_FORMAT, "config": config.to_dict(), "pool_size": 400, "budget_sizes": [20, 40, 80],
+    state = {"format": STATE_FORMAT, "config": config.to_dict(), "pool_size": 400, "budget_sizes": [20, 40, 80],
              "initial": {}, "runs": {}, "results": rows, "finished": finished, "wall_time": 95.0}
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "state.json"), "w") as file:
@@ -111,7 +111,7 @@ def test_markdown_cells_and_bold_column_max(tmp_path, seed):
     # The method is named on its first row only, as in the paper.
     assert [cells[0] for cells in body] == ["Random", "", "Entropy", "", "MC-Dropout", ""]
     keys = _body_keys(body)
-    assert keys == [(report.METHOD_NAMES[m], report.MODE_NAMES[o]) for m in METHODS for o in MODES]
+    assert keys == [(report.method_title(m), report.MODE_NAMES[o]) for m in METHODS for o in MODES]
     for column, budget in enumerate(BUDGETS, start=2):
         means = {}
         for (method, mode), cells in zip([(m, o) for m in METHODS for o in MODES], body):

@@ -1,4 +1,4 @@
-"""uaal_ext.runtime.keep_freed_memory: glibc malloc settings for training processes."""
+"""uaal_ext.experiment.runtime.keep_freed_memory: glibc malloc settings for training processes."""
 
 import platform
 import subprocess
@@ -11,7 +11,7 @@ import pytest
 _PROBE = """
 import ctypes
 import torch
-from uaal_ext.runtime import keep_freed_memory
+from uaal_ext.experiment.runtime import keep_freed_memory
 
 class Mallinfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in

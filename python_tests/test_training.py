@@ -1,4 +1,4 @@
-"""Tests of the training driver (uaal_ext.training): the loop, its schedules, determinism,
+"""Tests of the training driver (uaal_ext.experiment.training): the loop, its schedules, determinism,
 checkpoints and resume, config validation, and evaluate.
 
 Most tests use a tiny stand-in (a conv net with BatchNorm and Dropout2d; random 16x16 images whose
@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import uaal_ext
 from uaal_ext.schedules import get_schedule
-from uaal_ext.training import (
+from uaal_ext.experiment.training import (
     CheckpointError,
     TrainConfig,
     evaluate,
@@ -99,7 +99,7 @@ def test_loss_decreases(overrides):
     assert result.steps == 6 * 3 and result.wall_time > 0 and result.start_epoch == 0
 
 
-@pytest.mark.parametrize("uncertainty", uaal_ext.uncertainty.UNCERTAINTY_SOURCES)
+@pytest.mark.parametrize("uncertainty", uaal_ext.uncertainty.uncertainty_source_names())
 def test_every_source_trains_and_adds_no_batch_norm_updates(uncertainty):
     model = _tiny_net()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -215,22 +215,26 @@ def test_criterion_takes_normalize_and_cap(normalize, s_max):
 
 
 def test_fused_entropy_equals_the_entropy_source():
-    """mode="uaal", uncertainty="entropy" lets the loss kernel compute Hn: the same step as EntropyUncertainty."""
+    """mode="uaal", uncertainty="entropy": the source says the loss computes it, so the step hands the
+    loss no map and the kernel computes Hn itself: the same step as calling EntropyUncertainty."""
     criterion, source = make_criterion(_config(mode="uaal", uncertainty="entropy", alpha=3.0))
-    assert source is None
+    assert isinstance(source, uaal_ext.EntropyUncertainty) and source.computed_in_loss
     images, labels = _dataset()[:4]
     models = []
     for explicit in (False, True):
         model = _tiny_net().train()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-        loss_criterion = criterion
-        if explicit:
-            loss_criterion = uaal_ext.UAALLoss(ignore_index=IGNORE, alpha=3.0, uncertainty_scale=1.0)
         torch.manual_seed(5)  # same dropout mask
-        loss = train_step(
-            model, (images, labels), loss_criterion, optimizer, uaal_ext.EntropyUncertainty() if explicit else None
-        )
-        models.append((model, loss))
+        if explicit:
+            logits = model(images)
+            _, entropy = uaal_ext.EntropyUncertainty()(model, images, clean_logits=logits.detach())
+            loss = uaal_ext.UAALLoss(ignore_index=IGNORE, alpha=3.0, uncertainty_scale=1.0)(logits, labels, entropy)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        else:
+            loss = train_step(model, (images, labels), criterion, optimizer, source)
+        models.append((model, loss.detach()))
     torch.testing.assert_close(models[0][1], models[1][1], rtol=1e-5, atol=1e-6)
     _assert_same_state(models[0][0], models[1][0], exact=False)
 
@@ -451,8 +455,8 @@ def test_evaluate_after_training_beats_chance():
 
 
 def _small_model_and_data(num_images=6):
-    models = pytest.importorskip("uaal_ext.models")
-    data = pytest.importorskip("uaal_ext.data")
+    models = pytest.importorskip("uaal_ext.experiment.models")
+    data = pytest.importorskip("uaal_ext.experiment.data")
     torch.manual_seed(0)
     dataset = data.SyntheticScenes("train", size=num_images, seed=0, image_size=(32, 64))
     model = models.build_model("small", num_classes=dataset.NUM_CLASSES)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import uaal_ext
-from uaal_ext.reference import pixel_entropy_reference, uaal_cross_entropy_reference
+from uaal_ext.ops.reference import pixel_entropy_reference, uaal_cross_entropy_reference
 from testing import DEVICES, REDUCTIONS, assert_close, gradient_unit, random_logits, random_target
 
 NUM_CLASSES = 6

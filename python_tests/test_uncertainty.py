@@ -12,7 +12,7 @@ from torch.func import functional_call
 
 import uaal_ext
 from uaal_ext.uncertainty import (
-    UNCERTAINTY_SOURCES,
+    uncertainty_source_names,
     EntropyUncertainty,
     KernelNoise,
     MCDropout,
@@ -313,7 +313,7 @@ def test_entropy_source(seed):
     assert torch.equal(source(model, images, clean_logits=expected)[1], entropy)
 
 
-@pytest.mark.parametrize("name", UNCERTAINTY_SOURCES)
+@pytest.mark.parametrize("name", uncertainty_source_names())
 def test_make_uncertainty(name, seed):
     model, images = _model("eval"), _images()
     options = {"kernel_noise": dict(eta=0.03, num_samples=2), "entropy": {}, "mc_dropout": dict(num_samples=3)}[name]

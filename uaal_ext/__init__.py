@@ -6,19 +6,27 @@ uncertainty, Thoma et al., CVPR 2025 Workshops) and a drop-in ``nn.CrossEntropyL
     criterion = uaal_ext.UAALLoss(ignore_index=255)          # was nn.CrossEntropyLoss(ignore_index=255)
     loss = criterion(logits, labels)                          # logits (N, C, H, W), labels (N, H, W)
 
-The low-level ops live under ``torch.ops.uaal_ext``.
+The package has three layers, each importing only from those below it (docs/architecture.md):
+
+- ``uaal_ext.ops``: the kernels' Python face (``torch.ops.uaal_ext.*`` with fake and autograd
+  registrations) and their float64 reference;
+- the library: ``uaal_ext.loss`` (UAALLoss), ``uaal_ext.schedules``, ``uaal_ext.uncertainty``,
+  ``uaal_ext.acquisition``, ``uaal_ext.metrics``;
+- ``uaal_ext.experiment``: the active-learning driver (data, models, training, the AL loop, reports,
+  figures and the ``uaal`` command). It is not imported here: it needs smp, torchvision, matplotlib.
 """
+
 from __future__ import annotations
 
 import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _C  # noqa: F401  (registers torch.ops.uaal_ext.*)
+from . import acquisition, uncertainty
 from ._build import build_info
-from .loss import UAALLoss, pixel_entropy, uaal_cross_entropy
-from .perturbation import kernel_noise, perturbation_statistics
-from .uncertainty import EntropyUncertainty, KernelNoise, MCDropout, make_uncertainty, record_dropout
-from . import acquisition  # noqa: E402  (uaal_ext.acquisition.METHODS, image_scores, select, ...)
+from .loss import UAALLoss
+from .ops import kernel_noise, perturbation_statistics, pixel_entropy, uaal_cross_entropy
 from .schedules import SCHEDULES, get_schedule
+from .uncertainty import EntropyUncertainty, KernelNoise, MCDropout, make_uncertainty, record_dropout
 
 __version__ = build_info()["version"]
 
@@ -33,6 +41,8 @@ __all__ = [
     "EntropyUncertainty",
     "make_uncertainty",
     "record_dropout",
+    "acquisition",
+    "uncertainty",
     "get_schedule",
     "SCHEDULES",
     "build_info",

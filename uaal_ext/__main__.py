@@ -1,6 +1,7 @@
 """``python -m uaal_ext ...`` is the ``uaal`` command."""
+
 import sys
 
-from .cli import main
+from .experiment.cli import main
 
 sys.exit(main())

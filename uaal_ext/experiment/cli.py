@@ -60,7 +60,7 @@ def _finish(out_dir: str, state: Dict[str, Any], started: float, maps: bool = Fa
     print()
     print(report.main_table(summary))
     print()
-    print(f"finished in {time.perf_counter() - started:.0f} s (all sessions: {state.get('wall_time', 0.0):.0f} s)")
+    print(f"finished in {time.perf_counter() - started:.0f} s (all sessions: {state.wall_time:.0f} s)")
     for name, path in paths.items():
         print(f"  {name}: {path}")
 
@@ -88,7 +88,7 @@ def _run(args: argparse.Namespace) -> None:
 
 def _parse_grid(items: Sequence[str]) -> List[tuple]:
     """``["exponent=1,2", "eta=0.01"]`` -> ``[(("exponent", 1), ("eta", 0.01)), ...]`` (the product)."""
-    from .al import ExperimentConfig, _parse_value
+    from .al import ExperimentConfig, parse_value
 
     known = [f.name for f in dataclasses.fields(ExperimentConfig)]
     axes = []
@@ -99,7 +99,7 @@ def _parse_grid(items: Sequence[str]) -> List[tuple]:
             raise ValueError(f"--grid must look like key=value1,value2,..., got {item!r}")
         if key not in known:
             raise ValueError(f"--grid: unknown config key {key!r}; the keys are {known}")
-        axes.append([(key, _parse_value(text)) for text in values.split(",")])
+        axes.append([(key, parse_value(text)) for text in values.split(",")])
     if len({axis[0][0] for axis in axes}) != len(axes):
         raise ValueError("--grid: each key may be swept once")
     return list(itertools.product(*axes))
@@ -153,7 +153,11 @@ def _info(args: argparse.Namespace) -> None:
     import torchvision
 
     import uaal_ext
-    from uaal_ext.runtime import keep_freed_memory
+    from uaal_ext.acquisition import method_names
+    from uaal_ext.uncertainty import uncertainty_source_names
+
+    from .data import dataset_names
+    from .runtime import keep_freed_memory
 
     build = uaal_ext.build_info()
     rows = [
@@ -168,8 +172,10 @@ def _info(args: argparse.Namespace) -> None:
         ("numpy", numpy.__version__),
         ("threads", f"{torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op "
                     f"({os.cpu_count()} CPUs)"),
-        ("cpu capability", torch.backends.cpu.get_cpu_capability()),
         ("freed memory kept", "yes (glibc malloc tuned)" if keep_freed_memory() else "no (not glibc)"),
+        ("acquisition methods", ", ".join(method_names())),
+        ("uncertainty sources", ", ".join(uncertainty_source_names())),
+        ("datasets", ", ".join(dataset_names())),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
@@ -196,7 +202,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="the complete comparison on built-in synthetic data (about 15 min on 2 CPU cores)",
         description="Random, Entropy, MC-Dropout and Noise Stability selection, each with standard and "
-                    "UAAL (kernel-noise) training, at 10%% and 20%% of a synthetic pool, 2 seeds, the small "
+                    "UAAL (kernel-noise) training, at 10% and 20% of a synthetic pool, 2 seeds, the small "
                     "DeepLabv3+; then the report, the mIoU-vs-budget figure and uncertainty maps.")
     demo.add_argument("--out", default=DEMO_OUT, help=f"output folder (default {DEMO_OUT}; rerun to resume)")
     demo.add_argument("--quick", action="store_true", help="a 2-3 minute smoke run: 1 seed, smaller pool, few steps")

@@ -1,4 +1,4 @@
-"""Training and evaluation of a segmentation model, with or without the UAAL loss (SPEC 2).
+"""Training and evaluation of a segmentation model, with or without the UAAL loss.
 
 One flat loop, readable top to bottom::
 
@@ -22,6 +22,8 @@ Where the uncertainty comes from, by ``TrainConfig.uncertainty`` in ``"uaal"`` m
   without a second pass over them.
 - ``"mc_dropout"``: the spread of T MC-Dropout passes (:class:`uaal_ext.uncertainty.MCDropoutUncertainty`).
 
+The step asks the source what it needs (``uses_dropout_masks``, ``computed_in_loss``; see
+:class:`uaal_ext.uncertainty.UncertaintySource`), so a registered source of your own trains the same way.
 No source adds batch-norm updates: ``num_batches_tracked`` grows by one per iteration.
 
 Checkpoints (``checkpoint_path``) are written atomically at the end of every epoch and hold
@@ -46,15 +48,16 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ._atomic import atomic_write
-from ._checks import is_int, is_number
-from .loss import NORMALIZE_MODES, UAALLoss
-from .metrics import ConfusionMatrix, SegmentationMetrics
-from .schedules import SCHEDULES
-from .uncertainty import UNCERTAINTY_SOURCES, KernelNoise, UncertaintySource, make_uncertainty, record_dropout
+from .._validation import changed_keys, check_int, is_int, is_number
+from ..loss import NORMALIZE_MODES, UAALLoss
+from ..metrics import ConfusionMatrix, SegmentationMetrics
+from ..schedules import SCHEDULES
+from ..uncertainty import UncertaintySource, record_dropout, uncertainty_source_class, uncertainty_source_names
+from .files import atomic_write
 
 __all__ = [
     "MODES",
+    "RUNTIME_FIELDS",
     "TrainConfig",
     "TrainResult",
     "CheckpointError",
@@ -67,9 +70,9 @@ __all__ = [
 MODES = ("standard", "uaal")
 
 _CHECKPOINT_FORMAT = 1
-# Config fields that say where and how fast a run goes, not what it computes: a run may resume with
-# other values (another device, more workers, AMP toggled).
-_RESUMABLE_WITH_CHANGES = ("device", "num_workers", "amp", "channels_last")
+#: Config fields that say where and how fast a run goes, not what it computes: a run may resume with
+#: other values (another device, more workers, AMP toggled, another layout).
+RUNTIME_FIELDS = ("device", "num_workers", "amp", "channels_last")
 
 
 @dataclass
@@ -105,7 +108,7 @@ class TrainConfig:
         def fail(key: str, allowed: str) -> None:
             raise ValueError(f"TrainConfig.{key} must be {allowed}, got {getattr(self, key)!r}")
 
-        for key, allowed in (("mode", MODES), ("uncertainty", UNCERTAINTY_SOURCES), ("schedule", SCHEDULES),
+        for key, allowed in (("mode", MODES), ("uncertainty", uncertainty_source_names()), ("schedule", SCHEDULES),
                              ("normalize", NORMALIZE_MODES)):
             if getattr(self, key) not in allowed:
                 fail(key, f"one of {allowed}")
@@ -156,15 +159,12 @@ def make_criterion(config: TrainConfig) -> Tuple[UAALLoss, Optional[UncertaintyS
     """The loss of ``config`` and the uncertainty source it needs (None: the loss needs none)."""
     if config.mode == "standard":
         return UAALLoss(ignore_index=config.ignore_index, alpha=0.0), None
-    if config.uncertainty == "entropy":
-        # The loss kernel computes the normalised entropy of the logits it reads anyway (scale log C).
-        source, scale = None, None
-    elif config.uncertainty == "kernel_noise":
-        source = make_uncertainty("kernel_noise", eta=config.eta, num_samples=config.num_samples, seed=config.seed)
-        scale = source.uncertainty_scale
-    else:
-        source = make_uncertainty("mc_dropout", num_samples=config.num_samples, seed=config.seed)
-        scale = source.uncertainty_scale
+    source = uncertainty_source_class(config.uncertainty).for_training(
+        eta=config.eta, num_samples=config.num_samples, seed=config.seed
+    )
+    # A source the loss kernel computes from the logits it reads anyway (the entropy) gets the loss's
+    # own default scale (log C); the others bring theirs.
+    scale = None if source.computed_in_loss else source.uncertainty_scale
     criterion = UAALLoss(
         ignore_index=config.ignore_index,
         alpha=config.alpha,
@@ -191,20 +191,19 @@ def train_step(
     """One training iteration on ``batch = (images (N, 3, H, W), labels (N, H, W))`` on the model's device.
 
     Runs the forward (float16 autocast when ``amp``), the uncertainty of the batch from ``source``
-    (None: the criterion's own default), the loss, backward and one optimizer step (through
-    ``scaler`` when given). The model should be in training mode. Returns the detached loss.
+    (None, or a source the loss computes itself: the criterion's own default), the loss, backward
+    and one optimizer step (through ``scaler`` when given). The model should be in training mode.
+    Returns the detached loss.
     """
     images, labels = batch
-    kernel_noise = isinstance(source, KernelNoise)
+    records = source is not None and source.uses_dropout_masks
     with torch.autocast(images.device.type, dtype=torch.float16, enabled=amp):
-        # The perturbed passes reuse this forward's dropout masks (recorded, not drawn again).
-        with record_dropout(model, images.device) if kernel_noise else contextlib.nullcontext() as masks:
+        # A source that replays this forward's dropout masks gets them recorded, not drawn again.
+        with record_dropout(model, images.device) if records else contextlib.nullcontext() as masks:
             logits = model(images)  # (N, C, H, W)
         uncertainty = None
-        if kernel_noise:
-            _, uncertainty = source(model, images, clean_logits=logits.detach(), dropout_masks=masks)
-        elif source is not None:
-            _, uncertainty = source(model, images, clean_logits=logits.detach())  # (N, H, W)
+        if source is not None and not source.computed_in_loss:
+            _, uncertainty = source(model, images, clean_logits=logits.detach(), dropout_masks=masks)  # (N, H, W)
         loss = criterion(logits, labels, uncertainty)
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
@@ -289,7 +288,7 @@ def train(
             scaler.load_state_dict(state["scaler"])
         if source is not None:
             source.load_state_dict(state["source"])
-        _set_rng_state(state["rng"], loader_generator, device)
+        _restore_rng_states(state["rng"], loader_generator, device)
         result = TrainResult(**state["history"], start_epoch=state["epochs_done"])
 
     modes = {m: m.training for m in model.modules()}
@@ -358,10 +357,8 @@ def evaluate(
 
     Runs in eval mode under ``torch.no_grad`` and restores every module's training flag afterwards.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"evaluate: num_classes must be an int >= 1, got {num_classes!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"evaluate: batch_size must be an int >= 1, got {batch_size!r}")
+    check_int("evaluate: num_classes", num_classes, low=1)
+    check_int("evaluate: batch_size", batch_size, low=1)
     device = torch.device(device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda")
     confusion = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
@@ -407,7 +404,7 @@ def _rng_state(loader_generator: torch.Generator, device: torch.device) -> Dict[
     return state
 
 
-def _set_rng_state(state: Dict[str, Any], loader_generator: torch.Generator, device: torch.device) -> None:
+def _restore_rng_states(state: Dict[str, Any], loader_generator: torch.Generator, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     loader_generator.set_state(state["loader"])
     random.setstate(state["python"])
@@ -453,13 +450,10 @@ def _load_checkpoint(path: str) -> Dict[str, Any]:
 
 
 def _check_resumable(state: Dict[str, Any], config: TrainConfig, dataset_size: int, path: str) -> None:
-    current = dataclasses.asdict(config)
-    changed = sorted(
-        key for key in current.keys() | state["config"].keys()
-        if key not in _RESUMABLE_WITH_CHANGES and current.get(key) != state["config"].get(key)
+    details = changed_keys(
+        state["config"], dataclasses.asdict(config), ignore=RUNTIME_FIELDS, defaults=dataclasses.asdict(TrainConfig())
     )
-    if changed:
-        details = ", ".join(f"{key}: {state['config'].get(key)!r} -> {current.get(key)!r}" for key in changed)
+    if details:
         raise ValueError(
             f"checkpoint {path!r} was written with another TrainConfig ({details}); use the same config "
             f"or another checkpoint_path"

@@ -10,8 +10,9 @@ or straight from an experiment folder (:func:`uaal_ext.al.run_experiment`)::
 
     experiment_maps("runs/demo", "runs/demo/maps.png", images=(0, 1))
 
-The maps are the acquisition module's fused ops (:func:`uaal_ext.acquisition.pixel_scores`,
-:meth:`uaal_ext.KernelNoise.scores`); higher always means more uncertain / more informative.
+The maps are what each acquisition method ranks by (its ``pixel_map`` of the passes it declares,
+run by :class:`uaal_ext.acquisition.PassRunner` exactly as selection runs them); higher always means
+more uncertain / more informative. Any registered method with a pixel map can be drawn.
 """
 from __future__ import annotations
 
@@ -24,20 +25,15 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .acquisition import _DEFAULT_SAMPLES, METHODS, _eval_mode, _model_device, pixel_scores
-from .al import ExperimentConfig, build_datasets, load_round_model, load_state, run_key
+from .._validation import check_int
+from ..acquisition import PassRunner, make_method, method_class, method_names
+from ..uncertainty import eval_mode, model_device
+from .al import ExperimentConfig, ExperimentState, build_datasets, load_round_model, load_state, run_key
 from .data import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
-from .report import DATASET_NAMES, METHOD_NAMES, MODE_NAMES, MODEL_NAMES
+from .report import MODE_NAMES, dataset_title, method_title, model_title, unique_in_order
 from .training import MODES
-from .uncertainty import KernelNoise, MCDropout
 
-__all__ = ["MAP_METHODS", "uncertainty_map", "draw_uncertainty_maps", "experiment_maps"]
-
-#: The methods that have a per-pixel map (all but "random").
-MAP_METHODS = tuple(m for m in METHODS if m != "random")
-_LOGIT_METHODS = ("entropy", "margin", "least_confidence")
-_MC_METHODS = ("mc_entropy", "bald")
-_NOISE_METHODS = ("noise_stability", "noise_stability_kcenter")
+__all__ = ["map_methods", "uncertainty_map", "draw_uncertainty_maps", "experiment_maps"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -46,13 +42,15 @@ PathLike = Union[str, "os.PathLike[str]"]
 # Maps
 
 
+def map_methods() -> tuple[str, ...]:
+    """The registered methods that have a per-pixel map (all built-in ones but "random")."""
+    return tuple(name for name in method_names() if method_class(name).has_pixel_map)
+
+
 def _check_map_method(method: object) -> str:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if method == "random":
+    if not method_class(method).has_pixel_map:
         raise ValueError(
-            "method='random' has no uncertainty map: it draws one random score per image; "
-            f"choose one of {MAP_METHODS}"
+            f"method={method!r} has no uncertainty map: it scores whole images; choose one of {map_methods()}"
         )
     return method  # type: ignore[return-value]
 
@@ -65,38 +63,32 @@ def uncertainty_map(
     num_samples: Optional[int] = None,
     eta: float = 0.01,
     seed: int = 0,
+    indices: Optional[Sequence[int]] = None,
 ) -> Tensor:
     """The per-pixel map that selection ``method`` ranks by: ``(N, H, W)`` float32 on the CPU.
 
-    - ``"entropy"``, ``"margin"``, ``"least_confidence"``: of the model's logits (eval mode);
-    - ``"mc_entropy"``, ``"bald"``: of T MC-Dropout passes (``MCDropout(T, seed)``, default T = 10);
-    - ``"noise_stability"``, ``"noise_stability_kcenter"``: the Noise Stability deviation
-      ``mean_k ||p_k - p|| / ||p||`` of K kernel-noise passes (``KernelNoise(eta, K, seed)``,
-      default K = 5); the k-center variant selects by diversity, but its pixel-wise signal is this map.
+    The method's passes run as selection runs them (eval mode; MC-Dropout masks keyed by ``(seed,
+    index)``; the K kernel-noise models of ``KernelNoise(eta, K, seed)``'s first call), so a map
+    shows what selection saw for the same seed and pool index. ``indices`` name the images
+    (default: 0..N-1). ``num_samples`` (T or K, default: the method's) is ignored by one-pass methods.
 
-    The model runs in eval mode under ``torch.no_grad`` (MC-Dropout switches only its dropout layers
-    on); every module's ``training`` flag is restored and no parameter or buffer changes. Images
-    move to the model's device. ``num_samples`` (T or K) is ignored by the logit methods.
+    The model runs under ``torch.no_grad``; every module's ``training`` flag is restored and no
+    parameter or buffer changes. Images move to the model's device.
 
     Raises:
-        ValueError: ``"random"`` (no map) or an unknown method (the message lists ``METHODS``).
+        ValueError: a method without a map ("random") or an unknown one (the message lists them).
     """
-    method = _check_map_method(method)
+    chosen = make_method(_check_map_method(method), num_samples=num_samples, eta=eta, seed=seed)
     if not isinstance(images, Tensor) or not images.is_floating_point() or images.dim() != 4:
         got = f"{images.dtype} tensor of shape {tuple(images.shape)}" if isinstance(images, Tensor) \
             else type(images).__name__
         raise TypeError(f"images must be a floating-point tensor (N, 3, H, W), got {got}")
-    device = _model_device(model)
+    device = model_device(model)
     if device is not None:
         images = images.to(device)
-    samples = _DEFAULT_SAMPLES.get(method, 1) if num_samples is None else num_samples
-    with _eval_mode(model), torch.no_grad():
-        if method in _LOGIT_METHODS:
-            scores = pixel_scores(method, logits=model(images))
-        elif method in _MC_METHODS:
-            scores = pixel_scores(method, mc_logits=MCDropout(num_samples=samples, seed=seed)(model, images))
-        else:
-            _, _, scores = KernelNoise(eta=eta, num_samples=samples, seed=seed).scores(model, images)
+    with eval_mode(model), torch.no_grad():
+        predictions = PassRunner(model, chosen)(images, None if indices is None else list(indices))
+        scores = chosen.pixel_map(predictions)
     if scores.shape != (images.shape[0], *images.shape[2:]):
         raise ValueError(
             f"the model must return logits at the images' resolution (N, C, H, W) = (N, C, {images.shape[2]}, "
@@ -139,10 +131,6 @@ def _display_image(image: Tensor) -> np.ndarray:
     mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=torch.float64).view(3, 1, 1)
     return (image.double() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
-
-
-def _first_seen(values: Sequence[str]) -> List[str]:
-    return list(dict.fromkeys(values))
 
 
 def draw_uncertainty_maps(
@@ -201,8 +189,8 @@ def draw_uncertainty_maps(
             raise ValueError(f"maps[{key!r}] must be a floating-point (N, H, W) = ({n}, {height}, {width}) tensor, "
                              f"got {value.dtype} of shape {tuple(value.shape)}")
         checked[key] = value.double().numpy()
-    methods = _first_seen([method for method, _ in checked])
-    present = _first_seen([mode for _, mode in checked])
+    methods = unique_in_order([method for method, _ in checked])
+    present = unique_in_order([mode for _, mode in checked])
     modes = [m for m in MODES if m in present] + [m for m in present if m not in MODES]
     valid_labels = labels[labels != IGNORE_INDEX]
     num_classes = max(len(class_names) if class_names is not None else 0,
@@ -262,7 +250,7 @@ def draw_uncertainty_maps(
                                               norm=norms[method], interpolation="nearest")
     axes[0, 0].set_title("image / label")
     for j, method in enumerate(methods, start=1):
-        axes[0, j].set_title(METHOD_NAMES.get(method, method))
+        axes[0, j].set_title(method_title(method))
         if method in mappables:
             bar = figure.colorbar(mappables[method], ax=columns[method], location="bottom", shrink=0.8,
                                   aspect=25, pad=0.02, extend="max" if clipped[method] else "neither")
@@ -287,9 +275,10 @@ def draw_uncertainty_maps(
 # From an experiment folder
 
 
-def _trained_round(state: Mapping, key: str, round_index: int) -> Optional[int]:
+def _trained_round(state: ExperimentState, key: str, round_index: int) -> Optional[int]:
     """The round ``load_round_model`` picks for run ``key`` (None if it has none)."""
-    rounds = [r["round"] for r in state["runs"].get(key, {}).get("rounds", []) if r["status"] in ("trained", "done")]
+    run = state.runs.get(key)
+    rounds = [r.round for r in run.trained_rounds()] if run is not None else []
     if round_index >= 0:
         rounds = [r for r in rounds if r == round_index]
     return rounds[-1] if rounds else None
@@ -322,12 +311,12 @@ def experiment_maps(
     """
     out_dir = os.fspath(out_dir)
     state = load_state(out_dir)
-    config = ExperimentConfig.from_dict(state["config"])
-    available = [m for m in config.methods if m != "random"]
+    config = ExperimentConfig.from_dict(state.config)
+    available = [m for m in config.methods if method_class(m).has_pixel_map]
     if methods is None:
         if not available:
             raise ValueError(
-                f"the experiment in {out_dir!r} only ran method 'random', which has no uncertainty map"
+                f"the experiment in {out_dir!r} only ran methods without an uncertainty map ({list(config.methods)})"
             )
         chosen = available
     else:
@@ -336,13 +325,12 @@ def experiment_maps(
             raise ValueError(f"methods must name at least one of the experiment's methods {available}")
         for method in chosen:
             if method not in available:
-                why = "has no uncertainty map" if method == "random" else "is not a method of the experiment"
+                has_map = method in method_names() and method_class(method).has_pixel_map
+                why = "is not a method of the experiment" if has_map else "has no uncertainty map"
                 raise ValueError(
                     f"method {method!r} {why} in {out_dir!r}; the methods with maps are {available}"
                 )
-    if isinstance(round_index, bool) or not isinstance(round_index, int) or round_index < -1:
-        # load_round_model reads every negative index as "the last trained round"; -2 would not mean that.
-        raise ValueError(f"round_index must be -1 (the last trained round) or a round >= 0, got {round_index!r}")
+    check_int("round_index", round_index, low=-1)  # -1: the last trained round
     if seed is None:
         seed = config.seeds[0]
     elif seed not in config.seeds:
@@ -369,12 +357,12 @@ def experiment_maps(
     for method, mode in tqdm(jobs, desc="uncertainty maps", unit="model", disable=not progress, dynamic_ncols=True):
         model = load_round_model(out_dir, seed, mode, method, round_index, state=state, device=device)
         maps[(method, mode)] = uncertainty_map(model, batch, method, num_samples=config.acquisition_samples,
-                                               eta=config.eta, seed=seed)
+                                               eta=config.eta, seed=seed, indices=indices)
         used_rounds.add(_trained_round(state, run_key(seed, mode, None if round_index == 0 else method), round_index))
         del model
 
-    dataset = DATASET_NAMES.get(config.dataset, config.dataset)
-    model_name = MODEL_NAMES.get(config.model, config.model)
+    dataset = dataset_title(config.dataset)
+    model_name = model_title(config.model)
     if len(used_rounds) == 1 and None not in used_rounds:
         (r,) = used_rounds
         budget = config.initial_fraction if r == 0 else config.budgets[r - 1]

@@ -1,5 +1,5 @@
 """Atomic file writes: a reader, or a run killed mid-write, sees the old file or the new one, never
-half of one. Used for training checkpoints and the active-learning state."""
+half of one. Used for training checkpoints, round weights and the active-learning state."""
 from __future__ import annotations
 
 import contextlib
@@ -21,6 +21,8 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[BinaryIO], None
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
     try:
+        # mkstemp creates the file private (0600); give it the mode open() would, like every other output.
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as file:
             write(file)
             file.flush()
@@ -36,3 +38,9 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[BinaryIO], None
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask

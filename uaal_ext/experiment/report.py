@@ -22,13 +22,17 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..acquisition import method_class
 from .al import STATE_FILE, StateError, load_state
+from .data import dataset_spec
+from .models import MODEL_NAMES
 
 __all__ = [
-    "METHOD_NAMES",
     "MODE_NAMES",
-    "MODEL_NAMES",
-    "DATASET_NAMES",
+    "method_title",
+    "dataset_title",
+    "model_title",
+    "unique_in_order",
     "Experiment",
     "find_experiments",
     "load_experiments",
@@ -41,21 +45,32 @@ __all__ = [
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-METHOD_NAMES: Dict[str, str] = {
-    "random": "Random",
-    "entropy": "Entropy",
-    "margin": "Margin",
-    "least_confidence": "Least confidence",
-    "mc_entropy": "MC-Dropout",
-    "bald": "BALD",
-    "noise_stability": "Noise Stability",
-    "noise_stability_kcenter": "Noise Stability (k-center)",
-}
 MODE_NAMES: Dict[str, str] = {"standard": "standard", "uaal": "UAAL"}
-MODEL_NAMES: Dict[str, str] = {
-    "mobilenetv3": "MobileNetV3", "resnet50": "ResNet-50", "xception65": "Xception-65", "small": "small",
-}
-DATASET_NAMES: Dict[str, str] = {"synthetic": "Synthetic", "cityscapes": "CityScapes", "ade20k": "ADE20K"}
+
+
+def method_title(name: str) -> str:
+    """How tables and figures name an acquisition method: its registered display name."""
+    try:
+        return method_class(name).display_name
+    except ValueError:  # an experiment's method that this process has not registered
+        return name
+
+
+def dataset_title(name: str) -> str:
+    try:
+        return dataset_spec(name).title
+    except ValueError:
+        return name
+
+
+def model_title(name: str) -> str:
+    return MODEL_NAMES.get(name, name)
+
+
+def unique_in_order(values: Iterable[Any]) -> List[Any]:
+    """The distinct values in the order they first appear."""
+    return list(dict.fromkeys(values))
+
 
 # Config keys that never make experiments different variants: where and how fast they ran, which
 # seeds (experiments with other seeds of the same config pool them), which methods and modes (rows
@@ -119,15 +134,13 @@ def load_experiments(paths: Sequence[PathLike]) -> List[Experiment]:
     experiments = []
     for folder in find_experiments(paths):
         state = load_state(folder)
-        rows = state["results"]
+        rows = state.results
         for index, row in enumerate(rows if isinstance(rows, list) else [None]):
             missing = [key for key in _ROW_KEYS if not isinstance(row, dict) or key not in row]
             if missing:
                 raise StateError(f"result row {index} of {os.path.join(folder, STATE_FILE)!r} lacks {missing}")
-        wall_time = state.get("wall_time")
-        experiments.append(Experiment(path=folder, config=dict(state["config"]), rows=list(rows),
-                                      finished=bool(state["finished"]),
-                                      wall_time=float(wall_time) if isinstance(wall_time, (int, float)) else None))
+        experiments.append(Experiment(path=folder, config=dict(state.config), rows=list(rows),
+                                      finished=bool(state.finished), wall_time=float(state.wall_time)))
     return experiments
 
 
@@ -174,10 +187,6 @@ def _variant_order(experiments: Sequence[Experiment]) -> List[str]:
     return sorted(by_label, key=by_label.__getitem__)
 
 
-def _first_seen(values: Iterable[Any]) -> List[Any]:
-    return list(dict.fromkeys(values))
-
-
 # ---------------------------------------------------------------------------------------------------
 # Summary
 
@@ -192,12 +201,12 @@ def summarize(experiments: Sequence[Experiment]) -> List[Dict[str, Any]]:
     """
     labels = variant_labels(experiments)
     variant_rank = {label: rank for rank, label in enumerate(_variant_order(experiments))}
-    methods = _first_seen([m for e in experiments for m in e.config.get("methods", ())]
+    methods = unique_in_order([m for e in experiments for m in e.config.get("methods", ())]
                           + [row["method"] for e in experiments for row in e.rows])
-    modes = _first_seen([m for e in experiments for m in e.config.get("modes", ())]
+    modes = unique_in_order([m for e in experiments for m in e.config.get("modes", ())]
                         + [row["mode"] for e in experiments for row in e.rows])
-    datasets = _first_seen(row["dataset"] for e in experiments for row in e.rows)
-    models = _first_seen(row["model"] for e in experiments for row in e.rows)
+    datasets = unique_in_order(row["dataset"] for e in experiments for row in e.rows)
+    models = unique_in_order(row["model"] for e in experiments for row in e.rows)
 
     cells: Dict[Tuple[Any, ...], List[float]] = {}
     seen_in: Dict[Tuple[Any, ...], str] = {}
@@ -243,7 +252,7 @@ def _cell_text(row: Dict[str, Any]) -> str:
 
 
 def _column_name(model: str, variant: str) -> str:
-    name = MODEL_NAMES.get(model, model)
+    name = model_title(model)
     return f"{name}, {variant}" if variant else name
 
 
@@ -266,15 +275,15 @@ def markdown_tables(summary: Sequence[Dict[str, Any]]) -> str:
     no runs. The seeds count follows each table.
     """
     blocks = []
-    for dataset in _first_seen(row["dataset"] for row in summary):
+    for dataset in unique_in_order(row["dataset"] for row in summary):
         rows = [row for row in summary if row["dataset"] == dataset]
         trained = [row for row in rows if row["round"] != 0]
         budgets = sorted({row["budget"] for row in trained})
         columns = [(budget, model, variant)
                    for budget in budgets
-                   for model, variant in _first_seen((row["model"], row["variant"]) for row in trained)
+                   for model, variant in unique_in_order((row["model"], row["variant"]) for row in trained)
                    if any(r["budget"] == budget and r["model"] == model and r["variant"] == variant for r in trained)]
-        lines = _first_seen((row["method"], row["mode"]) for row in rows)
+        lines = unique_in_order((row["method"], row["mode"]) for row in rows)
         by_cell = {(row["method"], row["mode"], row["budget"], row["model"], row["variant"]): row for row in trained}
 
         # Best per column as shown: two means that print alike are a tie, both bold.
@@ -289,7 +298,7 @@ def markdown_tables(summary: Sequence[Dict[str, Any]]) -> str:
         table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         previous_method = None
         for method, mode in lines:
-            cells = [METHOD_NAMES.get(method, method) if method != previous_method else "", MODE_NAMES.get(mode, mode)]
+            cells = [method_title(method) if method != previous_method else "", MODE_NAMES.get(mode, mode)]
             previous_method = method
             for column in columns:
                 row = by_cell.get((method, mode) + column)
@@ -306,7 +315,7 @@ def markdown_tables(summary: Sequence[Dict[str, Any]]) -> str:
                 f"best per column in bold.")
         if initial:
             note += f" Every method starts from the same random {initial} of the pool (round 0, not shown)."
-        blocks.append(f"## {DATASET_NAMES.get(dataset, dataset)}\n\n" + "\n".join(table) + f"\n\n{note}\n")
+        blocks.append(f"## {dataset_title(dataset)}\n\n" + "\n".join(table) + f"\n\n{note}\n")
     return "\n".join(blocks) if blocks else "No results yet.\n"
 
 
@@ -314,19 +323,19 @@ def main_table(summary: Sequence[Dict[str, Any]]) -> str:
     """A plain-text table for a terminal: method, mode, then mIoU (%) mean±std at every budget
     (round 0, the shared initial set, first), one block per dataset, model and variant."""
     blocks = []
-    for group in _first_seen((row["dataset"], row["model"], row["variant"]) for row in summary):
+    for group in unique_in_order((row["dataset"], row["model"], row["variant"]) for row in summary):
         rows = [row for row in summary if (row["dataset"], row["model"], row["variant"]) == group]
         dataset, model, variant = group
-        budgets = _first_seen(sorted((row["budget"], row["round"]) for row in rows))
+        budgets = unique_in_order(sorted((row["budget"], row["round"]) for row in rows))
         header = ["method", "mode"] + [_percent(b) + (" (initial)" if r == 0 else "") for b, r in budgets]
         by_cell = {(row["method"], row["mode"], row["budget"], row["round"]): row for row in rows}
         table = [header]
-        for method, mode in _first_seen((row["method"], row["mode"]) for row in rows):
+        for method, mode in unique_in_order((row["method"], row["mode"]) for row in rows):
             cells = [by_cell.get((method, mode) + budget) for budget in budgets]
-            table.append([METHOD_NAMES.get(method, method), MODE_NAMES.get(mode, mode)]
+            table.append([method_title(method), MODE_NAMES.get(mode, mode)]
                          + [_cell_text(cell) if cell else _MISSING for cell in cells])
         widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-        title = f"{DATASET_NAMES.get(dataset, dataset)} / {_column_name(model, variant)}: mIoU (%), " \
+        title = f"{dataset_title(dataset)} / {_column_name(model, variant)}: mIoU (%), " \
                 f"mean±std over {_seeds_note(row['n'] for row in rows)}"
         text = [title] + ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table]
         blocks.append("\n".join(text))
@@ -358,8 +367,8 @@ def _plot(rows: Sequence[Dict[str, Any]], title: str, path: str) -> None:
     figure = Figure(figsize=(6.4, 4.4))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    methods = _first_seen(row["method"] for row in rows)
-    for method, mode in _first_seen((row["method"], row["mode"]) for row in rows):
+    methods = unique_in_order(row["method"] for row in rows)
+    for method, mode in unique_in_order((row["method"], row["mode"]) for row in rows):
         line = sorted((row for row in rows if (row["method"], row["mode"]) == (method, mode)),
                       key=lambda row: row["budget"])
         x = np.array([row["budget"] * 100 for row in line])
@@ -367,7 +376,7 @@ def _plot(rows: Sequence[Dict[str, Any]], title: str, path: str) -> None:
         std = np.array([row["std"] * 100 for row in line])
         color = f"C{methods.index(method) % 10}"  # one colour per method, both modes
         axes.plot(x, mean, color=color, linestyle="-" if mode == "uaal" else "--", marker="o", markersize=4,
-                  label=f"{METHOD_NAMES.get(method, method)} ({MODE_NAMES.get(mode, mode)})")
+                  label=f"{method_title(method)} ({MODE_NAMES.get(mode, mode)})")
         axes.fill_between(x, mean - std, mean + std, color=color, alpha=0.12, linewidth=0)
     axes.set_xlabel("labeled fraction of the pool (%)")
     axes.set_ylabel("mIoU (%)")
@@ -429,9 +438,9 @@ def write_report(paths: Sequence[PathLike], out_dir: PathLike) -> Dict[str, str]
                 writer.writerow({"experiment": experiment.path, "variant": label, **row})
 
     figures = []
-    for dataset, model, variant in _first_seen((row["dataset"], row["model"], row["variant"]) for row in summary):
+    for dataset, model, variant in unique_in_order((row["dataset"], row["model"], row["variant"]) for row in summary):
         name = _figure_name(dataset, model, variant)
-        title = f"{DATASET_NAMES.get(dataset, dataset)}, {_column_name(model, variant)}"
+        title = f"{dataset_title(dataset)}, {_column_name(model, variant)}"
         _plot([row for row in summary if (row["dataset"], row["model"], row["variant"]) == (dataset, model, variant)],
               title, os.path.join(out_dir, name))
         written[name[: -len(".png")]] = os.path.join(out_dir, name)

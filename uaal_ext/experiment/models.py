@@ -31,9 +31,25 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MODELS", "build_model", "count_parameters", "model_info", "classifier_dropout"]
+from .._validation import check_choice, check_int, check_number
+from .files import atomic_write
+
+__all__ = [
+    "MODELS",
+    "MODEL_NAMES",
+    "build_model",
+    "load_weights",
+    "save_weights",
+    "count_parameters",
+    "model_info",
+    "classifier_dropout",
+]
 
 MODELS: Tuple[str, ...] = ("mobilenetv3", "resnet50", "xception65", "small")
+#: How tables and figures name the presets.
+MODEL_NAMES: Dict[str, str] = {
+    "mobilenetv3": "MobileNetV3", "resnet50": "ResNet-50", "xception65": "Xception-65", "small": "small",
+}
 
 DEFAULT_NUM_CLASSES = 19  # Cityscapes' evaluation classes
 
@@ -50,16 +66,8 @@ _PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
-def _check_name(name: object) -> str:
-    if not isinstance(name, str) or name not in _PRESETS:
-        raise ValueError(f"name must be one of {MODELS}, got {name!r}")
-    return name  # type: ignore[return-value]
-
-
 def _check_rate(arg: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{arg} must be a number in [0, 1), got {value!r}")
-    return float(value)
+    return check_number(arg, value, low=0.0, high=1.0, high_open=True)
 
 
 def build_model(
@@ -95,9 +103,8 @@ def build_model(
             whose keys or shapes do not fit the model.
         FileNotFoundError / OSError: ``weights`` missing or unreadable.
     """
-    preset = _PRESETS[_check_name(name)]
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    preset = _PRESETS[check_choice("name", name, MODELS)]
+    check_int("num_classes", num_classes, low=1)
     dropout = _check_rate("dropout", dropout)
     aspp_dropout = _check_rate("aspp_dropout", aspp_dropout)
     if output_stride not in (8, 16) or isinstance(output_stride, bool):
@@ -119,7 +126,7 @@ def build_model(
         OrderedDict([("dropout", nn.Dropout(dropout)), *head.named_children()])
     )
     if weights is not None:
-        _load_weights(model, weights)
+        load_weights(model, weights)
     return model
 
 
@@ -132,7 +139,17 @@ def classifier_dropout(model: nn.Module) -> nn.Module:
     return dropout
 
 
-def _load_weights(model: nn.Module, path: Union[str, os.PathLike]) -> None:
+def load_weights(model: nn.Module, path: Union[str, os.PathLike]) -> nn.Module:
+    """Loads the weights file ``path`` into ``model`` (strictly) and returns the model.
+
+    The file holds a ``state_dict`` (``torch.save(model.state_dict(), path)``), or a checkpoint dict
+    holding it under ``"state_dict"`` or ``"model"``; it is read with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: ``path`` is missing. OSError: it cannot be read.
+        ValueError: it holds no state_dict, or one whose keys or shapes do not fit the model (the
+            message lists the first few of each).
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found (or not a file): {path!r}")
@@ -171,6 +188,14 @@ def _load_weights(model: nn.Module, path: Union[str, os.PathLike]) -> None:
             + "; ".join(problems)
         )
     model.load_state_dict(dict(state))
+    return model
+
+
+def save_weights(model: nn.Module, path: Union[str, os.PathLike]) -> None:
+    """Writes the model's ``state_dict`` (on the CPU) to ``path`` atomically: a reader, or a run killed
+    mid-write, sees the old file or the new one."""
+    weights = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    atomic_write(path, lambda file: torch.save(weights, file))
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -197,7 +222,6 @@ def model_info(name: str, num_classes: int = DEFAULT_NUM_CLASSES) -> Dict[str, A
     """``{"name", "encoder", "decoder_channels", "atrous_rates", "num_classes", "params",
     "encoder_params"}`` for reports (rates at output stride 16). Builds the model once per
     ``(name, num_classes)``."""
-    _check_name(name)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    check_choice("name", name, MODELS)
+    check_int("num_classes", num_classes, low=1)
     return dict(_info(name, num_classes))

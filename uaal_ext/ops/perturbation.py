@@ -1,7 +1,8 @@
-"""Kernel-noise perturbation ops (SPEC section 2): the perturbed weights and the per-pixel statistics
-of the perturbed passes, as fused CPU/CUDA kernels.
+"""Kernel-noise perturbation ops: the perturbed weights and the per-pixel statistics of the perturbed
+passes, as fused CPU/CUDA kernels (``docs/math.md#kernel-noise-perturbation``,
+``docs/math.md#perturbation-statistics``), with their fake kernels.
 
-``uaal_ext.uncertainty`` builds the model-level API (batched perturbed passes, MC-Dropout) on these.
+``uaal_ext.uncertainty`` builds the model-level API (perturbed passes, MC-Dropout) on these.
 """
 from __future__ import annotations
 
@@ -10,13 +11,34 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from . import _ops  # noqa: F401  (fake kernels and autograd of the ops)
+from .._validation import check_choice
+from ._registration import register_not_differentiable
+from .cross_entropy import accumulation_dtype, pixel_shape
 
 __all__ = ["GRANULARITIES", "kernel_noise", "perturbation_statistics"]
 
 #: Where the noise's norm is matched to the weight's: the whole tensor, or each output filter
 #: (each slice along dim 0 of the weight).
 GRANULARITIES = ("tensor", "filter")
+
+
+# Not differentiable: the perturbed weights and the statistics are a measurement of the model, a
+# constant for autograd, so their outputs never require grad.
+
+
+@torch.library.register_fake("uaal_ext::kernel_noise")
+def _kernel_noise_fake(weights, num_samples, eta, seed, offset, per_filter):
+    return [w.new_empty((num_samples, *w.shape)) for w in weights]
+
+
+@torch.library.register_fake("uaal_ext::perturbation_statistics")
+def _perturbation_statistics_fake(clean, perturbed):
+    acc = accumulation_dtype(clean.dtype)
+    return clean.new_empty(pixel_shape(clean), dtype=acc), clean.new_empty(pixel_shape(clean), dtype=acc)
+
+
+register_not_differentiable("uaal_ext::kernel_noise")
+register_not_differentiable("uaal_ext::perturbation_statistics")
 
 
 def kernel_noise(
@@ -46,8 +68,7 @@ def kernel_noise(
     Returns:
         One contiguous ``(K, *w.shape)`` tensor per weight, in its dtype. Never requires grad.
     """
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"kernel_noise: granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    check_choice("kernel_noise: granularity", granularity, GRANULARITIES)
     if len(weights) == 0:  # nothing for the dispatcher to pick a device from
         return []
     return torch.ops.uaal_ext.kernel_noise(

@@ -1,8 +1,8 @@
 """Recording the dropout masks of one forward, so later passes reuse them instead of drawing new ones.
 
 KernelNoise's perturbed passes must see the clean forward's dropout masks (sigma measures the
-weight perturbation alone). Replaying the random generator's state redraws every mask, which on the
-CPU costs about a quarter of a MobileNetV3 DeepLabv3+ forward (``bernoulli_`` at ~4 ns per element);
+weight perturbation alone). Replaying the random generator's state redraws every mask, and drawing
+(``bernoulli_``) costs a sizeable share of a forward on the CPU (benchmarks/results/training_step_cpu.md);
 multiplying by a recorded mask costs one pass over the activation, and the mask is already kept
 alive by autograd for the backward of the training forward, so recording adds no memory there.
 
@@ -21,7 +21,7 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DropoutRecording", "record_dropout", "rng_state"]
+__all__ = ["DropoutRecording", "record_dropout", "rng_state", "set_rng_state"]
 
 # The forwards whose masks are recorded, with the number of spatial dims of their batched input
 # (None: element-wise masks, any shape). Matching the forward, not the class, leaves subclasses
@@ -40,6 +40,15 @@ def rng_state(device: Union[torch.device, str]) -> Tensor:
     if device.type == "cuda":
         return torch.cuda.get_rng_state(device)
     return torch.get_rng_state()
+
+
+def set_rng_state(device: Union[torch.device, str], state: Tensor) -> None:
+    """Restores the state :func:`rng_state` returned for ``device``'s dropout generator."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,135 @@
+"""Argument checks shared by every layer, so that each bad value is reported the same way: the
+argument's name, what it allows, and what it got.
+
+``bool`` is an ``int`` in Python but never a count, a seed or a size here, so every integer check
+refuses it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Optional, TypeVar
+
+__all__ = [
+    "SEED_LIMIT",
+    "is_int",
+    "is_number",
+    "check_int",
+    "check_number",
+    "check_seed",
+    "check_choice",
+    "changed_keys",
+]
+
+SEED_LIMIT = 2**63  # seeds are int64 values >= 0, what torch.Generator.manual_seed and Philox keys take
+
+T = TypeVar("T")
+
+
+def is_int(value: object) -> bool:
+    """An int that is not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    """A finite int or float that is not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _bounds(low: Optional[float], high: Optional[float], low_open: bool, high_open: bool) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low}"
+    if high is not None:
+        return f"{'<' if high_open else '<='} {high}"
+    return ""
+
+
+def _inside(value: float, low: Optional[float], high: Optional[float], low_open: bool, high_open: bool) -> bool:
+    if low is not None and (value <= low if low_open else value < low):
+        return False
+    return high is None or (value < high if high_open else value <= high)
+
+
+def check_int(
+    name: str,
+    value: object,
+    *,
+    low: Optional[int] = None,
+    high: Optional[int] = None,
+    high_open: bool = False,
+    allow_none: bool = False,
+) -> Any:
+    """``value`` if it is an int (not a bool) within ``[low, high]`` (or ``[low, high)``), else
+    ValueError ``"{name} must be an int >= low ..., got value"``. None passes when ``allow_none``."""
+    if allow_none and value is None:
+        return None
+    if not is_int(value) or not _inside(value, low, high, False, high_open):  # type: ignore[arg-type]
+        allowed = " ".join(filter(None, ("an int", _bounds(low, high, False, high_open))))
+        raise ValueError(f"{name} must be {allowed}{' or None' if allow_none else ''}, got {value!r}")
+    return value
+
+
+def check_number(
+    name: str,
+    value: object,
+    *,
+    low: Optional[float] = None,
+    high: Optional[float] = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    allow_none: bool = False,
+) -> Any:
+    """``float(value)`` if it is a finite number (not a bool) within the bounds, else ValueError
+    naming ``name``, the allowed range and the value. None passes when ``allow_none``."""
+    if allow_none and value is None:
+        return None
+    if not is_number(value) or not _inside(value, low, high, low_open, high_open):  # type: ignore[arg-type]
+        allowed = " ".join(filter(None, ("a finite number", _bounds(low, high, low_open, high_open))))
+        raise ValueError(f"{name} must be {allowed}{' or None' if allow_none else ''}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_seed(name: str, value: object) -> int:
+    """A seed: an int in ``[0, 2**63)``."""
+    if not is_int(value) or not 0 <= value < SEED_LIMIT:  # type: ignore[operator]
+        raise ValueError(f"{name} must be an int in [0, 2**63), got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def check_choice(name: str, value: T, choices: Sequence[T]) -> T:
+    """``value`` if it is one of ``choices``, else ValueError listing them."""
+    try:
+        known = value in choices
+    except TypeError:  # an unhashable value asked of a dict's keys
+        known = False
+    if not known:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def changed_keys(
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    ignore: Iterable[str] = (),
+    defaults: Optional[Mapping[str, Any]] = None,
+) -> str:
+    """``"key: old -> new, ..."`` for the keys whose values differ (those in ``ignore`` aside), or
+    ``""`` when none does: what a resumed run reports when its config is not the one it started with.
+
+    A key that ``saved`` lacks (written before the key existed) counts as its value in ``defaults``;
+    without one, a key only one side has counts as a difference.
+    """
+    skipped = set(ignore)
+    missing = object()
+    defaults = defaults or {}
+
+    def old(key: str) -> Any:
+        return saved[key] if key in saved else defaults.get(key, missing)
+
+    keys = sorted(k for k in saved.keys() | current.keys() if k not in skipped and old(k) != current.get(k, missing))
+    return ", ".join(
+        f"{key}: {saved.get(key, '(unset)')!r} -> {current.get(key, '(unset)')!r}" for key in keys
+    )

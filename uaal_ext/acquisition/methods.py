@@ -1,0 +1,165 @@
+"""The built-in acquisition methods (``docs/math.md#acquisition-scores``), one class each, registered
+under the names the experiment configs use. Per pixel, with ``p = softmax`` over classes:
+
+- ``"random"``: no map; a uniform number in [0, 1) per image;
+- ``"entropy"``: ``H = -sum_c p_c log p_c``; ``"margin"``: ``1 - (p_top1 - p_top2)``;
+  ``"least_confidence"``: ``1 - p_top1``;
+- ``"mc_entropy"``: ``H(mean_t p_t)`` over T MC-Dropout samples; ``"bald"``:
+  ``H(mean_t p_t) - mean_t H(p_t)``;
+- ``"noise_stability"``: ``mean_k ||p_k - p|| / ||p||`` over K kernel-noise passes;
+- ``"noise_stability_kcenter"``: Noise Stability's diversity variant, greedy k-center on pooled
+  deviation vectors (no score).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar, Optional, Union
+
+import torch
+from torch import Tensor
+
+from ..ops.perturbation import perturbation_statistics
+from ..ops.scores import pixel_score_map
+from .base import AcquisitionMethod, Passes, Predictions, register_method, result_dtype
+from .selection import image_key, kcenter_greedy, pooled_deviations
+
+__all__ = [
+    "RandomSelection",
+    "Entropy",
+    "Margin",
+    "LeastConfidence",
+    "MCEntropy",
+    "BALD",
+    "NoiseStability",
+    "NoiseStabilityKCenter",
+]
+
+
+@register_method
+class RandomSelection(AcquisitionMethod):
+    """A uniform number in [0, 1) per image: the baseline every method is compared with.
+
+    Scoring a pool, the number comes from 64 random bits keyed by ``(seed, pool index)``, so it does
+    not depend on batches or their order. Scoring given predictions without pool indices, the N
+    numbers are drawn from ``generator`` (default: a fresh one seeded with ``seed``).
+    """
+
+    name = "random"
+    display_name = "Random"
+    passes = Passes()
+    has_pixel_map = False
+    random_scores = True
+
+    def __init__(self, *, generator: Optional[torch.Generator] = None, **options: Any) -> None:
+        super().__init__(**options)
+        self.generator = generator
+
+    def image_scores(self, predictions: Predictions, valid: Optional[Tensor] = None) -> Tensor:
+        source = predictions.reference()
+        dtype = result_dtype(source.dtype)
+        if predictions.indices is not None:
+            values = [(image_key(self.seed, index) >> 11) * 2.0**-53 for index in predictions.indices]
+            scores = torch.tensor(values, dtype=dtype, device=source.device)
+        else:
+            generator = self.generator or torch.Generator().manual_seed(self.seed)
+            count = predictions.num_images
+            scores = torch.rand(count, generator=generator, dtype=dtype, device=generator.device).to(source.device)
+        if valid is not None:
+            any_valid = valid.reshape(valid.shape[0], math.prod(valid.shape[1:])).any(dim=1)
+            scores = torch.where(any_valid, scores, torch.zeros_like(scores))
+        return scores
+
+
+class _PixelKernelMethod(AcquisitionMethod):
+    """A method whose map is one of the fused per-pixel score kernels."""
+
+    kernel: ClassVar[str] = ""
+
+    def pixel_map(self, predictions: Predictions) -> Tensor:
+        source = predictions.mc_logits if self.passes.mc_dropout else predictions.logits
+        return pixel_score_map(source, self.kernel)
+
+
+@register_method
+class Entropy(_PixelKernelMethod):
+    name = "entropy"
+    display_name = "Entropy"
+    passes = Passes(clean=True)
+    kernel = "entropy"
+
+
+@register_method
+class Margin(_PixelKernelMethod):
+    name = "margin"
+    display_name = "Margin"
+    passes = Passes(clean=True)
+    kernel = "margin"
+
+
+@register_method
+class LeastConfidence(_PixelKernelMethod):
+    name = "least_confidence"
+    display_name = "Least confidence"
+    passes = Passes(clean=True)
+    kernel = "least_confidence"
+
+
+@register_method
+class MCEntropy(_PixelKernelMethod):
+    """The entropy of the mean of T MC-Dropout predictions (the "MC-Dropout" method of the tables)."""
+
+    name = "mc_entropy"
+    display_name = "MC-Dropout"
+    passes = Passes(mc_dropout=True)
+    default_samples = 10
+    kernel = "mc_entropy"
+
+
+@register_method
+class BALD(_PixelKernelMethod):
+    """Mutual information between the prediction and the dropout masks, over T samples (>= 0)."""
+
+    name = "bald"
+    display_name = "BALD"
+    passes = Passes(mc_dropout=True)
+    default_samples = 10
+    kernel = "bald"
+
+
+@register_method
+class NoiseStability(AcquisitionMethod):
+    """How far K kernel-noise perturbations move the prediction, relative to its norm."""
+
+    name = "noise_stability"
+    display_name = "Noise Stability"
+    passes = Passes(clean=True, kernel_noise=True)
+    default_samples = 5
+
+    def pixel_map(self, predictions: Predictions) -> Tensor:
+        return perturbation_statistics(predictions.logits, predictions.perturbed_logits)[1]
+
+
+@register_method
+class NoiseStabilityKCenter(NoiseStability):
+    """Noise Stability's diversity variant: greedy k-center on each image's pooled softmax deviations
+    under the K perturbed models (``grid`` cells per spatial dim), the labeled images as the initial
+    centres. Its pixel-wise signal (for maps) is the Noise Stability map."""
+
+    name = "noise_stability_kcenter"
+    display_name = "Noise Stability (k-center)"
+    ranks_by_score = False
+
+    def __init__(self, *, grid: Union[int, Sequence[int]] = 4, **options: Any) -> None:
+        super().__init__(**options)
+        self.grid = grid
+
+    def image_features(self, predictions: Predictions) -> Tensor:
+        return pooled_deviations(predictions.logits, predictions.perturbed_logits, grid=self.grid)
+
+    def choose(self, features: Tensor, k: int, initial: list[int]) -> list[int]:
+        return kcenter_greedy(features, k, initial=initial)
+
+    def options(self) -> dict[str, Any]:
+        return {**super().options(), "grid": self.grid}

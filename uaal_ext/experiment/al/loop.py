@@ -1,0 +1,336 @@
+"""Active-learning experiments: select, train, evaluate, record, round after round.
+
+One experiment is a grid of runs, ``seeds x training modes x selection methods``::
+
+    config = ExperimentConfig(methods=("random", "entropy"), modes=("standard", "uaal"), seeds=(0, 1))
+    state = run_experiment(config, "runs/demo")        # resumes if runs/demo/state.json exists
+    rows = state.results                               # one row per (seed, mode, method, round)
+
+For every seed, an initial random ``initial_fraction`` of the pool is labeled, the same images for
+every method and training mode of that seed. Round 0 trains on it once per training mode (the
+model every method of that mode starts from). Each later round ``r`` lets the method pick images
+from the unlabeled rest with the model of round ``r - 1`` until ``budgets[r - 1]`` of the pool is
+labeled, trains a model on the labeled set (from scratch by default, ``retrain="finetune"`` to
+continue from the previous round's weights) and evaluates it on the validation split.
+
+Randomness: a seed gives the initial set, the model initialisation (the same for every round and
+run of that seed), the training shuffles and augmentations of each round (the same for both
+training modes and all methods), and the acquisition draws of each round (random scores, MC-Dropout
+masks, kernel noise). Reruns of the same config give the same labeled sets.
+
+State and files (``out_dir``):
+
+- ``state.json`` (:mod:`.state`): the config, the labeled image ids of every round of every run (in
+  the order they were picked), the per-round metrics and ``results`` (flat rows for reports). It is
+  rewritten atomically after every step (selection, training, evaluation), so a run killed at any
+  moment and started again with the same command resumes: a round whose selection was recorded is
+  never re-selected (no image is lost or labeled twice), a round being trained resumes from its
+  epoch checkpoint. A state file that cannot be read raises :class:`StateError` and is never
+  overwritten; a state written with another config raises ValueError naming the keys that differ.
+- ``checkpoints/seed=S/MODE/METHOD/round{r}.pt``: the weights after round ``r`` (``round{r}.train.pt``
+  holds the epoch checkpoint while that round trains).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+import zlib
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from ..._validation import changed_keys, check_int
+from ...acquisition import make_method, select_from_pool
+from ..data import dataset_spec
+from ..models import build_model, load_weights, save_weights
+from ..training import evaluate, train
+from .config import RUNTIME_KEYS, ExperimentConfig
+from .datasets import IndexedImages, build_datasets
+from .state import (
+    INITIAL,
+    STATE_FILE,
+    ExperimentState,
+    RoundState,
+    RoundStatus,
+    RunState,
+    StateError,
+    load_state,
+    run_key,
+)
+
+__all__ = ["run_experiment", "ActiveLearningLoop", "budget_sizes", "derive_seed", "load_round_model"]
+
+
+def derive_seed(seed: int, *parts: Union[int, str]) -> int:
+    """A seed in [0, 2**63) for one purpose of one experiment seed (``parts`` name the purpose)."""
+    words = [seed] + [zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def budget_sizes(config: ExperimentConfig, pool_size: int) -> list[int]:
+    """Labeled images after round 0, 1, ...: ``round(fraction * pool_size)``, strictly increasing."""
+    sizes = [max(1, round(f * pool_size)) for f in (config.initial_fraction, *config.budgets)]
+    if any(a >= b for a, b in zip(sizes, sizes[1:])) or sizes[-1] > pool_size:
+        raise ValueError(
+            f"a pool of {pool_size} images gives the labeled-set sizes {sizes} for initial_fraction "
+            f"{config.initial_fraction} and budgets {list(config.budgets)}: they must increase strictly; "
+            f"use a larger pool_size or budgets further apart"
+        )
+    return sizes
+
+
+def epochs_for(config: ExperimentConfig, num_labeled: int) -> int:
+    """Epochs of a round on ``num_labeled`` images: ``config.epochs``, or as many as ``iterations`` take."""
+    if config.iterations is None:
+        return config.epochs
+    steps_per_epoch = math.ceil(num_labeled / config.batch_size)
+    return max(1, math.ceil(config.iterations / steps_per_epoch))
+
+
+def new_model(config: ExperimentConfig, num_classes: int, seed: int) -> nn.Module:
+    """The model a round of seed ``seed`` starts from: the same initial weights for every run of a seed."""
+    torch.manual_seed(derive_seed(seed, "init"))
+    return build_model(config.model, num_classes, dropout=config.dropout, weights=config.weights)
+
+
+def _load_round_weights(model: nn.Module, path: str) -> nn.Module:
+    try:
+        return load_weights(model, path)
+    except (OSError, ValueError) as error:  # FileNotFoundError is an OSError
+        raise StateError(f"the weights file that the state refers to cannot be used: {error}") from None
+
+
+def load_round_model(
+    out_dir: Union[str, os.PathLike],
+    seed: int,
+    mode: str,
+    method: Optional[str],
+    round_index: int = -1,
+    *,
+    state: Optional[ExperimentState] = None,
+    device: Union[str, torch.device] = "cpu",
+) -> nn.Module:
+    """The model trained in round ``round_index`` (default: the last trained) of one run, in eval mode.
+
+    ``method=None`` (or round 0) is the shared initial model of the seed and mode.
+    """
+    out_dir = os.fspath(out_dir)
+    state = load_state(out_dir) if state is None else state
+    config = ExperimentConfig.from_dict(state.config)
+    check_int("round_index", round_index, low=-1)
+    if method is not None and method not in config.methods:
+        raise ValueError(f"the experiment in {out_dir!r} has no method {method!r}; it ran {list(config.methods)}")
+    key = run_key(seed, mode, None if round_index == 0 else method)
+    if key not in state.runs:
+        raise ValueError(f"the experiment in {out_dir!r} has no run {key!r}; it has {sorted(state.runs)}")
+    trained = [r for r in state.runs[key].trained_rounds() if round_index < 0 or r.round == round_index]
+    if not trained:
+        raise ValueError(f"run {key!r} of {out_dir!r} has no trained round {round_index}")
+    model = new_model(config, dataset_spec(config.dataset).num_classes, seed)
+    model = _load_round_weights(model, os.path.join(out_dir, trained[-1].checkpoint))
+    return model.to(device).eval()
+
+
+def _result_rows(config: ExperimentConfig, run: RunState, entry: RoundState) -> list[dict[str, Any]]:
+    """The report rows of an evaluated round: one per method (round 0 is every method's start)."""
+    methods = config.methods if run.method == INITIAL else (run.method,)
+    metrics = entry.metrics or {}
+    return [
+        {
+            "dataset": config.dataset, "model": config.model, "method": method, "mode": run.mode,
+            "seed": run.seed, "round": entry.round, "budget": entry.budget, "num_labeled": entry.num_labeled,
+            "miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"],
+            "mean_class_accuracy": metrics["mean_class_accuracy"],
+        }
+        for method in methods
+    ]
+
+
+class ActiveLearningLoop:
+    """The experiment of ``config`` in ``out_dir``: its data, its state (resumed when the folder holds
+    one) and the four steps of a round (:meth:`select`, :meth:`train`, :meth:`evaluate`,
+    :meth:`record`). :meth:`run` walks every round of every run."""
+
+    def __init__(
+        self, config: ExperimentConfig, out_dir: str, *, progress: bool, log: Callable[[str], None]
+    ) -> None:
+        config.validate()
+        self.config, self.out_dir, self.progress, self.log = config, out_dir, progress, log
+        self.data = build_datasets(config)
+        pool_size = len(self.data.pool_eval)  # type: ignore[arg-type]
+        self.sizes = budget_sizes(config, pool_size)
+        self.fractions = (config.initial_fraction, *config.budgets)
+        self.state = self._resume_or_start(pool_size)
+        self.pool_loader = DataLoader(IndexedImages(self.data.pool_eval), batch_size=config.eval_batch_size,
+                                      shuffle=False, num_workers=config.num_workers)
+        rounds_per_run = 1 + len(config.methods) * len(config.budgets)
+        self.total_rounds = len(config.seeds) * len(config.modes) * rounds_per_run
+        self.bar = tqdm(total=self.total_rounds, initial=self.state.rounds_done(), desc="experiment", unit="round",
+                        disable=not progress, dynamic_ncols=True)
+
+    def _resume_or_start(self, pool_size: int) -> ExperimentState:
+        path = os.path.join(self.out_dir, STATE_FILE)
+        if not os.path.exists(path):
+            return ExperimentState(config=self.config.to_dict(), pool_size=pool_size, budget_sizes=self.sizes)
+        state = load_state(self.out_dir)
+        details = changed_keys(state.config, self.config.to_dict(), ignore=RUNTIME_KEYS,
+                               defaults=ExperimentConfig().to_dict())
+        if details:
+            raise ValueError(
+                f"{path!r} holds an experiment with another config ({details}); "
+                f"rerun with the same config to resume, or choose another output folder"
+            )
+        if state.pool_size != pool_size:
+            raise ValueError(f"the state in {self.out_dir!r} is for a pool of {state.pool_size} images, "
+                             f"this one has {pool_size}")
+        state.config = self.config.to_dict()  # device and the like may change on resume
+        return state
+
+    # ---- the experiment, top to bottom --------------------------------------------------------------
+
+    def run(self) -> ExperimentState:
+        started, wall_before = time.perf_counter(), self.state.wall_time
+        try:
+            self.save()  # the folder holds an experiment from the first second on
+            for seed in self.config.seeds:
+                self.initial_set(seed)
+                for mode in self.config.modes:
+                    start = self.step(self.state.run(seed, mode, None), 0, previous=None)
+                    for method in self.config.methods:
+                        run, previous = self.state.run(seed, mode, method), start
+                        for r in range(1, len(self.config.budgets) + 1):
+                            previous = self.step(run, r, previous)
+            self.state.finished = True
+        finally:
+            self.bar.close()
+            self.state.wall_time = wall_before + time.perf_counter() - started
+            self.save()
+        return self.state
+
+    def step(self, run: RunState, r: int, previous: Optional[RoundState]) -> RoundState:
+        """Round ``r`` of ``run``, from wherever the state left it: select (unless recorded), train
+        (unless trained), evaluate and record (unless done)."""
+        entry = run.round(r)
+        if entry is None:
+            entry = self.select(run, r, previous)
+        if entry.status is RoundStatus.SELECTED:
+            self.train(run, entry, previous)
+        if entry.status is RoundStatus.TRAINED:
+            self.evaluate(run, entry)
+        return entry
+
+    # ---- the four steps of a round ------------------------------------------------------------------
+
+    def initial_set(self, seed: int) -> list[int]:
+        """The seed's random initial labeled set, drawn once and recorded."""
+        if str(seed) not in self.state.initial:
+            generator = torch.Generator().manual_seed(derive_seed(seed, "initial"))
+            pool_size = self.state.pool_size
+            self.state.initial[str(seed)] = sorted(torch.randperm(pool_size, generator=generator)[: self.sizes[0]].tolist())
+            self.save()
+        return self.state.initial[str(seed)]
+
+    def select(self, run: RunState, r: int, previous: Optional[RoundState]) -> RoundState:
+        """Records round ``r``'s labeled set: the initial set (round 0), else the previous round's plus
+        the images the run's method picks with the previous round's model."""
+        tick = time.perf_counter()
+        if previous is None:
+            labeled = list(self.state.initial[str(run.seed)])
+            added = list(labeled)
+        else:
+            method = make_method(run.method, reduction=self.config.reduction,
+                                 num_samples=self.config.acquisition_samples, eta=self.config.eta,
+                                 seed=derive_seed(run.seed, "acquire", r))
+            model: nn.Module = nn.Identity()  # a method that runs no pass needs no model
+            if method.passes.runs_model:
+                model = self._round_model(run.seed, previous).to(self.config.device)
+            self.bar.set_postfix_str(f"{run.key} round {r}: selecting with {run.method}")
+            added = select_from_pool(model, self.pool_loader, method, self.sizes[r] - len(previous.labeled),
+                                     exclude=previous.labeled, progress=self.progress)
+            labeled = sorted(previous.labeled + added)
+        if len(set(labeled)) != len(labeled) or len(labeled) != self.sizes[r]:
+            raise RuntimeError(f"{run.key} round {r}: the labeled set has {len(labeled)} ids, "
+                               f"{len(set(labeled))} distinct, expected {self.sizes[r]}")
+        entry = RoundState(round=r, budget=self.fractions[r], num_labeled=len(labeled), labeled=labeled,
+                           added=added, select_seconds=time.perf_counter() - tick)
+        run.rounds.append(entry)
+        self.save()
+        return entry
+
+    def train(self, run: RunState, entry: RoundState, previous: Optional[RoundState]) -> None:
+        """Trains the round's model on its labeled set (resumable from its epoch checkpoint)."""
+        config, r = self.config, entry.round
+        model = new_model(config, self.data.num_classes, run.seed)
+        if config.retrain == "finetune" and previous is not None:
+            _load_round_weights(model, os.path.join(self.out_dir, previous.checkpoint))
+        epochs = epochs_for(config, entry.num_labeled)
+        train_config = dataclasses.replace(config.train_config(derive_seed(run.seed, "train", r), epochs), mode=run.mode)
+        folder = os.path.join("checkpoints", run.key)
+        training_checkpoint = os.path.join(self.out_dir, folder, f"round{r}.train.pt")
+        self.bar.set_postfix_str(f"{run.key} round {r}: training on {entry.num_labeled} images")
+        result = train(model, Subset(self.data.pool_train, entry.labeled), train_config,
+                       checkpoint_path=training_checkpoint, progress=self.progress)
+        weights = os.path.join(folder, f"round{r}.pt")
+        save_weights(model, os.path.join(self.out_dir, weights))
+        entry.status, entry.checkpoint, entry.epochs, entry.steps = RoundStatus.TRAINED, weights, epochs, result.steps
+        entry.train_seconds = result.wall_time
+        entry.final_loss = result.losses[-1] if result.losses else None
+        self.save()
+        if os.path.exists(training_checkpoint):
+            os.remove(training_checkpoint)  # the weights file has what later rounds need
+
+    def evaluate(self, run: RunState, entry: RoundState) -> None:
+        """Evaluates the round's model on the validation split, then :meth:`record`\\ s it."""
+        self.bar.set_postfix_str(f"{run.key} round {entry.round}: evaluating")
+        model = self._round_model(run.seed, entry)
+        metrics = evaluate(model, self.data.val, self.data.num_classes, ignore_index=self.data.ignore_index,
+                           batch_size=self.config.eval_batch_size, device=self.config.device)
+        entry.metrics = metrics.as_dict()
+        self.record(run, entry)
+
+    def record(self, run: RunState, entry: RoundState) -> None:
+        """Marks the round done, adds its report rows and saves the state."""
+        entry.status = RoundStatus.DONE
+        self.state.results.extend(_result_rows(self.config, run, entry))
+        self.save()
+        self.bar.update()
+        self.log(f"{run.key} round {entry.round}: {entry.num_labeled} labeled ({entry.budget:.0%}), "
+                 f"mIoU {entry.metrics['miou']:.4f}")
+
+    # ---- helpers ------------------------------------------------------------------------------------
+
+    def _round_model(self, seed: int, entry: RoundState) -> nn.Module:
+        model = new_model(self.config, self.data.num_classes, seed)
+        return _load_round_weights(model, os.path.join(self.out_dir, entry.checkpoint))
+
+    def save(self) -> None:
+        self.state.save(self.out_dir)
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    out_dir: Union[str, os.PathLike],
+    *,
+    progress: bool = True,
+    log: Optional[Callable[[str], None]] = None,
+) -> ExperimentState:
+    """Runs (or resumes) the experiment of ``config`` in ``out_dir`` and returns its final state.
+
+    Progress: one bar over all rounds of the experiment, nested bars for each training and scoring
+    pass; ``log`` (default ``tqdm.write`` when ``progress``) gets a line per finished round and, on
+    a resume, one saying how much was done already.
+    """
+    out_dir = os.fspath(out_dir)
+    log = log if log is not None else (tqdm.write if progress else (lambda line: None))
+    loop = ActiveLearningLoop(config, out_dir, progress=progress, log=log)
+    if loop.state.runs:
+        log(f"resuming {out_dir!r}: {loop.state.rounds_done()} of {loop.total_rounds} rounds done "
+            f"({loop.state.wall_time:.0f} s so far)")
+    return loop.run()
