@@ -8,11 +8,13 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "acquisition_problem.h"
-#include "op_common.h"
+#include "core/checks.h"
+#include "core/tensor_geometry.h"
 
 namespace uaal {
 
@@ -22,8 +24,10 @@ inline ScoreMethod parse_score_method(const std::string& method) {
   if (method == "least_confidence") return ScoreMethod::kLeastConfidence;
   if (method == "mc_entropy") return ScoreMethod::kMcEntropy;
   if (method == "bald") return ScoreMethod::kBald;
-  TORCH_CHECK_VALUE(false, "pixel_scores: method must be one of 'entropy', 'margin', 'least_confidence', "
-                    "'mc_entropy', 'bald', got '", method, "'");
+  TORCH_CHECK_VALUE(false,
+                    "pixel_scores: method must be one of 'entropy', 'margin', 'least_confidence', "
+                    "'mc_entropy', 'bald', got '",
+                    method, "'");
   return ScoreMethod::kEntropy;  // unreachable
 }
 
@@ -43,13 +47,15 @@ template <typename Launcher>
 at::Tensor pixel_scores_op(const at::Tensor& input, const std::string& method_name) {
   const ScoreMethod method = parse_score_method(method_name);
   const bool monte_carlo = is_monte_carlo(method);
-  TORCH_CHECK_TYPE(is_supported_float(input.scalar_type()), "pixel_scores: input must be float64, float32, float16 "
-                   "or bfloat16 logits, got ", input.scalar_type());
-  TORCH_CHECK_VALUE(input.dim() >= (monte_carlo ? 3 : 2), "pixel_scores: input must be ",
-                    monte_carlo ? "Monte-Carlo logits (T, N, C, *spatial) or (T, N, C)" : "logits (N, C, *spatial) or (N, C)",
-                    " for method '", method_name, "', got shape ", input.sizes());
-  TORCH_CHECK_VALUE(!monte_carlo || input.size(0) >= 1, "pixel_scores: input needs at least one sample (dim 0), got shape ",
-                    input.sizes());
+  TORCH_CHECK_TYPE(is_supported_float(input.scalar_type()),
+                   "pixel_scores: input must be float64, float32, float16 or bfloat16 logits, got ",
+                   input.scalar_type());
+  TORCH_CHECK_VALUE(
+      input.dim() >= (monte_carlo ? 3 : 2), "pixel_scores: input must be ",
+      monte_carlo ? "Monte-Carlo logits (T, N, C, *spatial) or (T, N, C)" : "logits (N, C, *spatial) or (N, C)",
+      " for method '", method_name, "', got shape ", input.sizes());
+  TORCH_CHECK_VALUE(!monte_carlo || input.size(0) >= 1,
+                    "pixel_scores: input needs at least one sample (dim 0), got shape ", input.sizes());
   const at::Tensor prediction = monte_carlo ? input.select(0, 0) : input;
   TORCH_CHECK_VALUE(prediction.size(1) >= 1, "pixel_scores: input needs at least one class, got shape ", input.sizes());
   typename Launcher::Guard guard(input);

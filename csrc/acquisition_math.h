@@ -1,5 +1,5 @@
-// Per-pixel math of the acquisition scores (SPEC section 2, "Acquisition scores"), written once for
-// every backend like uaal_math.h. Higher always means more informative.
+// Per-pixel math of the acquisition scores (docs/math.md#acquisition-scores), written once for every
+// backend over Lanes<V> (core/lanes.h). Higher always means more informative.
 //
 // From one prediction's logits z (p = softmax(z), p1 >= p2 the two largest probabilities):
 //   entropy H = -sum_c p_c log p_c,  margin 1 - (p1 - p2),  least confidence 1 - p1.
@@ -16,7 +16,7 @@
 #include <cmath>
 #include <limits>
 
-#include "uaal_math.h"
+#include "core/lanes.h"
 
 namespace uaal {
 

@@ -1,11 +1,12 @@
 // Plain-data descriptions of the acquisition ops' calls, shared by the CPU and CUDA launchers.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
-#include <type_traits>
 
 #include "acquisition_math.h"
-#include "loss_problem.h"
+#include "core/dispatch.h"
+#include "core/pixel_geometry.h"
 
 namespace uaal {
 
@@ -26,14 +27,14 @@ enum class ScoreReduction : int { kMean = 0, kSum = 1, kMax = 2, kTopKMean = 3 }
 
 // aggregate_scores: per image, over its valid pixels.
 struct ScoreAggregationProblem {
-  bool is_double = false;         // scores are float64 (else float32)
-  const void* scores = nullptr;   // (num_images, pixels_per_image), contiguous
-  const bool* valid = nullptr;    // same layout, or null: every pixel counts
+  bool is_double = false;        // scores are float64 (else float32)
+  const void* scores = nullptr;  // (num_images, pixels_per_image), contiguous
+  const bool* valid = nullptr;   // same layout, or null: every pixel counts
   int64_t num_images = 0;
   int64_t pixels_per_image = 0;
   ScoreReduction reduction = ScoreReduction::kMean;
-  double q = 1.0;                 // kTopKMean: the fraction of valid pixels averaged
-  void* out = nullptr;            // (num_images,), the scores' type
+  double q = 1.0;       // kTopKMean: the fraction of valid pixels averaged
+  void* out = nullptr;  // (num_images,), the scores' type
 };
 
 // The number of top pixels topk_mean averages: ceil(q n), at least 1 (0 when n == 0).
@@ -47,13 +48,7 @@ UAAL_HOST_DEVICE int64_t top_count(double q, int64_t valid_pixels) {
 template <typename Fn>
 void dispatch_score_method(ScoreMethod method, Fn&& fn) {
   using M = ScoreMethod;
-  switch (method) {
-    case M::kEntropy: return fn(std::integral_constant<M, M::kEntropy>{});
-    case M::kMargin: return fn(std::integral_constant<M, M::kMargin>{});
-    case M::kLeastConfidence: return fn(std::integral_constant<M, M::kLeastConfidence>{});
-    case M::kMcEntropy: return fn(std::integral_constant<M, M::kMcEntropy>{});
-    case M::kBald: return fn(std::integral_constant<M, M::kBald>{});
-  }
+  dispatch_constant<M::kEntropy, M::kMargin, M::kLeastConfidence, M::kMcEntropy, M::kBald>(method, fn);
 }
 
 }  // namespace uaal

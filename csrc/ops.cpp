@@ -1,6 +1,6 @@
 // The op schemas of uaal_ext, device-agnostic. Each backend registers its implementations at the
-// bottom of its own file (cpu/loss_cpu.cpp, cpu/perturbation_cpu.cpp, cuda/*.cu); the Python side adds the fake
-// (meta) kernels and autograd formulas (uaal_ext/_ops.py).
+// bottom of its own file (cpu/*_cpu.cpp, cuda/*.cu); the Python side adds the fake (meta) kernels
+// and autograd formulas (uaal_ext/_ops.py).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -43,14 +43,15 @@ extern "C" PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(uaal_ext, m) {
-  // UAAL cross-entropy (SPEC section 2) in one pass over the logits. Returns
+  // UAAL cross-entropy (docs/math.md#uaal-loss) in one pass over the logits. Returns
   //   loss: sum over valid pixels of w_i l_i (0-dim) when `reduce`, else the per-pixel w_i l_i
   //         (input's shape without dim 1, 0 at ignored pixels); accumulation dtype;
   //   log_normalizer: per pixel, lse - max_c z_c (log sum_c exp(z_c - max)), kept for the backward,
   //         which recomputes the max: relative to it, logits with a large offset stay exact;
   //   sums: (2,) = {sum c_y, sum c_y w_i} over valid pixels, the denominators of the "mean".
-  // w_i = 1 + alpha * min((U_i * inv_scale)^exponent, s_max), U = `uncertainty`, or the entropy of the
-  // logits when it is None; alpha = 0 is plain cross-entropy. s_max = inf means no cap.
+  // w_i = 1 + alpha * min((U_i * inv_scale)^exponent, s_max) (docs/math.md#uncertainty-weight),
+  // U = `uncertainty`, or the entropy of the logits when it is None; alpha = 0 is plain
+  // cross-entropy. s_max = inf means no cap.
   m.def(
       "cross_entropy_forward(Tensor input, Tensor target, Tensor? uncertainty, Tensor? weight, "
       "int ignore_index, float label_smoothing, float alpha, float exponent, float inv_scale, "
@@ -68,24 +69,25 @@ TORCH_LIBRARY(uaal_ext, m) {
       "cross_entropy_forward_backward(Tensor input, Tensor target, Tensor? uncertainty, Tensor? weight, "
       "int ignore_index, float label_smoothing, float alpha, float exponent, float inv_scale, float s_max, "
       "bool mean) -> (Tensor loss, Tensor grad_input)");
-  // Softmax entropy over dim 1 per pixel, optionally divided by log C.
+  // Softmax entropy over dim 1 per pixel, optionally divided by log C (docs/math.md#entropy).
   m.def("pixel_entropy(Tensor input, bool normalized) -> Tensor");
   m.def("pixel_entropy_backward(Tensor grad, Tensor input, bool normalized) -> Tensor");
 
-  // Kernel-noise perturbation (SPEC section 2): for every weight theta of the list, K perturbed
-  // copies theta + eta ||theta_g|| n / ||n_g|| as one (K, *theta.shape) tensor, norms per tensor or
-  // (per_filter) per dim-0 slice g; n is Philox4x32-10 Gaussian noise keyed by seed and counted by
-  // (element, k, tensor index, offset): identical on every device and thread count.
-  m.def("kernel_noise(Tensor[] weights, int num_samples, float eta, int seed, int offset, bool per_filter) -> Tensor[]");
+  // Kernel-noise perturbation (docs/math.md#kernel-noise-perturbation): for every weight theta of
+  // the list, K perturbed copies theta + eta ||theta_g|| n / ||n_g|| as one (K, *theta.shape) tensor,
+  // norms per tensor or (per_filter) per dim-0 slice g; n is Philox4x32-10 Gaussian noise keyed by
+  // seed and counted by (element, k, tensor index, offset): identical on every device and thread count.
+  m.def(
+      "kernel_noise(Tensor[] weights, int num_samples, float eta, int seed, int offset, bool per_filter) -> Tensor[]");
   // From clean logits (N, C, *spatial) and perturbed logits (K, N, C, *spatial), per pixel:
   //   sigma = sqrt(mean_k ||p_k - p||^2) and noise_stability = mean_k ||p_k - p|| / ||p||,
-  // p = softmax over C; accumulation dtype, shape (N, *spatial).
+  // p = softmax over C; accumulation dtype, shape (N, *spatial) (docs/math.md#perturbation-statistics).
   m.def("perturbation_statistics(Tensor clean, Tensor perturbed) -> (Tensor sigma, Tensor noise_stability)");
 
-  // Acquisition scores per pixel (higher = more informative): method "entropy", "margin" (1 - (p1 - p2))
-  // or "least_confidence" (1 - p1) of logits (N, C, *spatial); "mc_entropy" (H of the mean prediction)
-  // or "bald" (H(mean p) - mean H(p)) of Monte-Carlo logits (T, N, C, *spatial). Returns (N, *spatial),
-  // accumulation dtype.
+  // Acquisition scores per pixel (docs/math.md#acquisition-scores; higher = more informative):
+  // method "entropy", "margin" (1 - (p1 - p2)) or "least_confidence" (1 - p1) of logits
+  // (N, C, *spatial); "mc_entropy" (H of the mean prediction) or "bald" (H(mean p) - mean H(p)) of
+  // Monte-Carlo logits (T, N, C, *spatial). Returns (N, *spatial), accumulation dtype.
   m.def("pixel_scores(Tensor input, str method) -> Tensor");
   // Per image (dim 0) over the pixels where `valid` (default: all): reduction "mean", "sum", "max" or
   // "topk_mean" (mean of the top ceil(q n) valid pixels). An image without valid pixels scores 0.

@@ -16,7 +16,8 @@
 #include <tuple>
 #include <vector>
 
-#include "op_common.h"
+#include "core/checks.h"
+#include "core/tensor_geometry.h"
 #include "perturbation_problem.h"
 
 namespace uaal {
@@ -29,8 +30,8 @@ inline void check_kernel_noise_args(at::TensorList weights, int64_t num_samples,
   const char* op = "kernel_noise";
   TORCH_CHECK_VALUE(num_samples >= 1 && num_samples <= INT32_MAX, op,
                     ": num_samples (K, the number of perturbed copies) must be in [1, 2^31), got ", num_samples);
-  TORCH_CHECK_VALUE(std::isfinite(eta) && eta >= 0.0, op, ": eta (the relative noise magnitude) must be finite and >= 0, got ",
-                    eta);
+  TORCH_CHECK_VALUE(std::isfinite(eta) && eta >= 0.0, op,
+                    ": eta (the relative noise magnitude) must be finite and >= 0, got ", eta);
   TORCH_CHECK_VALUE(seed >= 0, op, ": seed must be in [0, 2^63), got ", seed);
   TORCH_CHECK_VALUE(offset >= 0 && offset <= int64_t(UINT32_MAX), op, ": offset must be in [0, 2^32), got ", offset);
   TORCH_CHECK_VALUE(static_cast<int64_t>(weights.size()) <= INT32_MAX, op, ": too many weights (", weights.size(), ")");
@@ -134,10 +135,10 @@ inline void check_perturbation_statistics_args(const at::Tensor& clean, const at
                     ": clean must have shape (N, C) or (N, C, *spatial) with C >= 1, got ", clean.sizes());
   TORCH_CHECK_TYPE(perturbed.scalar_type() == clean.scalar_type(), op, ": perturbed is ", perturbed.scalar_type(),
                    " but clean is ", clean.scalar_type());
-  TORCH_CHECK_VALUE(perturbed.dim() == clean.dim() + 1 && perturbed.sizes().slice(1) == clean.sizes() &&
-                        perturbed.size(0) >= 1,
-                    op, ": perturbed must have shape (K, *clean.shape) with K >= 1, clean.shape being ", clean.sizes(),
-                    ", got ", perturbed.sizes());
+  TORCH_CHECK_VALUE(
+      perturbed.dim() == clean.dim() + 1 && perturbed.sizes().slice(1) == clean.sizes() && perturbed.size(0) >= 1, op,
+      ": perturbed must have shape (K, *clean.shape) with K >= 1, clean.shape being ", clean.sizes(), ", got ",
+      perturbed.sizes());
   TORCH_CHECK_VALUE(perturbed.device() == clean.device(), op, ": perturbed is on ", perturbed.device(),
                     " but clean is on ", clean.device());
 }

@@ -1,6 +1,6 @@
-// Per-element math of the kernel-noise perturbation (SPEC section 2), written once for every backend
-// like uaal_math.h: the Gaussian noise of the weight perturbation and the per-pixel statistics of
-// the perturbed passes.
+// Per-element math of the kernel-noise perturbation, written once for every backend over Lanes<V>
+// (core/lanes.h): the Gaussian noise of the weight perturbation (docs/math.md#kernel-noise-perturbation)
+// and the per-pixel statistics of the perturbed passes (docs/math.md#perturbation-statistics).
 //
 // Noise. theta_k = theta + eta ||theta|| n_k / ||n_k|| with n_k ~ N(0, I). n comes from the
 // counter-based generator Philox4x32-10 (Salmon et al., SC'11), keyed by the seed and counted by
@@ -22,7 +22,7 @@
 
 #include <cstdint>
 
-#include "uaal_math.h"
+#include "core/lanes.h"
 
 namespace uaal {
 

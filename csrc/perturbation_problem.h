@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "loss_problem.h"
+#include "core/pixel_geometry.h"
 #include "perturbation_math.h"
 
 namespace uaal {
@@ -17,7 +17,7 @@ struct NoiseTensor {
   const void* weight = nullptr;  // contiguous, numel elements
   void* perturbed = nullptr;     // contiguous (K, numel)
   int64_t numel = 0;
-  int64_t group_size = 1;        // elements per norm group
+  int64_t group_size = 1;  // elements per norm group
   int64_t num_groups = 0;
   int64_t first_group = 0;
 };
@@ -42,9 +42,9 @@ struct KernelNoiseProblem {
   int64_t num_groups = 0;                     // over all tensors and samples
   double eta = 0.0;
   uint32_t key0 = 0, key1 = 0, offset = 0;
-  double* slot_noise_squares = nullptr;       // per slot: sum of n^2
-  double* slot_weight_squares = nullptr;      // per slot of sample 0: sum of theta^2
-  double* group_scale = nullptr;              // per group id: eta ||theta_g|| / ||n_g||
+  double* slot_noise_squares = nullptr;   // per slot: sum of n^2
+  double* slot_weight_squares = nullptr;  // per slot of sample 0: sum of theta^2
+  double* group_scale = nullptr;          // per group id: eta ||theta_g|| / ||n_g||
 
   UAAL_HOST_DEVICE NoiseStream stream(const NoiseSlot& slot) const {
     return {key0, key1, static_cast<uint32_t>(slot.sample), static_cast<uint32_t>(slot.tensor), offset};
@@ -77,11 +77,11 @@ struct PerturbationStatisticsProblem {
   PixelGeometry geometry;
   FloatType input_type = FloatType::kFloat32;
   const void* clean = nullptr;
-  const void* perturbed = nullptr;    // sample k at perturbed + k * sample_stride
+  const void* perturbed = nullptr;  // sample k at perturbed + k * sample_stride
   int64_t sample_stride = 0;
   int64_t num_samples = 0;
-  void* sigma = nullptr;              // per pixel, accumulation type, contiguous
-  void* noise_stability = nullptr;    // per pixel, accumulation type, contiguous
+  void* sigma = nullptr;            // per pixel, accumulation type, contiguous
+  void* noise_stability = nullptr;  // per pixel, accumulation type, contiguous
 };
 
 }  // namespace uaal

@@ -5,6 +5,7 @@
 
 #include <vector>
 
+#include "core/online_softmax.h"
 #include "cpu/acquisition_kernels.h"
 #include "cpu/pixel_blocks.h"
 #include "cpu/vec_lanes.h"

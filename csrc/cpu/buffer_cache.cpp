@@ -124,9 +124,8 @@ at::Tensor empty_cached(at::IntArrayRef sizes, at::IntArrayRef strides, at::Scal
   }
   const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
   void* block = cache.acquire(rounded);
-  return at::from_blob(
-      block, sizes, strides, [rounded](void* data) { BufferCache::instance().release(data, rounded); },
-      at::TensorOptions().dtype(dtype).device(at::kCPU));
+  return at::from_blob(block, sizes, strides, [rounded](void* data) { BufferCache::instance().release(data, rounded); },
+                       at::TensorOptions().dtype(dtype).device(at::kCPU));
 }
 
 at::Tensor empty_cached_like(const at::Tensor& like) {

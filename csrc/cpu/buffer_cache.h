@@ -1,9 +1,9 @@
 // Reuse of large CPU output buffers across calls.
 //
 // A fresh multi-megabyte allocation is returned to the OS when freed, so the next one page-faults
-// every 4 KiB page back in: measured here that costs more (about 2.3 ns per float) than the whole
-// backward pass. Training calls the loss with the same shapes every step, so the gradient and lse
-// buffers are recycled instead, the way PyTorch's CUDA caching allocator recycles device memory.
+// every 4 KiB page back in, which costs more than the whole backward pass. Training calls the loss
+// with the same shapes every step, so the gradient and lse buffers are recycled instead, the way
+// PyTorch's CUDA caching allocator recycles device memory.
 // New blocks also ask for transparent huge pages. UAAL_EXT_CPU_CACHE_MB (default 1024; 0 turns the
 // cache off) bounds the memory kept while unused.
 #pragma once

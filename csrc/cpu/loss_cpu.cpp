@@ -1,12 +1,13 @@
-// CPU implementations of the uaal_ext ops: the shared op bodies (op_common.h) with a launcher that
-// runs the kernels compiled for the best instruction set this CPU supports.
+// CPU implementations of the UAAL cross-entropy and pixel entropy ops: the shared op bodies
+// (loss_common.h) with a launcher that runs the kernels compiled for the best instruction set this
+// CPU supports.
 #include <c10/util/strides.h>
 #include <torch/library.h>
 
 #include "cpu/buffer_cache.h"
 #include "cpu/capability.h"
 #include "cpu/loss_kernels.h"
-#include "op_common.h"
+#include "loss_common.h"
 
 namespace uaal::cpu {
 namespace {

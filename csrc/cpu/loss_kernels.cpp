@@ -1,6 +1,7 @@
 // CPU kernels of the UAAL cross-entropy and pixel entropy. Compiled once per instruction set; the
-// per-pixel math is uaal_math.h's, run on at::vec::Vectorized lanes of neighbouring pixels, over the
-// fixed pixel blocks of cpu/pixel_blocks.h: every op streams the logits exactly once.
+// per-pixel math is loss_math.h's and core/online_softmax.h's, run on at::vec::Vectorized lanes of
+// neighbouring pixels, over the fixed pixel blocks of cpu/pixel_blocks.h: every op streams the
+// logits exactly once.
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
@@ -127,9 +128,9 @@ struct BlockSoftmax {
 // probability(c, u) gives p of class c for the u-th vector of pixels; it is called for the classes
 // in reverse order (see ReverseProbabilities).
 template <typename scalar_t, typename acc_t, bool kSmoothing, typename Probability>
-void write_block_gradient(const CrossEntropyProblem& pr, const BlockTargets<acc_t>& t, const BlockSoftmax<acc_t>& softmax,
-                          Probability&& probability, acc_t class_weight_total, int64_t count, int64_t out_offset,
-                          acc_t* staging) {
+void write_block_gradient(const CrossEntropyProblem& pr, const BlockTargets<acc_t>& t,
+                          const BlockSoftmax<acc_t>& softmax, Probability&& probability, acc_t class_weight_total,
+                          int64_t count, int64_t out_offset, acc_t* staging) {
   using Vec = Vectorized<acc_t>;
   using L = Lanes<Vec>;
   constexpr int W = Vec::size();
@@ -144,7 +145,8 @@ void write_block_gradient(const CrossEntropyProblem& pr, const BlockTargets<acc_
   for (int u = 0; u < kVectorsPerBlock; ++u) {
     const Vec valid = Vec::loadu(t.valid + u * W) > Vec(0);
     // A pixel with NaN or +-inf logits has a NaN log_normalizer and gets a NaN gradient, as in PyTorch.
-    const Vec scaled_grad = Vec::loadu(t.grad + u * W) * softmax.weight[u] + nan_if_not_finite(softmax.log_normalizer[u]);
+    const Vec scaled_grad =
+        Vec::loadu(t.grad + u * W) * softmax.weight[u] + nan_if_not_finite(softmax.log_normalizer[u]);
     target_coef[u] = L::select(valid, scaled_grad * Vec(target_share) * Vec::loadu(t.target_weight + u * W), Vec(0));
     smooth_coef[u] = L::select(valid, scaled_grad * Vec(smooth_share), Vec(0));
     target_class[u] = Vec::loadu(t.target_class + u * W);
@@ -219,9 +221,9 @@ void cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
       softmax.max[u] = stats[u].max;
       softmax.log_normalizer[u] = log_normalizer;
       softmax.weight[u] = w;
-      const Vec loss = pixel_cross_entropy<kSmoothing>(
-          stats[u].max, log_normalizer, Vec::loadu(t.target_logit + u * W), Vec::loadu(t.target_weight + u * W),
-          Vec(class_weight_total), shifted_sum[u].value, acc_t(pr.label_smoothing), inv_c);
+      const Vec loss = pixel_cross_entropy<kSmoothing>(stats[u].max, log_normalizer, Vec::loadu(t.target_logit + u * W),
+                                                       Vec::loadu(t.target_weight + u * W), Vec(class_weight_total),
+                                                       shifted_sum[u].value, acc_t(pr.label_smoothing), inv_c);
       const Vec valid = Vec::loadu(t.valid + u * W) > Vec(0);
       const Vec weighted = L::select(valid, w * loss, Vec(0));  // ignored pixels are 0 even for NaN logits
       if (loss_out && lanes > 0) weighted.store(loss_out + first + u * W, lanes);
@@ -368,7 +370,8 @@ void pixel_entropy_forward(const EntropyProblem& pr) {
   auto* entropy_out = static_cast<acc_t*>(pr.entropy);
   parallel_blocks(g, P, [&](int64_t, int64_t first, int64_t count, int64_t in_offset, int64_t) {
     thread_local std::vector<acc_t> staging_buffer;
-    const BlockRows<acc_t> rows = load_rows(g, input, in_offset, count, thread_buffer(staging_buffer, g.num_classes * P));
+    const BlockRows<acc_t> rows =
+        load_rows(g, input, in_offset, count, thread_buffer(staging_buffer, g.num_classes * P));
     OnlineSoftmax<Vec> stats[kVectorsPerBlock];
     for (int64_t c = 0; c < g.num_classes; ++c) {
       for (int u = 0; u < kVectorsPerBlock; ++u) stats[u].update(Vec::loadu(rows.row(c) + u * W));
@@ -423,7 +426,9 @@ void pixel_entropy_backward(const EntropyProblem& pr) {
 void run_cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
   dispatch_float_type(pr.input_type, [&](auto scalar, auto acc) {
     dispatch_variant(pr.source, pr.smoothing(), [&](auto source, auto smoothing) {
-      cross_entropy_forward<decltype(scalar), decltype(acc), decltype(source)::value, decltype(smoothing)::value>(pr, sums);
+      using scalar_t = decltype(scalar);
+      using acc_t = decltype(acc);
+      cross_entropy_forward<scalar_t, acc_t, decltype(source)::value, decltype(smoothing)::value>(pr, sums);
     });
   });
 }
@@ -437,15 +442,13 @@ void run_cross_entropy_backward(const CrossEntropyProblem& pr) {
 }
 
 void run_pixel_entropy_forward(const EntropyProblem& pr) {
-  dispatch_float_type(pr.input_type, [&](auto scalar, auto acc) {
-    pixel_entropy_forward<decltype(scalar), decltype(acc)>(pr);
-  });
+  dispatch_float_type(pr.input_type,
+                      [&](auto scalar, auto acc) { pixel_entropy_forward<decltype(scalar), decltype(acc)>(pr); });
 }
 
 void run_pixel_entropy_backward(const EntropyProblem& pr) {
-  dispatch_float_type(pr.input_type, [&](auto scalar, auto acc) {
-    pixel_entropy_backward<decltype(scalar), decltype(acc)>(pr);
-  });
+  dispatch_float_type(pr.input_type,
+                      [&](auto scalar, auto acc) { pixel_entropy_backward<decltype(scalar), decltype(acc)>(pr); });
 }
 
 }  // namespace

@@ -6,6 +6,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "core/dispatch.h"
+#include "core/online_softmax.h"
 #include "cpu/perturbation_kernels.h"
 #include "cpu/pixel_blocks.h"
 #include "cpu/vec_lanes.h"
@@ -188,7 +190,8 @@ void kernel_noise(const KernelNoiseProblem& pr) {
       if constexpr (kParkNoise) {
         for (int64_t e = slot.begin; e < slot.end; ++e) out[e] = w[e] + scale * out[e];
       } else {
-        for_each_noise_batch(batches, pr.stream(slot), slot, [&](const float* n, int64_t first, int64_t lo, int64_t hi) {
+        for_each_noise_batch(batches, pr.stream(slot), slot,
+                             [&](const float* n, int64_t first, int64_t lo, int64_t hi) {
           for (int64_t i = lo; i < hi; ++i) {
             out[first + i] = static_cast<scalar_t>(static_cast<acc_t>(w[first + i]) + scale * static_cast<acc_t>(n[i]));
           }
@@ -219,7 +222,8 @@ Vectorized<acc_t> squared_deviation_of_vector(const BlockRows<acc_t>& clean, con
   const Vec b = shift.normalizer_term();
   Vec shifted_squares(acc_t(0));
   for (int64_t c = 0; c < C; ++c) {
-    const Vec diff = deviation_from_shift(Vec::loadu(probabilities + c * P + lane), Vec::loadu(terms + c * P + lane), b);
+    const Vec diff =
+        deviation_from_shift(Vec::loadu(probabilities + c * P + lane), Vec::loadu(terms + c * P + lane), b);
     shifted_squares = shifted_squares + diff * diff;
   }
   const Vec shifted_form_holds = shift.max_abs_shift <= Vec(acc_t(kMaxPreciseLogitShift));
@@ -261,8 +265,8 @@ void perturbation_statistics(const PerturbationStatisticsProblem& pr) {
   auto* noise_stability_out = static_cast<acc_t*>(pr.noise_stability);
   const acc_t inv_num_samples = acc_t(1) / static_cast<acc_t>(pr.num_samples);
 
-  parallel_blocks(clean_geometry, P, [&](int64_t, int64_t first, int64_t count, int64_t clean_offset,
-                                         int64_t perturbed_offset) {
+  parallel_blocks(clean_geometry, P,
+                  [&](int64_t, int64_t first, int64_t count, int64_t clean_offset, int64_t perturbed_offset) {
     thread_local std::vector<acc_t> clean_buffer, perturbed_buffer, probability_buffer, term_buffer;
     acc_t* probabilities = thread_buffer(probability_buffer, C * P);
     acc_t* terms = thread_buffer(term_buffer, C * P);
@@ -284,8 +288,9 @@ void perturbation_statistics(const PerturbationStatisticsProblem& pr) {
 
     DeviationSums<Vec> deviations[kVectorsPerBlock];
     for (int64_t k = 0; k < pr.num_samples; ++k) {
-      const BlockRows<acc_t> perturbed_rows = load_rows(perturbed_geometry, perturbed + k * pr.sample_stride,
-                                                        perturbed_offset, count, thread_buffer(perturbed_buffer, C * P));
+      const BlockRows<acc_t> perturbed_rows =
+          load_rows(perturbed_geometry, perturbed + k * pr.sample_stride, perturbed_offset, count,
+                    thread_buffer(perturbed_buffer, C * P));
       for (int u = 0; u < kVectorsPerBlock; ++u) {
         deviations[u].add(squared_deviation_of_vector(clean_rows, perturbed_rows, probabilities, terms, C, u, nan[u]));
       }
@@ -305,9 +310,8 @@ void run_kernel_noise(const KernelNoiseProblem& pr) {
 }
 
 void run_perturbation_statistics(const PerturbationStatisticsProblem& pr) {
-  dispatch_float_type(pr.input_type, [&](auto scalar, auto acc) {
-    perturbation_statistics<decltype(scalar), decltype(acc)>(pr);
-  });
+  dispatch_float_type(pr.input_type,
+                      [&](auto scalar, auto acc) { perturbation_statistics<decltype(scalar), decltype(acc)>(pr); });
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 // Block-wise access to the logits for the CPU kernels, shared by every op (loss_kernels.cpp,
-// perturbation_kernels.cpp). Included only by files compiled once per CPU_CAPABILITY: everything
-// here has internal linkage in that capability's namespace, so the copies compiled with different
-// -m flags never meet.
+// perturbation_kernels.cpp, acquisition_kernels.cpp). Included only by files compiled once per
+// CPU_CAPABILITY: everything here has internal linkage in that capability's namespace, so the copies
+// compiled with different -m flags never meet.
 //
 // Work is cut into blocks of pixels_per_block() consecutive pixels along the innermost pixel
 // dimension. A block's logits (C rows of that many values) are read from memory once and then stay
@@ -15,8 +15,9 @@
 #include <limits>
 #include <vector>
 
+#include "core/online_softmax.h"
+#include "core/pixel_geometry.h"
 #include "cpu/vec_lanes.h"
-#include "loss_problem.h"
 
 #ifndef CPU_CAPABILITY
 #error "pixel_blocks.h is for files compiled once per CPU_CAPABILITY (see CMakeLists.txt)"
@@ -132,7 +133,8 @@ void store_rows(const PixelGeometry& g, scalar_t* out, int64_t offset, int64_t c
   const int64_t ps = g.out_stride[g.ndim - 1];
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     if (g.out_channel_stride == 1) {  // channels-last
-      at::vec::transpose_mxn<acc_t>(rows, P, out + offset, ps, static_cast<int>(g.num_classes), static_cast<int>(count));
+      at::vec::transpose_mxn<acc_t>(rows, P, out + offset, ps, static_cast<int>(g.num_classes),
+                                    static_cast<int>(count));
       return;
     }
   }
@@ -190,7 +192,9 @@ struct BlockSoftmaxTerms {
         sum[u] = sum[u] + e;
         if constexpr (kSquares) sum_squares[u] = sum_squares[u] + e * e;
         // -inf logits: e = 0, and the clamp keeps 0 * (-inf) out of dot.
-        if constexpr (kDot) dot[u] = dot[u] + e * Lanes<Vec>::clamp_min(shift, Vec(std::numeric_limits<acc_t>::lowest()));
+        if constexpr (kDot) {
+          dot[u] = dot[u] + e * Lanes<Vec>::clamp_min(shift, Vec(std::numeric_limits<acc_t>::lowest()));
+        }
       }
     }
   }

@@ -1,12 +1,12 @@
-// Lanes<> for ATen's SIMD vectors: the shared per-pixel math (uaal_math.h) then runs on a vector of
-// neighbouring pixels of one channel, the layout ATen's own channel-dim softmax uses.
+// Lanes<> for ATen's SIMD vectors: the per-pixel math written over Lanes<V> (core/lanes.h) then runs
+// on a vector of neighbouring pixels of one channel, the layout ATen's own channel-dim softmax uses.
 #pragma once
 
 #include <ATen/cpu/vec/vec.h>
 
 #include <type_traits>
 
-#include "uaal_math.h"
+#include "core/lanes.h"
 
 namespace uaal {
 
@@ -17,7 +17,7 @@ struct Lanes<at::vec::Vectorized<T>> {
   using Mask = V;  // comparisons of Vectorized give all-ones / all-zeros lanes
   static V exp(const V& x) {
     if constexpr (std::is_same_v<T, float>) {
-      // ATen's fast exp (its softmax kernels use it), 3x cheaper than Sleef's here. It turns NaN into
+      // ATen's fast exp (its softmax kernels use it), cheaper than Sleef's. It turns NaN into
       // a number: callers carry NaN separately (OnlineSoftmax::max, nan_if_not_finite).
       return x.exp_u20();
     } else {

@@ -12,6 +12,7 @@
 #include <limits>
 
 #include "acquisition_common.h"
+#include "core/online_softmax.h"
 #include "cuda/pixel_index.cuh"
 
 namespace uaal::cuda {
@@ -68,7 +69,8 @@ __global__ void __launch_bounds__(kThreads) monte_carlo_scores_kernel(const Pixe
   for (int64_t c = 0; c < C; ++c) {
     acc_t probability_sum = 0;
     for (int64_t t = 0; t < pr.num_samples; ++t) {
-      probability_sum += Lanes<acc_t>::exp(logit(t, c) - scratch[(2 * t) * P + pixel]) * scratch[(2 * t + 1) * P + pixel];
+      probability_sum +=
+          Lanes<acc_t>::exp(logit(t, c) - scratch[(2 * t) * P + pixel]) * scratch[(2 * t + 1) * P + pixel];
     }
     mean_entropy += mean_prediction_entropy_term(probability_sum * inv_num_samples);
   }
@@ -108,7 +110,7 @@ __global__ void __launch_bounds__(kThreads) aggregate_scores_kernel(const ScoreA
   if (image.count > 0) {
     result = pr.reduction == ScoreReduction::kMax   ? image.max
              : pr.reduction == ScoreReduction::kSum ? static_cast<T>(image.sum)
-                                                     : static_cast<T>(image.sum / static_cast<double>(image.count));
+                                                    : static_cast<T>(image.sum / static_cast<double>(image.count));
   }
   static_cast<T*>(pr.out)[blockIdx.x] = result;
 }
@@ -161,7 +163,8 @@ struct CudaAcquisitionLauncher {
     }
     const at::Tensor flat = scores.reshape({pr.num_images, pr.pixels_per_image});
     const at::Tensor mask = valid.defined() ? valid.reshape(flat.sizes()) : at::ones_like(flat, at::kBool);
-    const at::Tensor ranked = std::get<0>(at::where(mask, flat, -std::numeric_limits<double>::infinity()).sort(1, true));
+    const at::Tensor ranked =
+        std::get<0>(at::where(mask, flat, -std::numeric_limits<double>::infinity()).sort(1, true));
     const at::Tensor counts = mask.sum(1);
     const at::Tensor k = at::minimum(at::ceil(counts.to(at::kDouble) * pr.q).clamp_min(1), counts).to(at::kLong);
     const at::Tensor prefix = ranked.to(at::kDouble).cumsum(1);

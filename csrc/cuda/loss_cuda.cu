@@ -1,7 +1,7 @@
-// CUDA implementations of the uaal_ext ops. One thread per pixel; consecutive threads take
-// consecutive pixels, so in NCHW every channel's load is coalesced. The per-pixel math is
-// uaal_math.h's (the same code the CPU tests exercise); this file only maps threads to pixels,
-// reduces per-block sums and launches.
+// CUDA implementations of the UAAL cross-entropy and pixel entropy ops. One thread per pixel;
+// consecutive threads take consecutive pixels, so in NCHW every channel's load is coalesced. The
+// per-pixel math is loss_math.h's and core/online_softmax.h's (the same code the CPU tests
+// exercise); this file only maps threads to pixels, reduces per-block sums and launches.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -12,7 +12,7 @@
 #include <cub/block/block_reduce.cuh>
 
 #include "cuda/pixel_index.cuh"
-#include "op_common.h"
+#include "loss_common.h"
 
 namespace uaal::cuda {
 namespace {
@@ -51,7 +51,8 @@ __device__ __forceinline__ void write_pixel_gradient(const CrossEntropyProblem& 
     smooth_coef = scaled_grad * acc_t(pr.label_smoothing) / static_cast<acc_t>(g.num_classes);
   }
   for (int64_t c = 0; c < g.num_classes; ++c) {
-    const acc_t p = Lanes<acc_t>::exp(log_probability(static_cast<acc_t>(z[c * g.in_channel_stride]), max, log_normalizer));
+    const acc_t p =
+        Lanes<acc_t>::exp(log_probability(static_cast<acc_t>(z[c * g.in_channel_stride]), max, log_normalizer));
     const acc_t grad = cross_entropy_logit_grad<kSmoothing>(p, c == y, target_coef, smooth_coef, class_weight_total,
                                                             class_weight_of<acc_t>(pr, c));
     grad_out[c * g.out_channel_stride] = static_cast<scalar_t>(grad);
@@ -89,12 +90,13 @@ __global__ void __launch_bounds__(kThreads)
     acc_t w = 1;
     if (y != pr.ignore_index) {
       CUDA_KERNEL_ASSERT(y >= 0 && y < g.num_classes && "uaal_cross_entropy: target outside [0, C)");
-      w = pixel_weight<acc_t, kSource>(pr, pixel,
-                                       kSource == UncertaintySource::kEntropy ? stats.entropy(log_normalizer) : acc_t(0));
+      w = pixel_weight<acc_t, kSource>(
+          pr, pixel, kSource == UncertaintySource::kEntropy ? stats.entropy(log_normalizer) : acc_t(0));
       target_weight = class_weight_of<acc_t>(pr, y);
-      loss = w * pixel_cross_entropy<kSmoothing>(stats.max, log_normalizer, static_cast<acc_t>(z[y * g.in_channel_stride]),
-                                                 target_weight, shifted_sum.weight_seen, shifted_sum.value,
-                                                 acc_t(pr.label_smoothing), acc_t(1) / static_cast<acc_t>(g.num_classes));
+      loss =
+          w * pixel_cross_entropy<kSmoothing>(stats.max, log_normalizer, static_cast<acc_t>(z[y * g.in_channel_stride]),
+                                              target_weight, shifted_sum.weight_seen, shifted_sum.value,
+                                              acc_t(pr.label_smoothing), acc_t(1) / static_cast<acc_t>(g.num_classes));
       weighted_target_weight = target_weight * w;
     }
     if (pr.pixel_loss) static_cast<acc_t*>(pr.pixel_loss)[pixel] = loss;
@@ -179,7 +181,8 @@ __global__ void __launch_bounds__(kThreads) pixel_entropy_backward_kernel(const 
   for (int64_t c = 0; c < g.num_classes; ++c) stats.update(static_cast<acc_t>(z[c * g.in_channel_stride]));
   const acc_t log_normalizer = stats.log_normalizer();
   const acc_t entropy = stats.entropy(log_normalizer);
-  const acc_t grad_scale = static_cast<const acc_t*>(pr.grad)[pixel] * acc_t(pr.scale) + nan_if_not_finite(log_normalizer);
+  const acc_t grad_scale =
+      static_cast<const acc_t*>(pr.grad)[pixel] * acc_t(pr.scale) + nan_if_not_finite(log_normalizer);
   for (int64_t c = 0; c < g.num_classes; ++c) {
     const acc_t log_p = log_probability(static_cast<acc_t>(z[c * g.in_channel_stride]), stats.max, log_normalizer);
     grad_out[c * g.out_channel_stride] =

@@ -11,6 +11,8 @@
 
 #include <cub/block/block_reduce.cuh>
 
+#include "core/dispatch.h"
+#include "core/online_softmax.h"
 #include "cuda/pixel_index.cuh"
 #include "perturbation_common.h"
 
@@ -19,7 +21,9 @@ namespace {
 
 struct SquareSums {
   double noise, weight;
-  __device__ __forceinline__ SquareSums operator+(const SquareSums& o) const { return {noise + o.noise, weight + o.weight}; }
+  __device__ __forceinline__ SquareSums operator+(const SquareSums& o) const {
+    return {noise + o.noise, weight + o.weight};
+  }
 };
 
 // The Philox blocks (4 elements each) that overlap [slot.begin, slot.end), spread over the threads.
@@ -117,7 +121,9 @@ __global__ void __launch_bounds__(kThreads) perturbation_statistics_kernel(const
   for (int64_t k = 0; k < pr.num_samples; ++k) {
     const scalar_t* zk = static_cast<const scalar_t*>(pr.perturbed) + k * pr.sample_stride + perturbed_offset;
     const int64_t zks = g.out_channel_stride;
-    auto shift_of = [&](int64_t c) { return logit_shift(static_cast<acc_t>(zk[c * zks]), static_cast<acc_t>(z[c * zs])); };
+    auto shift_of = [&](int64_t c) {
+      return logit_shift(static_cast<acc_t>(zk[c * zks]), static_cast<acc_t>(z[c * zs]));
+    };
     LogitShiftSums<acc_t> shift;
     for (int64_t c = 0; c < C; ++c) shift.add(probability(c), shift_of(c));
     acc_t squares = 0;

@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "loss_problem.h"
+#include "core/pixel_geometry.h"
 
 namespace uaal::cuda {
 

@@ -1,6 +1,7 @@
-// Host-side code every backend's op shares: argument checks with messages that name the argument,
-// the pixel geometry of the logits, and the op bodies (allocate outputs, describe the call, hand it
-// to the backend's launcher). A backend supplies only `Launcher` (see loss_cpu.cpp, loss_cuda.cu).
+// Host-side code of the loss family's ops that every backend shares: argument checks with messages
+// that name the argument, the call's description, and the op bodies (allocate outputs, describe the
+// call, hand it to the backend's launcher). A backend supplies only `Launcher` (see loss_cpu.cpp,
+// loss_cuda.cu).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -11,49 +12,11 @@
 #include <tuple>
 #include <vector>
 
+#include "core/checks.h"
+#include "core/tensor_geometry.h"
 #include "loss_problem.h"
 
 namespace uaal {
-
-inline bool is_supported_float(at::ScalarType t) {
-  return t == at::kDouble || t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
-}
-
-inline FloatType float_type_of(at::ScalarType t) {
-  switch (t) {
-    case at::kDouble: return FloatType::kFloat64;
-    case at::kHalf: return FloatType::kFloat16;
-    case at::kBFloat16: return FloatType::kBFloat16;
-    default: return FloatType::kFloat32;
-  }
-}
-
-// float32 accumulation for every reduced-precision type; float64 stays float64 (for gradcheck).
-inline at::ScalarType accumulation_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
-// (N, C, d1, ...) -> (N, d1, ...): the shape of everything defined per pixel.
-inline std::vector<int64_t> pixel_shape(const at::Tensor& input) {
-  std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
-  shape.erase(shape.begin() + 1);
-  return shape;
-}
-
-inline void check_logits(const at::Tensor& input, const char* op) {
-  TORCH_CHECK_TYPE(is_supported_float(input.scalar_type()), op,
-                   ": input must be float64, float32, float16 or bfloat16 logits, got ", input.scalar_type());
-  TORCH_CHECK_VALUE(input.dim() >= 2, op, ": input must have shape (N, C) or (N, C, *spatial), got ",
-                    input.sizes());
-  TORCH_CHECK_VALUE(input.size(1) >= 1, op, ": input needs at least one class (dim 1), got shape ", input.sizes());
-}
-
-inline void check_per_pixel(const at::Tensor& t, const at::Tensor& input, const char* op, const char* name,
-                            const char* what) {
-  TORCH_CHECK_VALUE(t.sizes() == at::IntArrayRef(pixel_shape(input)), op, ": ", name, " must have shape ",
-                    at::IntArrayRef(pixel_shape(input)), " (input ", input.sizes(),
-                    " without its class dim 1) ", what, ", got ", t.sizes());
-  TORCH_CHECK_VALUE(t.device() == input.device(), op, ": ", name, " is on ", t.device(), " but input is on ",
-                    input.device());
-}
 
 struct CrossEntropyScalars {
   int64_t ignore_index;
@@ -65,10 +28,10 @@ inline void check_cross_entropy_args(const at::Tensor& input, const at::Tensor& 
                                      const std::optional<at::Tensor>& weight, const CrossEntropyScalars& s) {
   const char* op = "uaal_cross_entropy";
   check_logits(input, op);
-  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong || target.scalar_type() == at::kInt ||
-                       target.scalar_type() == at::kByte,
-                   op, ": target must hold class indices as int64, int32 or uint8, got ", target.scalar_type(),
-                   at::isFloatingType(target.scalar_type()) ? " (class probabilities are not supported)" : "");
+  TORCH_CHECK_TYPE(
+      target.scalar_type() == at::kLong || target.scalar_type() == at::kInt || target.scalar_type() == at::kByte, op,
+      ": target must hold class indices as int64, int32 or uint8, got ", target.scalar_type(),
+      at::isFloatingType(target.scalar_type()) ? " (class probabilities are not supported)" : "");
   check_per_pixel(target, input, op, "target", "of class indices");
   if (uncertainty) {
     TORCH_CHECK_TYPE(is_supported_float(uncertainty->scalar_type()), op,
@@ -78,64 +41,19 @@ inline void check_cross_entropy_args(const at::Tensor& input, const at::Tensor& 
   if (weight) {
     TORCH_CHECK_TYPE(is_supported_float(weight->scalar_type()), op,
                      ": weight must be a floating-point tensor of class weights, got ", weight->scalar_type());
-    TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == input.size(1), op,
-                      ": weight must have shape [", input.size(1), "] (one per class of input ", input.sizes(),
-                      "), got ", weight->sizes());
-    TORCH_CHECK_VALUE(weight->device() == input.device(), op, ": weight is on ", weight->device(),
-                      " but input is on ", input.device());
+    TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == input.size(1), op, ": weight must have shape [",
+                      input.size(1), "] (one per class of input ", input.sizes(), "), got ", weight->sizes());
+    TORCH_CHECK_VALUE(weight->device() == input.device(), op, ": weight is on ", weight->device(), " but input is on ",
+                      input.device());
   }
   TORCH_CHECK_VALUE(s.label_smoothing >= 0.0 && s.label_smoothing <= 1.0, op,
                     ": label_smoothing must be in [0, 1], got ", s.label_smoothing);
   TORCH_CHECK_VALUE(std::isfinite(s.alpha) && s.alpha >= 0.0, op, ": alpha must be finite and >= 0, got ", s.alpha);
-  TORCH_CHECK_VALUE(std::isfinite(s.exponent) && s.exponent >= 0.0, op,
-                    ": exponent must be finite and >= 0, got ", s.exponent);
+  TORCH_CHECK_VALUE(std::isfinite(s.exponent) && s.exponent >= 0.0, op, ": exponent must be finite and >= 0, got ",
+                    s.exponent);
   TORCH_CHECK_VALUE(std::isfinite(s.inv_scale) && s.inv_scale >= 0.0, op,
                     ": the uncertainty scale must be positive and finite (inv_scale = ", s.inv_scale, ")");
   TORCH_CHECK_VALUE(s.s_max >= 0.0, op, ": s_max must be >= 0 (or None for no cap), got ", s.s_max);
-}
-
-// Pixel geometry of `input` (and of `grad_input`, written with its own strides). Pixel dims of
-// size 1 are dropped and neighbours that are contiguous in both tensors merged; returns false when
-// more than kMaxPixelDims remain.
-inline bool make_geometry(const at::Tensor& input, const at::Tensor& grad_input, PixelGeometry& g) {
-  const bool has_out = grad_input.defined();
-  g = PixelGeometry{};
-  g.num_classes = input.size(1);
-  g.in_channel_stride = input.stride(1);
-  g.out_channel_stride = has_out ? grad_input.stride(1) : 0;
-  g.num_pixels = 1;
-  for (int64_t d = 0; d < input.dim(); ++d) {
-    if (d == 1) continue;
-    const int64_t size = input.size(d);
-    g.num_pixels *= size;
-    if (size == 1) continue;
-    const int64_t in_stride = input.stride(d);
-    const int64_t out_stride = has_out ? grad_input.stride(d) : 0;
-    if (g.ndim > 0 && g.in_stride[g.ndim - 1] == in_stride * size && g.out_stride[g.ndim - 1] == out_stride * size) {
-      g.size[g.ndim - 1] *= size;
-      g.in_stride[g.ndim - 1] = in_stride;
-      g.out_stride[g.ndim - 1] = out_stride;
-      continue;
-    }
-    if (g.ndim == kMaxPixelDims) return false;
-    g.size[g.ndim] = size;
-    g.in_stride[g.ndim] = in_stride;
-    g.out_stride[g.ndim] = out_stride;
-    ++g.ndim;
-  }
-  if (g.ndim == 0) {  // a single pixel
-    g.ndim = 1;
-    g.size[0] = 1;
-  }
-  return true;
-}
-
-// The logits as the kernels will read them: as they are when the geometry fits, else contiguous.
-inline at::Tensor readable_logits(const at::Tensor& input, PixelGeometry& g) {
-  if (make_geometry(input, at::Tensor(), g)) return input;
-  at::Tensor contiguous = input.contiguous();
-  TORCH_INTERNAL_ASSERT(make_geometry(contiguous, at::Tensor(), g));
-  return contiguous;
 }
 
 // Tensors a call needs alive while the kernels run, and the call's description.
@@ -162,7 +80,7 @@ inline PreparedCrossEntropy prepare_cross_entropy(const at::Tensor& input, const
   pr.input = prep.input.data_ptr();
   pr.target_type = target.scalar_type() == at::kLong  ? IndexType::kInt64
                    : target.scalar_type() == at::kInt ? IndexType::kInt32
-                                                       : IndexType::kUInt8;
+                                                      : IndexType::kUInt8;
   pr.target = prep.target.data_ptr();
   pr.uncertainty = prep.uncertainty.defined() ? prep.uncertainty.data_ptr() : nullptr;
   pr.class_weight = prep.weight.defined() ? prep.weight.data_ptr() : nullptr;
@@ -192,8 +110,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_op(
     const std::optional<at::Tensor>& weight, int64_t ignore_index, double label_smoothing, double alpha,
     double exponent, double inv_scale, double s_max, bool reduce) {
   typename Launcher::Guard guard(input);
-  PreparedCrossEntropy prep = prepare_cross_entropy(
-      input, target, uncertainty, weight, {ignore_index, label_smoothing, alpha, exponent, inv_scale, s_max});
+  PreparedCrossEntropy prep = prepare_cross_entropy(input, target, uncertainty, weight,
+                                                    {ignore_index, label_smoothing, alpha, exponent, inv_scale, s_max});
   const auto options = input.options().dtype(accumulation_type(input.scalar_type()));
   at::Tensor log_normalizer = Launcher::empty(pixel_shape(input), options);
   at::Tensor pixel_loss = reduce ? at::Tensor() : Launcher::empty(pixel_shape(input), options);
@@ -211,15 +129,16 @@ at::Tensor cross_entropy_backward_op(const at::Tensor& grad, const at::Tensor& i
                                      double label_smoothing, double alpha, double exponent, double inv_scale,
                                      double s_max) {
   typename Launcher::Guard guard(input);
-  PreparedCrossEntropy prep = prepare_cross_entropy(
-      input, target, uncertainty, weight, {ignore_index, label_smoothing, alpha, exponent, inv_scale, s_max});
+  PreparedCrossEntropy prep = prepare_cross_entropy(input, target, uncertainty, weight,
+                                                    {ignore_index, label_smoothing, alpha, exponent, inv_scale, s_max});
   const at::ScalarType acc = accumulation_type(input.scalar_type());
   TORCH_CHECK_VALUE(grad.dim() == 0 || grad.sizes() == at::IntArrayRef(pixel_shape(input)),
                     "uaal_cross_entropy backward: grad must be a scalar or have shape ",
                     at::IntArrayRef(pixel_shape(input)), ", got ", grad.sizes());
-  TORCH_CHECK_VALUE(log_normalizer.sizes() == at::IntArrayRef(pixel_shape(input)) && log_normalizer.scalar_type() == acc,
-                    "uaal_cross_entropy backward: log_normalizer must be the forward's (", acc, ", shape ",
-                    at::IntArrayRef(pixel_shape(input)), "), got ", log_normalizer.scalar_type(), " ", log_normalizer.sizes());
+  TORCH_CHECK_VALUE(
+      log_normalizer.sizes() == at::IntArrayRef(pixel_shape(input)) && log_normalizer.scalar_type() == acc,
+      "uaal_cross_entropy backward: log_normalizer must be the forward's (", acc, ", shape ",
+      at::IntArrayRef(pixel_shape(input)), "), got ", log_normalizer.scalar_type(), " ", log_normalizer.sizes());
   const at::Tensor grad_acc = grad.to(acc).contiguous();
   const at::Tensor log_normalizer_acc = log_normalizer.contiguous();
   // Same strides as the logits whenever they are dense (contiguous, channels-last, permuted).
@@ -239,13 +158,15 @@ at::Tensor cross_entropy_backward_op(const at::Tensor& grad, const at::Tensor& i
 // cache and autograd returns it as it is when the incoming gradient is 1. Traffic: one read of the
 // logits and one write of the gradient, against two reads and a write for forward + backward.
 template <typename Launcher>
-std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_backward_op(
-    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& uncertainty,
-    const std::optional<at::Tensor>& weight, int64_t ignore_index, double label_smoothing, double alpha,
-    double exponent, double inv_scale, double s_max, bool mean) {
+std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_backward_op(const at::Tensor& input, const at::Tensor& target,
+                                                                     const std::optional<at::Tensor>& uncertainty,
+                                                                     const std::optional<at::Tensor>& weight,
+                                                                     int64_t ignore_index, double label_smoothing,
+                                                                     double alpha, double exponent, double inv_scale,
+                                                                     double s_max, bool mean) {
   typename Launcher::Guard guard(input);
-  PreparedCrossEntropy prep = prepare_cross_entropy(
-      input, target, uncertainty, weight, {ignore_index, label_smoothing, alpha, exponent, inv_scale, s_max});
+  PreparedCrossEntropy prep = prepare_cross_entropy(input, target, uncertainty, weight,
+                                                    {ignore_index, label_smoothing, alpha, exponent, inv_scale, s_max});
   const auto options = input.options().dtype(accumulation_type(input.scalar_type()));
   at::Tensor grad_input = Launcher::empty_like(prep.input);
   TORCH_INTERNAL_ASSERT(make_geometry(prep.input, grad_input, prep.problem.geometry));
