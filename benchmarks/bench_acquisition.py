@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""CPU benchmark of the acquisition scores: uaal_ext.acquisition.image_scores against PyTorch (SPEC section 5).
+"""CPU benchmark of the acquisition scores: uaal_ext.acquisition.image_scores against PyTorch (docs/performance.md).
 
 One score per image from a batch of logits, as the active-learning loop ranks its pool: a per-pixel
 map (entropy, margin, least confidence on logits (N, C, H, W); MC-Dropout entropy and BALD on T
@@ -19,7 +19,7 @@ uaal_ext.ops.reference in float64 on small odd shapes, then every method in floa
 functions run in float64 at each timed shape. The floor is the bytes-moved floor at the copy
 bandwidth measured in the same run: read the logits once (all T samples for MC), write and read
 back the float32 per-pixel map (and read the ignore mask where there is one).
-Bar (SPEC 5): uaal_ext >= 5x faster than eager for every score.
+Bar (docs/performance.md): uaal_ext >= 5x faster than eager for every score.
 
     python benchmarks/bench_acquisition.py            # full run -> benchmarks/results/acquisition_cpu.md
     python benchmarks/bench_acquisition.py --quick    # smoke run, small shapes
@@ -38,18 +38,20 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_loss import (  # noqa: E402  (benchmarks/ is not a package)
+from harness import (  # benchmarks/ is not a package
     Report,
-    fill_defaults,
-    log_report_header,
+    compile_timed,
     copy_bandwidth,
+    fill_defaults,
     fmt,
     fmt_ms,
+    load_note,
+    log_report_header,
     mark,
     parse_shape,
+    run_rounds,
     shape_label,
 )
-from bench_uncertainty import compile_timed, load_note, run_rounds  # noqa: E402
 
 IGNORED_FRACTION = 0.05  # share of pixels in the ignore mask of the masked configuration
 TOPK_Q = 0.1  # the top fraction of "topk_mean"
@@ -58,12 +60,11 @@ MC_NOISE = 1.0  # MC logits = 3 randn (shared by the samples) + 1 randn (per sam
 MEMORY_BUDGET_GIB = 24  # inputs, eager temporaries and the float64 check must fit this
 
 FULL = {
-    "shapes": "2x19x512x1024,2x150x512x512",  # CityScapes-like, ADE20K-like (SPEC 5)
+    "shapes": "2x19x512x1024,2x150x512x512",  # CityScapes-like, ADE20K-like (the bar shapes)
     "mc_shapes": "2x19x256x512,2x150x128x256",  # x T samples: smaller, so T copies stay comfortable
     "mc_samples": 10,
 }
 QUICK = {"shapes": "2x19x64x128,2x150x32x64", "mc_shapes": "2x19x32x64,2x150x16x32", "mc_samples": 10}
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 LOGIT_SCORES = ("entropy", "margin", "least_confidence")  # read logits (N, C, *spatial)
 MC_SCORES = ("mc_entropy", "bald")  # read MC logits (T, N, C, *spatial)
@@ -79,7 +80,7 @@ CASES = (
     ("bald", "mean", False),
 )
 
-# SPEC section 5 bar.
+# The bar of docs/performance.md.
 BAR_EAGER = 5.0  # uaal_ext speed-up over eager PyTorch, every score
 
 FUSED, OPS, EAGER, COMPILED = "uaal_ext", "uaal_ext ops", "eager", "torch.compile(eager)"
@@ -217,11 +218,18 @@ def check_float64(cases, mc_samples: int, log) -> None:
             ops = image_scores_ops(score, x, ignore_mask, reduction, TOPK_Q)
             for what, got in ((EAGER, eager), (FUSED, fused), (OPS, ops)):
                 torch.testing.assert_close(
-                    got, ref, rtol=1e-10, atol=1e-14,
-                    msg=lambda m: f"{what} vs reference, {case_label(score, reduction, masked)}, "
-                                  f"{input_label(shape, mc)}: {m}")
-    log(f"- uaal_ext (image_scores and the raw ops) and the eager functions vs uaal_ext.ops.reference "
-        f"(float64, shapes 3x19x7x11 and 2x150x5x9, T={mc_samples} for MC, every configuration): OK")
+                    got,
+                    ref,
+                    rtol=1e-10,
+                    atol=1e-14,
+                    msg=lambda m: (
+                        f"{what} vs reference, {case_label(score, reduction, masked)}, {input_label(shape, mc)}: {m}"
+                    ),
+                )
+    log(
+        f"- uaal_ext (image_scores and the raw ops) and the eager functions vs uaal_ext.ops.reference "
+        f"(float64, shapes 3x19x7x11 and 2x150x5x9, T={mc_samples} for MC, every configuration): OK"
+    )
 
 
 def check_case(methods: dict, want: torch.Tensor, label: str, log) -> None:
@@ -231,13 +239,17 @@ def check_case(methods: dict, want: torch.Tensor, label: str, log) -> None:
     for name, fn in methods.items():
         got = fn()
         if got.shape != want.shape or got.dtype != torch.float32:
-            raise AssertionError(f"{name} [{label}]: got {got.dtype} {tuple(got.shape)}, expected "
-                                 f"float32 {tuple(want.shape)}")
-        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=atol,
-                                   msg=lambda m: f"{name} vs float64 eager [{label}]: {m}")
+            raise AssertionError(
+                f"{name} [{label}]: got {got.dtype} {tuple(got.shape)}, expected float32 {tuple(want.shape)}"
+            )
+        torch.testing.assert_close(
+            got.double(), want, rtol=1e-4, atol=atol, msg=lambda m: f"{name} vs float64 eager [{label}]: {m}"
+        )
         diffs.append(f"{name} {((got.double() - want).abs() / want.abs()).max().item():.1e}")
-    log(f"- float32 vs eager float64, max rel. diff: {', '.join(diffs)} "
-        f"(scores {want.min().item():.4g} .. {want.max().item():.4g}): OK [{label}]")
+    log(
+        f"- float32 vs eager float64, max rel. diff: {', '.join(diffs)} "
+        f"(scores {want.min().item():.4g} .. {want.max().item():.4g}): OK [{label}]"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,19 +268,19 @@ def bench_shape(args, shape, mc_samples: int | None, cases, bw, log, notes) -> l
         ignore_mask = ignore_all if masked else None
         eager_fn = make_eager(score, reduction, TOPK_Q)
         methods = {
-            FUSED: lambda s=score, m=ignore_mask, r=reduction: image_scores_fused(s, x, m, r, TOPK_Q),
-            OPS: lambda s=score, m=ignore_mask, r=reduction: image_scores_ops(s, x, m, r, TOPK_Q),
-            EAGER: lambda f=eager_fn, m=ignore_mask: f(x, m),
+            FUSED: lambda s=score, m=ignore_mask, r=reduction, x=x: image_scores_fused(s, x, m, r, TOPK_Q),
+            OPS: lambda s=score, m=ignore_mask, r=reduction, x=x: image_scores_ops(s, x, m, r, TOPK_Q),
+            EAGER: lambda f=eager_fn, m=ignore_mask, x=x: f(x, m),
         }
         compile_s = None
         if not args.no_compile:
             print(f"[{label}] torch.compile of the eager function ...", flush=True)
-            compiled_fn, compile_s = compile_timed(eager_fn, lambda c, m=ignore_mask: c(x, m))
+            compiled_fn, compile_s = compile_timed(eager_fn, lambda c, m=ignore_mask, x=x: c(x, m))
             if compiled_fn is None:
                 notes.append(f"{label}: torch.compile failed ({compile_s}); left out")
                 compile_s = None
             else:
-                methods[COMPILED] = lambda c=compiled_fn, m=ignore_mask: c(x, m)
+                methods[COMPILED] = lambda c=compiled_fn, m=ignore_mask, x=x: c(x, m)
         if score not in ref_maps:
             ref_maps = {score: PIXEL_EAGER[score](x.double())}  # one float64 map alive at a time
         want = aggregate_eager(ref_maps[score], ignore_mask, reduction, TOPK_Q)
@@ -281,13 +293,22 @@ def bench_shape(args, shape, mc_samples: int | None, cases, bw, log, notes) -> l
         floor_bytes = logits_bytes + 2 * 4 * pixels + (pixels if masked else 0)
         floor = floor_bytes / bw
         for name in methods:
-            rows.append({
-                "input": label_in, "score": score, "reduction": reduction, "masked": masked,
-                "case": case_label(score, reduction, masked), "method": name, "ms": med[name] * 1e3,
-                "images_per_s": n / med[name], "speedup": med[name] / med[FUSED],
-                "floor_ms": floor * 1e3, "over_floor": med[name] / floor,
-                "compile_s": compile_s if name == COMPILED else None,
-            })
+            rows.append(
+                {
+                    "input": label_in,
+                    "score": score,
+                    "reduction": reduction,
+                    "masked": masked,
+                    "case": case_label(score, reduction, masked),
+                    "method": name,
+                    "ms": med[name] * 1e3,
+                    "images_per_s": n / med[name],
+                    "speedup": med[name] / med[FUSED],
+                    "floor_ms": floor * 1e3,
+                    "over_floor": med[name] / floor,
+                    "compile_s": compile_s if name == COMPILED else None,
+                }
+            )
         del methods
         gc.collect()
     del x, ignore_all, ref_maps
@@ -296,8 +317,7 @@ def bench_shape(args, shape, mc_samples: int | None, cases, bw, log, notes) -> l
 
 
 def results_table(rows, full_inputs: set[str]) -> tuple[str, list[str]]:
-    head = ("| input | score | method | ms | images/s | uaal_ext speed-up | floor ms | time / floor | "
-            "compile s | SPEC bar |")
+    head = "| input | score | method | ms | images/s | uaal_ext speed-up | floor ms | time / floor | compile s | bar |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     bars = []
     for r in rows:
@@ -305,14 +325,17 @@ def results_table(rows, full_inputs: set[str]) -> tuple[str, list[str]]:
         if r["method"] == EAGER:
             ok = r["speedup"] >= BAR_EAGER
             bar = f">= {BAR_EAGER:g}x: {mark(ok)}"
-            line = (f"{r['input']} {r['case']}: uaal_ext vs eager {r['speedup']:.2f}x "
-                    f"(bar >= {BAR_EAGER:g}x): {mark(ok)}")
+            line = (
+                f"{r['input']} {r['case']}: uaal_ext vs eager {r['speedup']:.2f}x (bar >= {BAR_EAGER:g}x): {mark(ok)}"
+            )
             if r["input"] not in full_inputs:  # overheads dominate small shapes
                 bar, line = "indicative: " + bar, line + " (indicative: not a benchmark shape)"
             bars.append(line)
-        lines.append(f"| {r['input']} | {r['case']} | {r['method']} | {fmt_ms(r['ms'])} | "
-                     f"{r['images_per_s']:.3g} | {r['speedup']:.2f}x | {fmt_ms(r['floor_ms'])} | "
-                     f"{r['over_floor']:.2f}x | {fmt(r['compile_s'], '.1f')} | {bar} |")
+        lines.append(
+            f"| {r['input']} | {r['case']} | {r['method']} | {fmt_ms(r['ms'])} | "
+            f"{r['images_per_s']:.3g} | {r['speedup']:.2f}x | {fmt_ms(r['floor_ms'])} | "
+            f"{r['over_floor']:.2f}x | {fmt(r['compile_s'], '.1f')} | {bar} |"
+        )
     return "\n".join(lines), bars
 
 
@@ -320,13 +343,22 @@ def results_table(rows, full_inputs: set[str]) -> tuple[str, list[str]]:
 # Driver
 # --------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--scores", default=",".join(SCORES), help=f"comma-separated subset of: {', '.join(SCORES)}")
-    p.add_argument("--shapes", default=None, help=f"logits shapes NxCxHxW for {', '.join(LOGIT_SCORES)} "
-                   f"(default {FULL['shapes']}; --quick: {QUICK['shapes']})")
-    p.add_argument("--mc-shapes", default=None, help=f"per-sample shapes NxCxHxW for {', '.join(MC_SCORES)} "
-                   f"(default {FULL['mc_shapes']}; --quick: {QUICK['mc_shapes']})")
+    p.add_argument(
+        "--shapes",
+        default=None,
+        help=f"logits shapes NxCxHxW for {', '.join(LOGIT_SCORES)} "
+        f"(default {FULL['shapes']}; --quick: {QUICK['shapes']})",
+    )
+    p.add_argument(
+        "--mc-shapes",
+        default=None,
+        help=f"per-sample shapes NxCxHxW for {', '.join(MC_SCORES)} "
+        f"(default {FULL['mc_shapes']}; --quick: {QUICK['mc_shapes']})",
+    )
     p.add_argument("--mc-samples", type=int, default=None, help="T, the MC-Dropout samples (default 10)")
     p.add_argument("--repeat", type=int, default=None, help="timed rounds, median reported (default 5, --quick 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls per method (default 2, --quick 1)")
@@ -334,8 +366,11 @@ def main(argv=None) -> int:
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile baseline")
     p.add_argument("--quick", action="store_true", help="small shapes, 3 rounds, 256 MiB copy")
     p.add_argument("--bw-mib", type=int, default=None, help="copy size for the bandwidth (default 1024)")
-    p.add_argument("--output", default=None, help="Markdown output (default results/acquisition_cpu.md, "
-                                                   "--quick: results/acquisition_cpu_quick.md)")
+    p.add_argument(
+        "--output",
+        default=None,
+        help="Markdown output (default results/acquisition_cpu.md, --quick: results/acquisition_cpu_quick.md)",
+    )
     args = p.parse_args(argv)
 
     fill_defaults(args, FULL, QUICK)
@@ -350,8 +385,9 @@ def main(argv=None) -> int:
     cases = [c for c in CASES if c[0] in scores]
     logit_cases = [c for c in cases if c[0] in LOGIT_SCORES]
     mc_cases = [c for c in cases if c[0] in MC_SCORES]
-    inputs = ([(parse_shape(s), None, logit_cases) for s in args.shapes.split(",")] if logit_cases else []) + \
-             ([(parse_shape(s), args.mc_samples, mc_cases) for s in args.mc_shapes.split(",")] if mc_cases else [])
+    inputs = ([(parse_shape(s), None, logit_cases) for s in args.shapes.split(",")] if logit_cases else []) + (
+        [(parse_shape(s), args.mc_samples, mc_cases) for s in args.mc_shapes.split(",")] if mc_cases else []
+    )
     if any(len(shape) < 3 for shape, _, _ in inputs):
         p.error("shapes need at least one spatial dim (NxCxHxW)")
     torch.set_num_threads(args.threads)
@@ -368,31 +404,44 @@ def main(argv=None) -> int:
     except Exception as exc:  # noqa: BLE001
         print(f"error: uaal_ext.acquisition is not importable ({type(exc).__name__}: {exc})", file=sys.stderr)
         return 2
-    log(f"- inputs: logits = {LOGIT_SCALE:g} randn (N, C, H, W); MC logits = {LOGIT_SCALE:g} randn "
+    log(
+        f"- inputs: logits = {LOGIT_SCALE:g} randn (N, C, H, W); MC logits = {LOGIT_SCALE:g} randn "
         f"(shared) + {MC_NOISE:g} randn (per sample), (T, N, C, H, W) with T = {args.mc_samples}; the "
         f"masked configuration ignores ~{IGNORED_FRACTION:.0%} of the pixels (a random bool mask); "
-        f"topk_mean takes q = {TOPK_Q:g}")
-    log(f"- timing: median of {args.repeat} rounds after {args.warmup} untimed calls per method (the "
+        f"topk_mean takes q = {TOPK_Q:g}"
+    )
+    log(
+        f"- timing: median of {args.repeat} rounds after {args.warmup} untimed calls per method (the "
         f"correctness check's call is the first), methods interleaved in each round; torch.compile "
         f"with fullgraph=True, dynamic=False, compiled afresh per case before the checks (its first "
-        f"call, reported as compile s; inductor's on-disk cache can shorten it on a rerun)")
+        f"call, reported as compile s; inductor's on-disk cache can shorten it on a rerun)"
+    )
     bw = copy_bandwidth(bw_mib << 20, repeat=max(args.repeat, 5))
-    log(f"- copy bandwidth: {bw / 1e9:.1f} GB/s ({bw_mib} MiB float32 `copy_`, read + write counted, "
-        f"median of {max(args.repeat, 5)}, {args.threads} threads)")
-    log("- floor (bytes-moved, at that bandwidth): read the logits once (all T samples for MC), write "
+    log(
+        f"- copy bandwidth: {bw / 1e9:.1f} GB/s ({bw_mib} MiB float32 `copy_`, read + write counted, "
+        f"median of {max(args.repeat, 5)}, {args.threads} threads)"
+    )
+    log(
+        "- floor (bytes-moved, at that bandwidth): read the logits once (all T samples for MC), write "
         "the float32 per-pixel map and read it back: 4 L + 8 P bytes (+ P for the bool mask where "
-        "pixels are ignored); L logit elements, P pixels")
+        "pixels are ignored); L logit elements, P pixels"
+    )
 
     log()
     log("## Correctness (before timing)")
     log()
     check_float64(cases, args.mc_samples, log)
     worst = max(memory_gib(shape, mc) for shape, mc, _ in inputs)
-    log(f"- memory: largest case needs at most ~{worst:.2f} GiB (float32 input, eager temporaries, "
-        f"float64 check) of the {MEMORY_BUDGET_GIB} GiB budget")
+    log(
+        f"- memory: largest case needs at most ~{worst:.2f} GiB (float32 input, eager temporaries, "
+        f"float64 check) of the {MEMORY_BUDGET_GIB} GiB budget"
+    )
     if worst > MEMORY_BUDGET_GIB / 2:
-        print(f"error: the shapes need up to ~{worst:.1f} GiB, more than half of {MEMORY_BUDGET_GIB} GiB; "
-              f"pass smaller --shapes / --mc-shapes or fewer --mc-samples", file=sys.stderr)
+        print(
+            f"error: the shapes need up to ~{worst:.1f} GiB, more than half of {MEMORY_BUDGET_GIB} GiB; "
+            f"pass smaller --shapes / --mc-shapes or fewer --mc-samples",
+            file=sys.stderr,
+        )
         return 2
 
     rows: list[dict] = []
@@ -406,8 +455,10 @@ def main(argv=None) -> int:
     log()
     log("## Results")
     log()
-    log("uaal_ext speed-up = that row's median time / uaal_ext's (> 1: uaal_ext is faster); images/s = N / "
-        "time; time / floor = that row's time over the bytes-moved floor.")
+    log(
+        "uaal_ext speed-up = that row's median time / uaal_ext's (> 1: uaal_ext is faster); images/s = N / "
+        "time; time / floor = that row's time over the bytes-moved floor."
+    )
     log()
     log(table)
     log()
@@ -415,15 +466,23 @@ def main(argv=None) -> int:
         log(f"- {note}")
     log()
     if bars:
-        log("## SPEC bars")
+        log("## Bars (docs/performance.md)")
         log()
         for b in bars:
             log(f"- {b}")
         log()
     log(f"Run time: {time.perf_counter() - started:.0f} s.")
 
-    log.write({"command": cmdline, "torch": torch.__version__, "threads": args.threads,
-               "bandwidth_bytes_per_s": bw, "mc_samples": args.mc_samples, "rows": rows})
+    log.write(
+        {
+            "command": cmdline,
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "bandwidth_bytes_per_s": bw,
+            "mc_samples": args.mc_samples,
+            "rows": rows,
+        }
+    )
     return 0
 
 

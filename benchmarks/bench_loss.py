@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""CPU benchmark of the UAAL cross-entropy: uaal_ext against PyTorch baselines (SPEC section 5).
+"""CPU benchmark of the UAAL cross-entropy: uaal_ext against PyTorch baselines (docs/performance.md).
 
 Setting: fp32 logits (N, C, H, W), ignore_index=255 with ~5% ignored pixels, reduction "mean",
 alpha=1, exponent=2, default uncertainty (normalized entropy of the same logits).
@@ -28,13 +28,10 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import datetime
 import gc
 import json
 import math
 import os
-import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -45,16 +42,30 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (  # benchmarks/ is not a package
+    Report,
+    copy_bandwidth,
+    cpu_snapshot,
+    fmt,
+    fmt_ms,
+    log_report_header,
+    mark,
+    other_load,
+    parse_shape,
+    shape_label,
+    shape_str,
+)
+
 IGNORE_INDEX = 255
 IGNORED_FRACTION = 0.05
 ALPHA = 1.0
 EXPONENT = 2.0
 
-FULL_SHAPES = "2x19x512x1024,2x150x512x512"  # the shapes SPEC's bars are defined at
+FULL_SHAPES = "2x19x512x1024,2x150x512x512"  # the shapes the bars are defined at (docs/performance.md)
 QUICK_SHAPES = "2x19x64x128,2x150x32x64"
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
-# SPEC section 5 bars.
+# The bars of docs/performance.md.
 BAR_VS_COMPILE = 3.0  # fwd+bwd speed-up over torch.compile(reference)
 BAR_VS_CE = 4.0  # fwd+bwd speed-up over eager F.cross_entropy
 BAR_FLOOR = 2.0  # fwd+bwd time / bytes-moved floor
@@ -67,9 +78,14 @@ OURS = "uaal_ext"
 # --------------------------------------------------------------------------------------------
 # The baseline: the reference UAAL loss written as efficiently as plain eager PyTorch allows.
 # --------------------------------------------------------------------------------------------
-def uaal_loss_eager(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX,
-                    alpha: float = ALPHA, exponent: float = EXPONENT) -> torch.Tensor:
-    """Mean UAAL loss, default uncertainty: w_i = 1 + alpha * (H_i / log C)^exponent (SPEC 2).
+def uaal_loss_eager(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    alpha: float = ALPHA,
+    exponent: float = EXPONENT,
+) -> torch.Tensor:
+    """Mean UAAL loss, default uncertainty: w_i = 1 + alpha * (H_i / log C)^exponent (docs/math.md#uncertainty-weight).
 
     Finite logits only (exp(-inf) * -inf is NaN here; the project's reference handles it).
     """
@@ -89,16 +105,15 @@ def plain_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Ten
 def uaal_ext_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     import uaal_ext
 
-    return uaal_ext.uaal_cross_entropy(logits, target, ignore_index=IGNORE_INDEX, alpha=ALPHA,
-                                       exponent=EXPONENT)
+    return uaal_ext.uaal_cross_entropy(logits, target, ignore_index=IGNORE_INDEX, alpha=ALPHA, exponent=EXPONENT)
 
 
 def uaal_ext_two_pass_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     import uaal_ext  # noqa: F401  (registers the ops)
 
     loss_sum, _, sums = torch.ops.uaal_ext.cross_entropy_forward(
-        logits, target, None, None, IGNORE_INDEX, 0.0, ALPHA, EXPONENT, 1.0 / math.log(logits.shape[1]), math.inf,
-        True)
+        logits, target, None, None, IGNORE_INDEX, 0.0, ALPHA, EXPONENT, 1.0 / math.log(logits.shape[1]), math.inf, True
+    )
     return loss_sum / sums[0]
 
 
@@ -121,20 +136,6 @@ def get_method(name: str):
 # --------------------------------------------------------------------------------------------
 # Inputs and timing
 # --------------------------------------------------------------------------------------------
-def parse_shape(text: str) -> tuple[int, ...]:
-    dims = tuple(int(d) for d in text.lower().split("x"))
-    if len(dims) < 2:
-        raise argparse.ArgumentTypeError(f"shape {text!r}: expected NxC[xHxW...]")
-    return dims
-
-
-def shape_str(shape) -> str:
-    return "x".join(str(d) for d in shape)
-
-
-def shape_label(shape) -> str:
-    n, c, *spatial = shape
-    return f"N={n} C={c} {'x'.join(map(str, spatial))}"
 
 
 def make_inputs(shape, seed: int = 0):
@@ -159,38 +160,6 @@ def time_once(step, fn, x, t) -> float:
     t0 = time.perf_counter()
     step(fn, x, t)
     return time.perf_counter() - t0
-
-
-def _cpu_snapshot() -> tuple[float, float, float]:
-    """(wall s, CPU s busy on the whole machine, CPU s used by this process and its children)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:9]]
-    busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]  # user nice system irq softirq steal
-    with open("/proc/self/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    own = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-    return time.perf_counter(), busy / tick, own / tick
-
-
-def other_load(start, end) -> float:
-    """Share of the machine's CPUs that other processes used between two snapshots."""
-    wall = end[0] - start[0]
-    others = (end[1] - start[1]) - (end[2] - start[2])
-    return max(others, 0.0) / (wall * (os.cpu_count() or 1)) if wall > 0 else 0.0
-
-
-def copy_bandwidth(nbytes: int, repeat: int) -> float:
-    """Bytes/s of a float32 tensor copy (read + write counted), median of `repeat` copies."""
-    src = torch.ones(nbytes // 4, dtype=torch.float32)
-    dst = torch.zeros_like(src)  # touched: no page faults inside the timed copies
-    dst.copy_(src)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        times.append(time.perf_counter() - t0)
-    return 2 * src.numel() * 4 / statistics.median(times)
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,9 +250,14 @@ def measure_memory(method: str, shape, threads: int) -> dict:
     logits_bytes = x.numel() * x.element_size()
     extra = max(peak - min(rss_base, rss_warm), 0) * 1024
     held = max(rss_after - rss_base, 0) * 1024
-    return {"method": method, "shape": list(shape), "extra_bytes": extra,
-            "extra_x_logits": extra / logits_bytes, "held_between_calls_x_logits": held / logits_bytes,
-            "how": how}
+    return {
+        "method": method,
+        "shape": list(shape),
+        "extra_bytes": extra,
+        "extra_x_logits": extra / logits_bytes,
+        "held_between_calls_x_logits": held / logits_bytes,
+        "how": how,
+    }
 
 
 def memory_in_subprocess(method: str, shape, threads: int) -> dict:
@@ -291,13 +265,20 @@ def memory_in_subprocess(method: str, shape, threads: int) -> dict:
     # A fixed threshold keeps every block above 128 KiB in its own mmap, returned to the OS on
     # free (glibc's dynamic threshold would otherwise grow and serve big blocks from the heap).
     env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--measure-memory", method,
-           "--shapes", shape_str(shape), "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--measure-memory",
+        method,
+        "--shapes",
+        shape_str(shape),
+        "--threads",
+        str(threads),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        return {"method": method, "extra_x_logits": float("nan"),
-                "how": "failed: " + " | ".join(tail)}
+        return {"method": method, "extra_x_logits": float("nan"), "how": "failed: " + " | ".join(tail)}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -321,8 +302,7 @@ def check_baseline_against_reference(log) -> None:
     for shape in [(3, 19, 7, 11), (2, 150, 5, 9)]:
         x, t = make_inputs(shape, seed=1)
         x = x.detach().double()
-        ref = uaal_cross_entropy_reference(x, t, ignore_index=IGNORE_INDEX, alpha=ALPHA,
-                                           exponent=EXPONENT)
+        ref = uaal_cross_entropy_reference(x, t, ignore_index=IGNORE_INDEX, alpha=ALPHA, exponent=EXPONENT)
         ours = uaal_loss_eager(x, t)
         torch.testing.assert_close(ours, ref.to(ours.dtype), rtol=1e-10, atol=0)
     log("- eager baseline vs uaal_ext.ops.reference (float64, small shapes): OK")
@@ -335,13 +315,17 @@ def check_correctness(methods: dict, x, t, log) -> None:
         if name not in methods:
             continue
         loss, grad = _loss_and_grad(methods[name], x, t)
-        torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=0,
-                                   msg=lambda m: f"{name} loss vs eager reference: {m}")
-        torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=grad_atol,
-                                   msg=lambda m: f"{name} gradient vs eager reference: {m}")
-        log(f"- {name} vs eager reference: loss {loss.item():.6f} vs {ref_loss.item():.6f}, "
+        torch.testing.assert_close(
+            loss, ref_loss, rtol=1e-4, atol=0, msg=lambda m: f"{name} loss vs eager reference: {m}"
+        )
+        torch.testing.assert_close(
+            grad, ref_grad, rtol=1e-4, atol=grad_atol, msg=lambda m: f"{name} gradient vs eager reference: {m}"
+        )
+        log(
+            f"- {name} vs eager reference: loss {loss.item():.6f} vs {ref_loss.item():.6f}, "
             f"max |grad diff| {(grad - ref_grad).abs().max().item():.2e} "
-            f"(max |grad| {ref_grad.abs().max().item():.2e}): OK")
+            f"(max |grad| {ref_grad.abs().max().item():.2e}): OK"
+        )
     if OURS in methods:
         import uaal_ext
 
@@ -355,24 +339,14 @@ def check_correctness(methods: dict, x, t, log) -> None:
 # --------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------
-def mark(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
-def fmt(v, spec: str = ".2f", suffix: str = "") -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    return format(v, spec) + suffix
-
-
-def fmt_ms(v: float) -> str:
-    return f"{v:.1f}" if v >= 10 else f"{v:.3g}"
 
 
 def build_table(rows: list[dict]) -> tuple[str, list[str]]:
-    head = ("| shape | method | fwd ms | fwd+bwd ms | uaal_ext speed-up fwd | "
-            "uaal_ext speed-up fwd+bwd | peak extra mem (x logits) | floor ms fwd / fwd+bwd | "
-            "fwd+bwd / floor | SPEC bars |")
+    head = (
+        "| shape | method | fwd ms | fwd+bwd ms | uaal_ext speed-up fwd | "
+        "uaal_ext speed-up fwd+bwd | peak extra mem (x logits) | floor ms fwd / fwd+bwd | "
+        "fwd+bwd / floor | bars |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     bars = []
     spec_shapes = {shape_label(parse_shape(s)) for s in FULL_SHAPES.split(",")}
@@ -383,96 +357,63 @@ def build_table(rows: list[dict]) -> tuple[str, list[str]]:
         if r["method"] == "torch.compile(reference)" and fb is not None:
             ok = fb >= BAR_VS_COMPILE
             bar = f"fwd+bwd >= {BAR_VS_COMPILE:g}x: {mark(ok)}"
-            bars.append(f"{r['shape']}: uaal_ext fwd+bwd vs torch.compile(reference) "
-                        f"{fb:.2f}x (bar >= {BAR_VS_COMPILE:g}x): {mark(ok)}")
+            bars.append(
+                f"{r['shape']}: uaal_ext fwd+bwd vs torch.compile(reference) "
+                f"{fb:.2f}x (bar >= {BAR_VS_COMPILE:g}x): {mark(ok)}"
+            )
         elif r["method"] == "F.cross_entropy" and fb is not None:
             ok = fb >= BAR_VS_CE
             bar = f"fwd+bwd >= {BAR_VS_CE:g}x: {mark(ok)}"
-            bars.append(f"{r['shape']}: uaal_ext fwd+bwd vs eager F.cross_entropy "
-                        f"{fb:.2f}x (bar >= {BAR_VS_CE:g}x): {mark(ok)}")
+            bars.append(
+                f"{r['shape']}: uaal_ext fwd+bwd vs eager F.cross_entropy {fb:.2f}x (bar >= {BAR_VS_CE:g}x): {mark(ok)}"
+            )
         elif r["method"] == OURS:
             parts = []
             ok = r["fwd_bwd_over_floor"] <= BAR_FLOOR
             parts.append(f"<= {BAR_FLOOR:g}x floor: {mark(ok)}")
-            bars.append(f"{r['shape']}: uaal_ext fwd+bwd / floor {r['fwd_bwd_over_floor']:.2f}x "
-                        f"(bar <= {BAR_FLOOR:g}x): {mark(ok)}")
+            bars.append(
+                f"{r['shape']}: uaal_ext fwd+bwd / floor {r['fwd_bwd_over_floor']:.2f}x "
+                f"(bar <= {BAR_FLOOR:g}x): {mark(ok)}"
+            )
             mem = r["mem_x_logits"]
             if mem is not None and not math.isnan(mem):
                 ok = mem <= BAR_MEMORY
                 parts.append(f"mem <= {BAR_MEMORY:g}x: {mark(ok)}")
-                bars.append(f"{r['shape']}: uaal_ext peak extra memory {mem:.3f}x logits "
-                            f"(bar <= {BAR_MEMORY:g}x): {mark(ok)}")
+                bars.append(
+                    f"{r['shape']}: uaal_ext peak extra memory {mem:.3f}x logits (bar <= {BAR_MEMORY:g}x): {mark(ok)}"
+                )
             bar = "; ".join(parts)
         if r["shape"] not in spec_shapes and bar:  # overheads dominate small shapes
             bar = "indicative: " + bar
-            bars[n_bars:] = [b + " (indicative: not a SPEC shape)" for b in bars[n_bars:]]
+            bars[n_bars:] = [b + " (indicative: not a bar shape)" for b in bars[n_bars:]]
         lines.append(
             f"| {r['shape']} | {r['method']} | {fmt_ms(r['fwd_ms'])} | {fmt_ms(r['fwd_bwd_ms'])} | "
             f"{fmt(r['fwd_speedup'], suffix='x')} | {fmt(r['fwd_bwd_speedup'], suffix='x')} | "
             f"{fmt(r['mem_x_logits'], '.3f')} | {fmt_ms(r['floor_fwd_ms'])} / {fmt_ms(r['floor_fwd_bwd_ms'])} | "
-            f"{r['fwd_bwd_over_floor']:.2f}x | {bar} |")
+            f"{r['fwd_bwd_over_floor']:.2f}x | {bar} |"
+        )
     return "\n".join(lines), bars
 
 
-
-class Report:
-    """A benchmark's Markdown report: each logged line is printed at once and kept; :meth:`write`
-    saves them (default ``results/<stem>.md``, ``<stem>_quick.md`` with ``--quick``) and a JSON twin."""
-
-    def __init__(self, args, stem: str) -> None:
-        suffix = "_quick" if args.quick else ""
-        self.path = Path(args.output) if args.output else RESULTS_DIR / f"{stem}{suffix}.md"
-        self.lines: list[str] = []
-
-    def __call__(self, line: str = "") -> None:
-        print(line, flush=True)
-        self.lines.append(line)
-
-    def write(self, data=None) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("\n".join(self.lines) + "\n")
-        if data is None:
-            print(f"\nwritten: {self.path}")
-            return
-        self.path.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
-        print(f"\nwritten: {self.path} (and {self.path.with_suffix('.json').name})")
-
-
-def fill_defaults(args, full: dict, quick: dict) -> None:
-    """Options left at None take their value from the ``quick`` or ``full`` table."""
-    for key, value in (quick if args.quick else full).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-
-
-def log_report_header(log, title: str) -> str:
-    """Logs the lines every benchmark report starts with (title, command, date, torch and machine);
-    returns the command line."""
-    cmdline = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
-    log(f"# {title}")
-    log()
-    log(f"- command: `{cmdline}`")
-    log(f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
-    log(f"- torch {torch.__version__}, threads {torch.get_num_threads()}, CPU capability "
-        f"{torch.backends.cpu.get_cpu_capability()}, {platform.processor() or platform.machine()}, "
-        f"Python {platform.python_version()}")
-    return cmdline
-
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shapes", default=None,
-                   help=f"comma-separated NxCxHxW (default {FULL_SHAPES}; --quick: {QUICK_SHAPES})")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--shapes", default=None, help=f"comma-separated NxCxHxW (default {FULL_SHAPES}; --quick: {QUICK_SHAPES})"
+    )
     p.add_argument("--repeat", type=int, default=None, help="timed rounds, median reported (default 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per method and step")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    p.add_argument("--methods", default=",".join(METHODS),
-                   help="comma-separated subset of: " + ", ".join(METHODS))
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of: " + ", ".join(METHODS))
     p.add_argument("--quick", action="store_true", help="small shapes, 3 rounds, 256 MiB copy")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--bw-mib", type=int, default=None, help="copy size for the bandwidth (default 1024)")
-    p.add_argument("--output", default=None,
-                   help="Markdown output (default results/loss_cpu.md, --quick: results/loss_cpu_quick.md)")
+    p.add_argument(
+        "--output",
+        default=None,
+        help="Markdown output (default results/loss_cpu.md, --quick: results/loss_cpu_quick.md)",
+    )
     p.add_argument("--measure-memory", metavar="METHOD", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -497,20 +438,31 @@ def main(argv=None) -> int:
         log(f"- uaal_ext build_info: `{uaal_ext.build_info()}`")
     except Exception as exc:  # noqa: BLE001
         if OURS in names:
-            print(f"error: uaal_ext is not importable ({type(exc).__name__}: {exc}); "
-                  f"run with --methods without uaal_ext to time the baselines only", file=sys.stderr)
+            print(
+                f"error: uaal_ext is not importable ({type(exc).__name__}: {exc}); "
+                f"run with --methods without uaal_ext to time the baselines only",
+                file=sys.stderr,
+            )
             return 2
-    log(f"- setting: ignore_index={IGNORE_INDEX} (~{IGNORED_FRACTION:.0%} of pixels), reduction mean, "
-        f"alpha={ALPHA:g}, exponent={EXPONENT:g}, uncertainty = normalized entropy of the logits")
-    log(f"- timing: median of {repeat} rounds after {args.warmup} warm-up calls, methods interleaved "
+    log(
+        f"- setting: ignore_index={IGNORE_INDEX} (~{IGNORED_FRACTION:.0%} of pixels), reduction mean, "
+        f"alpha={ALPHA:g}, exponent={EXPONENT:g}, uncertainty = normalized entropy of the logits"
+    )
+    log(
+        f"- timing: median of {repeat} rounds after {args.warmup} warm-up calls, methods interleaved "
         f"in each round; fwd = training-mode forward (logits require grad), fwd+bwd adds backward() "
-        f"of the mean loss")
+        f"of the mean loss"
+    )
 
     bw = copy_bandwidth(bw_mib << 20, repeat=max(repeat, 5))
-    log(f"- copy bandwidth: {bw / 1e9:.1f} GB/s ({bw_mib} MiB float32 `copy_`, read + write counted, "
-        f"median of {max(repeat, 5)}, {args.threads} threads)")
-    log("- floor: forward reads the logits once (L bytes), backward reads them once and writes the "
-        "gradient once: fwd L/bw, fwd+bwd 3L/bw (targets and per-pixel tensors left out)")
+    log(
+        f"- copy bandwidth: {bw / 1e9:.1f} GB/s ({bw_mib} MiB float32 `copy_`, read + write counted, "
+        f"median of {max(repeat, 5)}, {args.threads} threads)"
+    )
+    log(
+        "- floor: forward reads the logits once (L bytes), backward reads them once and writes the "
+        "gradient once: fwd L/bw, fwd+bwd 3L/bw (targets and per-pixel tensors left out)"
+    )
     log()
     log("## Correctness (before timing)")
     log()
@@ -531,16 +483,17 @@ def main(argv=None) -> int:
                 for _ in range(args.warmup):
                     time_once(step, fn, x, t)
         times = {name: {"fwd": [], "fwd_bwd": []} for name in methods}
-        snap = _cpu_snapshot()
+        snap = cpu_snapshot()
         for r in range(repeat):
             print(f"[{label}] round {r + 1}/{repeat}", flush=True)
             for name, fn in methods.items():
                 times[name]["fwd"].append(time_once(run_fwd, fn, x, t))
                 times[name]["fwd_bwd"].append(time_once(run_fwd_bwd, fn, x, t))
-        busy = other_load(snap, _cpu_snapshot())
-        load_notes.append(f"{label}: other processes used {busy:.0%} of the machine's CPUs during "
-                          f"the timed rounds" + (" -- WARNING: timings disturbed, rerun on an idle "
-                                                 "machine" if busy > 0.1 else ""))
+        busy = other_load(snap, cpu_snapshot())
+        load_notes.append(
+            f"{label}: other processes used {busy:.0%} of the machine's CPUs during "
+            f"the timed rounds" + (" -- WARNING: timings disturbed, rerun on an idle machine" if busy > 0.1 else "")
+        )
         x.grad = None
         logits_bytes = x.numel() * x.element_size()
         floor_fwd, floor_fb = logits_bytes / bw, 3 * logits_bytes / bw
@@ -555,29 +508,35 @@ def main(argv=None) -> int:
                 mem = m["extra_x_logits"]
                 held = m.get("held_between_calls_x_logits", 0.0)
                 if held > 0.05:
-                    held_notes.append(f"{label} {name}: keeps {held:.2f}x logits between calls "
-                                      f"(counted in its peak)")
+                    held_notes.append(f"{label} {name}: keeps {held:.2f}x logits between calls (counted in its peak)")
                 memory_note = memory_note or m.get("how")
                 if m.get("how", "").startswith("failed"):
                     print(f"  {m['how']}", file=sys.stderr)
             ours = med.get(OURS)
-            rows.append({
-                "shape": label, "method": name,
-                "fwd_ms": med[name]["fwd"] * 1e3, "fwd_bwd_ms": med[name]["fwd_bwd"] * 1e3,
-                "fwd_speedup": med[name]["fwd"] / ours["fwd"] if ours else None,
-                "fwd_bwd_speedup": med[name]["fwd_bwd"] / ours["fwd_bwd"] if ours else None,
-                "mem_x_logits": mem,
-                "floor_fwd_ms": floor_fwd * 1e3, "floor_fwd_bwd_ms": floor_fb * 1e3,
-                "fwd_bwd_over_floor": med[name]["fwd_bwd"] / floor_fb,
-                "logits_bytes": logits_bytes,
-            })
+            rows.append(
+                {
+                    "shape": label,
+                    "method": name,
+                    "fwd_ms": med[name]["fwd"] * 1e3,
+                    "fwd_bwd_ms": med[name]["fwd_bwd"] * 1e3,
+                    "fwd_speedup": med[name]["fwd"] / ours["fwd"] if ours else None,
+                    "fwd_bwd_speedup": med[name]["fwd_bwd"] / ours["fwd_bwd"] if ours else None,
+                    "mem_x_logits": mem,
+                    "floor_fwd_ms": floor_fwd * 1e3,
+                    "floor_fwd_bwd_ms": floor_fb * 1e3,
+                    "fwd_bwd_over_floor": med[name]["fwd_bwd"] / floor_fb,
+                    "logits_bytes": logits_bytes,
+                }
+            )
 
     table, bars = build_table(rows)
     log()
     log("## Results")
     log()
-    log("Speed-up = this method's median time / uaal_ext's median time (> 1: uaal_ext is faster). "
-        "fwd+bwd / floor is this method's fwd+bwd time over the bytes-moved floor.")
+    log(
+        "Speed-up = this method's median time / uaal_ext's median time (> 1: uaal_ext is faster). "
+        "fwd+bwd / floor is this method's fwd+bwd time over the bytes-moved floor."
+    )
     log()
     log(table)
     log()
@@ -587,24 +546,33 @@ def main(argv=None) -> int:
     if args.no_memory:
         log("Peak memory: not measured (--no-memory).")
     else:
-        log(f"Peak extra memory: peak RSS during one fwd+bwd (gradient included) minus the RSS "
+        log(
+            f"Peak extra memory: peak RSS during one fwd+bwd (gradient included) minus the RSS "
             f"with the inputs allocated, in a fresh subprocess per method, after warm-up calls; "
             f"memory a method keeps between calls counts (torch.compile: baseline after compiling); "
             f"glibc malloc with MALLOC_MMAP_THRESHOLD_="
             f"{os.environ.get('MALLOC_MMAP_THRESHOLD_', 128 * 1024)} so freed big blocks go back to "
-            f"the OS; peak read as {memory_note}. Divided by the logits' size.")
+            f"the OS; peak read as {memory_note}. Divided by the logits' size."
+        )
         for note in held_notes:
             log(f"- {note}")
     log()
     if bars:
-        log("## SPEC bars")
+        log("## Bars (docs/performance.md)")
         log()
         for b in bars:
             log(f"- {b}")
         log()
 
-    log.write({"command": cmdline, "torch": torch.__version__, "threads": args.threads,
-               "bandwidth_bytes_per_s": bw, "rows": rows})
+    log.write(
+        {
+            "command": cmdline,
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "bandwidth_bytes_per_s": bw,
+            "rows": rows,
+        }
+    )
     return 0
 
 

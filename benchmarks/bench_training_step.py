@@ -28,10 +28,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_loss import Report, fill_defaults, log_report_header  # noqa: E402  (benchmarks/ is not a package)
-from bench_uncertainty import load_note, run_rounds  # noqa: E402
+from harness import Report, fill_defaults, load_note, log_report_header, run_rounds
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NUM_CLASSES = 19
 FULL = {"models": "mobilenetv3,resnet50", "image": "4x3x256x512", "ks": "1,5", "repeat": 3}
 QUICK = {"models": "small", "image": "2x3x64x128", "ks": "1,5", "repeat": 1}
@@ -42,8 +40,7 @@ def make_step(model, images, labels, config):
     from uaal_ext.experiment.training import make_criterion, train_step
 
     criterion, source = make_criterion(config)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=config.momentum, weight_decay=config.weight_decay)
     return lambda: train_step(model, (images, labels), criterion, optimizer, source)
 
 
@@ -60,8 +57,10 @@ def bench_model(name: str, shape, ks, repeat: int, layout: torch.memory_format, 
         with torch.no_grad():
             return model(images)
 
-    calls = {"forward (no grad)": forward,
-             "standard step": make_step(model, images, labels, TrainConfig(mode="standard"))}
+    calls = {
+        "forward (no grad)": forward,
+        "standard step": make_step(model, images, labels, TrainConfig(mode="standard")),
+    }
     for k in ks:
         config = TrainConfig(mode="uaal", uncertainty="kernel_noise", eta=0.01, num_samples=k)
         calls[f"uaal step, kernel noise K={k}"] = make_step(model, images, labels, config)
@@ -70,13 +69,29 @@ def bench_model(name: str, shape, ks, repeat: int, layout: torch.memory_format, 
     log(f"- {load_note(label, busy)}")
     standard = times["standard step"]
     forward = times["forward (no grad)"] / standard
-    rows = [{"model": name, "what": "forward (no grad)", "s": times["forward (no grad)"],
-             "ratio": forward, "bar": None, "floor": None}]
+    rows = [
+        {
+            "model": name,
+            "what": "forward (no grad)",
+            "s": times["forward (no grad)"],
+            "ratio": forward,
+            "bar": None,
+            "floor": None,
+        }
+    ]
     rows.append({"model": name, "what": "standard step", "s": standard, "ratio": 1.0, "bar": None, "floor": None})
     for k in ks:
         t = times[f"uaal step, kernel noise K={k}"]
-        rows.append({"model": name, "what": f"uaal step, kernel noise K={k}", "s": t, "ratio": t / standard,
-                     "bar": 1 + 0.25 * k, "floor": 1 + k * forward})
+        rows.append(
+            {
+                "model": name,
+                "what": f"uaal step, kernel noise K={k}",
+                "s": t,
+                "ratio": t / standard,
+                "bar": 1 + 0.25 * k,
+                "floor": 1 + k * forward,
+            }
+        )
     return rows
 
 
@@ -87,10 +102,18 @@ def main(argv=None) -> int:
     p.add_argument("--ks", default=None, help=f"K values (default {FULL['ks']})")
     p.add_argument("--repeat", type=int, default=None, help="timed rounds, median reported (default 3)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    p.add_argument("--layout", choices=("channels_last", "contiguous"), default="channels_last",
-                   help="memory format of model and images (default channels_last, as uaal trains)")
-    p.add_argument("--malloc", choices=("kept", "default"), default="kept",
-                   help="kept: uaal_ext.experiment.runtime.keep_freed_memory() (default, as uaal runs); default: glibc's")
+    p.add_argument(
+        "--layout",
+        choices=("channels_last", "contiguous"),
+        default="channels_last",
+        help="memory format of model and images (default channels_last, as uaal trains)",
+    )
+    p.add_argument(
+        "--malloc",
+        choices=("kept", "default"),
+        default="kept",
+        help="kept: uaal_ext.experiment.runtime.keep_freed_memory() (default, as uaal runs); default: glibc's",
+    )
     p.add_argument("--quick", action="store_true", help="small model and batch, 1 round")
     p.add_argument("--output", default=None, help="Markdown output (default results/training_step_cpu.md)")
     args = p.parse_args(argv)
@@ -112,15 +135,18 @@ def main(argv=None) -> int:
 
     log_report_header(log, "UAAL training step with kernel-noise uncertainty vs a standard step, CPU fp32")
     log(f"- uaal_ext build_info: `{uaal_ext.build_info()}`")
-    log(f"- batch {args.image}, {NUM_CLASSES} classes, models in training mode (dropout and batch statistics "
+    log(
+        f"- batch {args.image}, {NUM_CLASSES} classes, models in training mode (dropout and batch statistics "
         f"active), eta 0.01, granularity tensor; median of {args.repeat} rounds after one untimed call, "
-        f"the calls interleaved in each round")
+        f"the calls interleaved in each round"
+    )
     log(f"- layout {args.layout}; malloc: {malloc}")
-    log("- the UAAL step: training forward recording its dropout masks, KernelNoise (noise for every conv "
+    log(
+        "- the UAAL step: training forward recording its dropout masks, KernelNoise (noise for every conv "
         "weight in one kernel_noise call, K perturbed forwards that reuse the recorded masks, "
-        "perturbation_statistics), the fused loss, backward, SGD")
-    log("- sequential floor: 1 + K x (no-grad forward / standard step), what K plain forwards cost on top "
-        "of the step")
+        "perturbation_statistics), the fused loss, backward, SGD"
+    )
+    log("- sequential floor: 1 + K x (no-grad forward / standard step), what K plain forwards cost on top of the step")
     log()
     rows = []
     for name in args.models.split(","):
@@ -134,8 +160,9 @@ def main(argv=None) -> int:
         if r["bar"] is not None:
             verdict = "PASS" if r["ratio"] <= r["bar"] else "FAIL"
             bar = f"<= {r['bar']:.2f}: {verdict}"
-            bars.append(f"- {r['model']} {r['what']}: {r['ratio']:.2f}x a standard step (bar <= {r['bar']:.2f}x): "
-                        f"{verdict}")
+            bars.append(
+                f"- {r['model']} {r['what']}: {r['ratio']:.2f}x a standard step (bar <= {r['bar']:.2f}x): {verdict}"
+            )
         floor = f"{r['floor']:.2f}x" if r["floor"] is not None else ""
         log(f"| {r['model']} | {r['what']} | {r['s']:.3f} | {r['ratio']:.2f}x | {floor} | {bar} |")
     log()

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""CPU benchmark of the kernel-noise uncertainty: uaal_ext's perturbation ops and KernelNoise (SPEC section 5).
+"""CPU benchmark of the kernel-noise uncertainty: uaal_ext's perturbation ops and KernelNoise (docs/performance.md).
 
 Three parts, each timed in one run against its PyTorch baselines (rounds interleaved so drift hits
 every method alike), all on the conv weights / logits of smp's DeepLabV3+ with a MobileNetV3 encoder:
@@ -15,7 +15,7 @@ every method alike), all on the conv weights / logits of smp's DeepLabV3+ with a
           maps.  Bar: fused >= 5x eager.
   step    the cost of uaal_ext.uncertainty.KernelNoise in a training step: K perturbed forwards
           batched with torch.vmap, and one by one (batched=False), against one plain forward and one
-          forward + backward of a plain loss.  No bar; SPEC asks for the ratios.
+          forward + backward of a plain loss.  No bar; docs/performance.md asks for the ratios.
 
 Correctness is checked before timing: the fused noise against uaal_ext.ops.reference (exact noise) and
 every method's noise against the defining norm identity; the statistics against the eager formula
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import statistics
 import sys
 import time
 import warnings
@@ -39,18 +38,20 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_loss import (  # noqa: E402  (benchmarks/ is not a package)
+from harness import (  # benchmarks/ is not a package
     Report,
-    fill_defaults,
-    log_report_header,
-    _cpu_snapshot,
+    compile_timed,
     copy_bandwidth,
+    fill_defaults,
     fmt,
     fmt_ms,
+    load_note,
+    log_report_header,
     mark,
-    other_load,
     parse_shape,
+    run_rounds,
     shape_label,
+    time_call,
 )
 
 ETA = 0.01  # relative noise size (paper: 0.01 ... 0.1)
@@ -61,20 +62,25 @@ STATS_NOISE = 0.05  # perturbed logits = clean + STATS_NOISE * randn
 MEMORY_BUDGET_GIB = 24  # the stats shapes must fit this with K copies and the eager temporaries
 
 FULL = {
-    "noise_ks": "1,5,10", "noise_weights": 0,  # 0: every conv/linear weight of the model
-    "stats_shapes": "2x19x256x512,2x150x256x256", "stats_ks": "5,10",
-    "image": "2x3x256x256", "step_ks": "1,5,10",
+    "noise_ks": "1,5,10",
+    "noise_weights": 0,  # 0: every conv/linear weight of the model
+    "stats_shapes": "2x19x256x512,2x150x256x256",
+    "stats_ks": "5,10",
+    "image": "2x3x256x256",
+    "step_ks": "1,5,10",
 }
 QUICK = {
-    "noise_ks": "1,2", "noise_weights": 8,
-    "stats_shapes": "2x19x32x64,2x150x16x32", "stats_ks": "3",
-    "image": "2x3x64x64", "step_ks": "1,2",
+    "noise_ks": "1,2",
+    "noise_weights": 8,
+    "stats_shapes": "2x19x32x64,2x150x16x32",
+    "stats_ks": "3",
+    "image": "2x3x64x64",
+    "step_ks": "1,2",
 }
 GRANULARITIES = ("tensor", "filter")
 PARTS = ("noise", "stats", "step")
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
-# SPEC section 5 bars.
+# The bars of docs/performance.md.
 BAR_NOISE = 2.0  # fused kernel_noise speed-up over the eager loop
 BAR_STATS = 5.0  # fused perturbation_statistics speed-up over the eager formula
 
@@ -100,15 +106,15 @@ def perturb_eager(w: torch.Tensor, n: torch.Tensor, eta: float, per_filter: bool
 
 def kernel_noise_eager(weights: list[torch.Tensor], num_samples: int, eta: float, per_filter: bool):
     """One (K, *w.shape) perturbed stack per weight, from the global generator's normals."""
-    return [perturb_eager(w, torch.randn((num_samples, *w.shape), dtype=w.dtype), eta, per_filter)
-            for w in weights]
+    return [perturb_eager(w, torch.randn((num_samples, *w.shape), dtype=w.dtype), eta, per_filter) for w in weights]
 
 
 def kernel_noise_fused(weights, num_samples: int, eta: float, per_filter: bool):
     from uaal_ext.ops.perturbation import kernel_noise
 
-    return kernel_noise(weights, num_samples, eta, seed=SEED, offset=0,
-                        granularity="filter" if per_filter else "tensor")
+    return kernel_noise(
+        weights, num_samples, eta, seed=SEED, offset=0, granularity="filter" if per_filter else "tensor"
+    )
 
 
 def perturbation_statistics_eager(clean: torch.Tensor, perturbed: torch.Tensor):
@@ -152,49 +158,6 @@ def make_stats_inputs(shape, num_samples: int, seed: int = 0):
     return clean, perturbed
 
 
-def time_call(fn, setup=None) -> float:
-    if setup is not None:
-        setup()  # outside the timed region
-    t0 = time.perf_counter()
-    out = fn()
-    elapsed = time.perf_counter() - t0
-    del out  # freed outside the timed region
-    return elapsed
-
-
-def run_rounds(calls: dict, repeat: int, warmup: int, label: str, setups: dict | None = None):
-    """Median seconds per call, methods interleaved in each round; and the other processes' CPU share."""
-    setups = setups or {}
-    for name, fn in calls.items():
-        for _ in range(max(warmup, 0)):
-            time_call(fn, setups.get(name))
-    times = {name: [] for name in calls}
-    snap = _cpu_snapshot()
-    for r in range(repeat):
-        print(f"[{label}] round {r + 1}/{repeat}", flush=True)
-        for name, fn in calls.items():
-            times[name].append(time_call(fn, setups.get(name)))
-    busy = other_load(snap, _cpu_snapshot())
-    return {name: statistics.median(v) for name, v in times.items()}, busy
-
-
-def load_note(label: str, busy: float) -> str:
-    return (f"{label}: other processes used {busy:.0%} of the machine's CPUs during the timed rounds"
-            + (" -- WARNING: timings disturbed, rerun on an idle machine" if busy > 0.1 else ""))
-
-
-def compile_timed(fn, first_call):
-    """torch.compile(fn) and the seconds its first call took (compilation included), or the error."""
-    torch._dynamo.reset()  # each case compiles afresh: no recompile limit reached, no stale guards
-    compiled = torch.compile(fn, fullgraph=True, dynamic=False)
-    t0 = time.perf_counter()
-    try:
-        first_call(compiled)
-    except Exception as exc:  # noqa: BLE001  (inductor's failures have no common type)
-        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    return compiled, time.perf_counter() - t0
-
-
 # --------------------------------------------------------------------------------------------
 # Part 1: kernel noise
 # --------------------------------------------------------------------------------------------
@@ -208,17 +171,24 @@ def check_noise_exact(weights, log) -> None:
         ref = kernel_noise_reference(weights, k, ETA, seed=SEED, offset=0, per_filter=per_filter)
         fused = kernel_noise_fused(weights, k, ETA, per_filter)
         for t, (w, r, f) in enumerate(zip(weights, ref, fused)):
-            normals = torch.stack([
-                kernel_noise_normals_reference(w.numel(), seed=SEED, offset=0, sample=s, tensor_index=t)
-                for s in range(k)]).reshape(k, *w.shape)
+            normals = torch.stack(
+                [
+                    kernel_noise_normals_reference(w.numel(), seed=SEED, offset=0, sample=s, tensor_index=t)
+                    for s in range(k)
+                ]
+            ).reshape(k, *w.shape)
             eager = perturb_eager(w, normals, ETA, per_filter)
             atol = 1e-5 * r.abs().max().item()
-            torch.testing.assert_close(f, r, rtol=1e-5, atol=atol,
-                                       msg=lambda m: f"kernel_noise vs reference (weight {t}): {m}")
-            torch.testing.assert_close(eager, r, rtol=1e-5, atol=atol,
-                                       msg=lambda m: f"eager loop vs reference (weight {t}): {m}")
-    log(f"- kernel_noise and the eager loop (fed the reference's normals) vs uaal_ext.ops.reference, first "
-        f"{len(weights)} weights, K={k}, both granularities: OK")
+            torch.testing.assert_close(
+                f, r, rtol=1e-5, atol=atol, msg=lambda m: f"kernel_noise vs reference (weight {t}): {m}"
+            )
+            torch.testing.assert_close(
+                eager, r, rtol=1e-5, atol=atol, msg=lambda m: f"eager loop vs reference (weight {t}): {m}"
+            )
+    log(
+        f"- kernel_noise and the eager loop (fed the reference's normals) vs uaal_ext.ops.reference, first "
+        f"{len(weights)} weights, K={k}, both granularities: OK"
+    )
 
 
 def check_noise_norms(name: str, outputs, weights, num_samples: int, per_filter: bool) -> float:
@@ -229,8 +199,9 @@ def check_noise_norms(name: str, outputs, weights, num_samples: int, per_filter:
     worst = 0.0
     for t, (w, out) in enumerate(zip(weights, outputs)):
         if out.shape != (num_samples, *w.shape):
-            raise AssertionError(f"{name}: weight {t} gives shape {tuple(out.shape)}, expected "
-                                 f"{(num_samples, *w.shape)}")
+            raise AssertionError(
+                f"{name}: weight {t} gives shape {tuple(out.shape)}, expected {(num_samples, *w.shape)}"
+            )
         delta = out.double() - w.double()
         groups = w.shape[0] if per_filter else 1
         got = torch.linalg.vector_norm(delta.reshape(num_samples, groups, -1), dim=2)
@@ -261,7 +232,8 @@ def bench_noise(args, weights, bw, log, notes) -> list[dict]:
             if not args.no_compile:
                 print(f"[{label}] torch.compile of the eager loop ...", flush=True)
                 compiled_fn, compile_s = compile_timed(
-                    kernel_noise_eager, lambda c, k=k, pf=per_filter: c(weights, k, ETA, pf))
+                    kernel_noise_eager, lambda c, k=k, pf=per_filter: c(weights, k, ETA, pf)
+                )
                 if compiled_fn is None:
                     notes.append(f"{label}: torch.compile failed ({compile_s}); left out")
                     compile_s = None
@@ -269,26 +241,33 @@ def bench_noise(args, weights, bw, log, notes) -> list[dict]:
                     methods[COMPILED] = lambda c=compiled_fn, k=k, pf=per_filter: c(weights, k, ETA, pf)
             for name, fn in methods.items():
                 worst = check_noise_norms(name, fn(), weights, k, per_filter)
-                log(f"- {name}: ||theta_k - theta|| = eta ||theta|| per {granularity}, max rel. error "
-                    f"{worst:.1e}: OK [K={k}]")
+                log(
+                    f"- {name}: ||theta_k - theta|| = eta ||theta|| per {granularity}, max rel. error "
+                    f"{worst:.1e}: OK [K={k}]"
+                )
             # The check's call was each method's first untimed call.
             med, busy = run_rounds(methods, args.repeat, args.warmup - 1, label)
             notes.append(load_note(label, busy))
             floor = 4 * numel * (1 + k) / bw
             for name in methods:
-                rows.append({
-                    "K": k, "granularity": granularity, "method": name, "ms": med[name] * 1e3,
-                    "speedup": med[name] / med[FUSED], "floor_ms": floor * 1e3,
-                    "over_floor": med[name] / floor,
-                    "compile_s": compile_s if name == COMPILED else None,
-                })
+                rows.append(
+                    {
+                        "K": k,
+                        "granularity": granularity,
+                        "method": name,
+                        "ms": med[name] * 1e3,
+                        "speedup": med[name] / med[FUSED],
+                        "floor_ms": floor * 1e3,
+                        "over_floor": med[name] / floor,
+                        "compile_s": compile_s if name == COMPILED else None,
+                    }
+                )
             gc.collect()
     return rows
 
 
 def noise_table(rows, whole_model: bool) -> tuple[str, list[str]]:
-    head = ("| K | granularity | method | ms | uaal_ext speed-up | floor ms | time / floor | "
-            "compile s | SPEC bar |")
+    head = "| K | granularity | method | ms | uaal_ext speed-up | floor ms | time / floor | compile s | bar |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     bars = []
     for r in rows:
@@ -296,14 +275,18 @@ def noise_table(rows, whole_model: bool) -> tuple[str, list[str]]:
         if r["method"] == EAGER:
             ok = r["speedup"] >= BAR_NOISE
             bar = f">= {BAR_NOISE:g}x: {mark(ok)}"
-            line = (f"kernel_noise K={r['K']} {r['granularity']}: uaal_ext vs eager loop "
-                    f"{r['speedup']:.2f}x (bar >= {BAR_NOISE:g}x): {mark(ok)}")
+            line = (
+                f"kernel_noise K={r['K']} {r['granularity']}: uaal_ext vs eager loop "
+                f"{r['speedup']:.2f}x (bar >= {BAR_NOISE:g}x): {mark(ok)}"
+            )
             if not whole_model:  # a few small weights: call overheads dominate
                 bar, line = "indicative: " + bar, line + " (indicative: not the whole model)"
             bars.append(line)
-        lines.append(f"| {r['K']} | {r['granularity']} | {r['method']} | {fmt_ms(r['ms'])} | "
-                     f"{r['speedup']:.2f}x | {fmt_ms(r['floor_ms'])} | {r['over_floor']:.2f}x | "
-                     f"{fmt(r['compile_s'], '.1f')} | {bar} |")
+        lines.append(
+            f"| {r['K']} | {r['granularity']} | {r['method']} | {fmt_ms(r['ms'])} | "
+            f"{r['speedup']:.2f}x | {fmt_ms(r['floor_ms'])} | {r['over_floor']:.2f}x | "
+            f"{fmt(r['compile_s'], '.1f')} | {bar} |"
+        )
     return "\n".join(lines), bars
 
 
@@ -331,8 +314,13 @@ def check_stats_float64(log) -> None:
         fused = perturbation_statistics_fused(clean, perturbed)
         for what, got in (("eager", eager), ("uaal_ext", fused)):
             for i, metric in enumerate(("sigma", "ns")):
-                torch.testing.assert_close(got[i], ref[i], rtol=1e-10, atol=1e-14,
-                                           msg=lambda m: f"{what} {metric} vs reference, {shape} K={k}: {m}")
+                torch.testing.assert_close(
+                    got[i],
+                    ref[i],
+                    rtol=1e-10,
+                    atol=1e-14,
+                    msg=lambda m: f"{what} {metric} vs reference, {shape} K={k}: {m}",
+                )
     log("- perturbation_statistics and the eager formula vs uaal_ext.ops.reference (float64, small shapes): OK")
 
 
@@ -350,11 +338,18 @@ def check_stats(methods: dict, clean, perturbed, label: str, log) -> None:
         rtol = 1e-4 if name == FUSED else 1e-2
         for i, metric in enumerate(("sigma", "ns")):
             atol = 1e-5 * want[i].abs().max().item()
-            torch.testing.assert_close(got[i].double(), want[i], rtol=rtol, atol=atol,
-                                       msg=lambda m: f"{name} {metric} vs float64 eager [{label}]: {m}")
+            torch.testing.assert_close(
+                got[i].double(),
+                want[i],
+                rtol=rtol,
+                atol=atol,
+                msg=lambda m: f"{name} {metric} vs float64 eager [{label}]: {m}",
+            )
             diffs.append((got[i].double() - want[i]).abs().max().item())
-        log(f"- {name} vs eager float64: max |diff| sigma {diffs[0]:.1e} (max {want[0].max().item():.3g}), "
-            f"ns {diffs[1]:.1e} (max {want[1].max().item():.3g}): OK [{label}]")
+        log(
+            f"- {name} vs eager float64: max |diff| sigma {diffs[0]:.1e} (max {want[0].max().item():.3g}), "
+            f"ns {diffs[1]:.1e} (max {want[1].max().item():.3g}): OK [{label}]"
+        )
     del want
 
 
@@ -374,7 +369,8 @@ def bench_stats(args, bw, log, notes) -> list[dict]:
             if not args.no_compile:
                 print(f"[{label}] torch.compile of the eager formula ...", flush=True)
                 compiled_fn, compile_s = compile_timed(
-                    perturbation_statistics_eager, lambda fn, c=clean, p=perturbed: fn(c, p))
+                    perturbation_statistics_eager, lambda fn, c=clean, p=perturbed: fn(c, p)
+                )
                 if compiled_fn is None:
                     notes.append(f"{label}: torch.compile failed ({compile_s}); left out")
                     compile_s = None
@@ -388,19 +384,25 @@ def bench_stats(args, bw, log, notes) -> list[dict]:
             pixels = clean.numel() // clean.shape[1]
             floor = 4 * ((k + 1) * clean.numel() + 2 * pixels) / bw
             for name in methods:
-                rows.append({
-                    "shape": shape_label(shape), "K": k, "method": name, "ms": med[name] * 1e3,
-                    "speedup": med[name] / med[FUSED], "floor_ms": floor * 1e3,
-                    "over_floor": med[name] / floor,
-                    "compile_s": compile_s if name == COMPILED else None,
-                })
+                rows.append(
+                    {
+                        "shape": shape_label(shape),
+                        "K": k,
+                        "method": name,
+                        "ms": med[name] * 1e3,
+                        "speedup": med[name] / med[FUSED],
+                        "floor_ms": floor * 1e3,
+                        "over_floor": med[name] / floor,
+                        "compile_s": compile_s if name == COMPILED else None,
+                    }
+                )
             del clean, perturbed, methods
             gc.collect()
     return rows
 
 
 def stats_table(rows) -> tuple[str, list[str]]:
-    head = "| shape | K | method | ms | uaal_ext speed-up | floor ms | time / floor | compile s | SPEC bar |"
+    head = "| shape | K | method | ms | uaal_ext speed-up | floor ms | time / floor | compile s | bar |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     bars = []
     spec_shapes = {shape_label(parse_shape(s)) for s in FULL["stats_shapes"].split(",")}
@@ -409,13 +411,17 @@ def stats_table(rows) -> tuple[str, list[str]]:
         if r["method"] == EAGER:
             ok = r["speedup"] >= BAR_STATS
             bar = f">= {BAR_STATS:g}x: {mark(ok)}"
-            line = (f"perturbation_statistics {r['shape']} K={r['K']}: uaal_ext vs eager "
-                    f"{r['speedup']:.2f}x (bar >= {BAR_STATS:g}x): {mark(ok)}")
+            line = (
+                f"perturbation_statistics {r['shape']} K={r['K']}: uaal_ext vs eager "
+                f"{r['speedup']:.2f}x (bar >= {BAR_STATS:g}x): {mark(ok)}"
+            )
             if r["shape"] not in spec_shapes:  # overheads dominate small shapes
                 bar, line = "indicative: " + bar, line + " (indicative: not a benchmark shape)"
             bars.append(line)
-        lines.append(f"| {r['shape']} | {r['K']} | {r['method']} | {fmt_ms(r['ms'])} | {r['speedup']:.2f}x | "
-                     f"{fmt_ms(r['floor_ms'])} | {r['over_floor']:.2f}x | {fmt(r['compile_s'], '.1f')} | {bar} |")
+        lines.append(
+            f"| {r['shape']} | {r['K']} | {r['method']} | {fmt_ms(r['ms'])} | {r['speedup']:.2f}x | "
+            f"{fmt_ms(r['floor_ms'])} | {r['over_floor']:.2f}x | {fmt(r['compile_s'], '.1f')} | {bar} |"
+        )
     return "\n".join(lines), bars
 
 
@@ -463,10 +469,13 @@ def bench_step(args, model, log, notes) -> dict:
         if not (torch.isfinite(sigma_b).all() and sigma_b.max() > 0):
             raise AssertionError(f"KernelNoise K={k}: sigma is not finite and positive")
         atol = 1e-4 * sigma_s.abs().max().item()
-        torch.testing.assert_close(sigma_b, sigma_s, rtol=1e-4, atol=atol,
-                                   msg=lambda m: f"KernelNoise K={k}: batched vs sequential sigma: {m}")
-        log(f"- KernelNoise K={k}: batched vs sequential sigma, max |diff| "
-            f"{(sigma_b - sigma_s).abs().max().item():.1e} (max sigma {sigma_s.max().item():.3g}): OK")
+        torch.testing.assert_close(
+            sigma_b, sigma_s, rtol=1e-4, atol=atol, msg=lambda m: f"KernelNoise K={k}: batched vs sequential sigma: {m}"
+        )
+        log(
+            f"- KernelNoise K={k}: batched vs sequential sigma, max |diff| "
+            f"{(sigma_b - sigma_s).abs().max().item():.1e} (max sigma {sigma_s.max().item():.3g}): OK"
+        )
         kns[k] = (batched, sequential)
     del logits_b, logits_s, sigma_b, sigma_s
 
@@ -489,16 +498,20 @@ def bench_step(args, model, log, notes) -> dict:
 def step_table(result) -> tuple[str, list[int]]:
     ms = result["ms"]
     fwd, step = ms["forward"], ms["train step"]
-    head = ("| K | (c) KernelNoise batched ms | (d) sequential ms | (c)/(d) | (c)/(a) forward | "
-            "(c)/(b) train step | (d)/(a) | (d)/(b) |")
+    head = (
+        "| K | (c) KernelNoise batched ms | (d) sequential ms | (c)/(d) | (c)/(a) forward | "
+        "(c)/(b) train step | (d)/(a) | (d)/(b) |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     batching_loses = []  # the K at which the sequential passes are faster
     for k in result["ks"]:
         c, d = ms[f"batched K={k}"], ms[f"sequential K={k}"]
         if c > d:
             batching_loses.append(k)
-        lines.append(f"| {k} | {fmt_ms(c)} | {fmt_ms(d)} | {c / d:.2f}x | {c / fwd:.2f}x | {c / step:.2f}x | "
-                     f"{d / fwd:.2f}x | {d / step:.2f}x |")
+        lines.append(
+            f"| {k} | {fmt_ms(c)} | {fmt_ms(d)} | {c / d:.2f}x | {c / fwd:.2f}x | {c / step:.2f}x | "
+            f"{d / fwd:.2f}x | {d / step:.2f}x |"
+        )
     return "\n".join(lines), batching_loses
 
 
@@ -506,29 +519,50 @@ def step_table(result) -> tuple[str, list[int]]:
 # Driver
 # --------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of: {', '.join(PARTS)}")
-    p.add_argument("--noise-ks", default=None, help=f"K for kernel_noise (default {FULL['noise_ks']}; "
-                                                      f"--quick: {QUICK['noise_ks']})")
-    p.add_argument("--noise-weights", type=int, default=None,
-                   help="use the model's first N conv weights (default all 77; --quick: 8)")
-    p.add_argument("--stats-shapes", default=None, help=f"comma-separated NxCxHxW (default "
-                   f"{FULL['stats_shapes']}; --quick: {QUICK['stats_shapes']})")
-    p.add_argument("--stats-ks", default=None, help=f"K for perturbation_statistics (default "
-                   f"{FULL['stats_ks']}; --quick: {QUICK['stats_ks']})")
-    p.add_argument("--image", default=None, help=f"input of the model step, NxCxHxW (default "
-                   f"{FULL['image']}; --quick: {QUICK['image']})")
-    p.add_argument("--step-ks", default=None, help=f"K for KernelNoise (default {FULL['step_ks']}; "
-                   f"--quick: {QUICK['step_ks']})")
+    p.add_argument(
+        "--noise-ks",
+        default=None,
+        help=f"K for kernel_noise (default {FULL['noise_ks']}; --quick: {QUICK['noise_ks']})",
+    )
+    p.add_argument(
+        "--noise-weights",
+        type=int,
+        default=None,
+        help="use the model's first N conv weights (default all 77; --quick: 8)",
+    )
+    p.add_argument(
+        "--stats-shapes",
+        default=None,
+        help=f"comma-separated NxCxHxW (default {FULL['stats_shapes']}; --quick: {QUICK['stats_shapes']})",
+    )
+    p.add_argument(
+        "--stats-ks",
+        default=None,
+        help=f"K for perturbation_statistics (default {FULL['stats_ks']}; --quick: {QUICK['stats_ks']})",
+    )
+    p.add_argument(
+        "--image",
+        default=None,
+        help=f"input of the model step, NxCxHxW (default {FULL['image']}; --quick: {QUICK['image']})",
+    )
+    p.add_argument(
+        "--step-ks", default=None, help=f"K for KernelNoise (default {FULL['step_ks']}; --quick: {QUICK['step_ks']})"
+    )
     p.add_argument("--repeat", type=int, default=None, help="timed rounds, median reported (default 5, --quick 1)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls per method (default 2, --quick 1)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile baselines")
     p.add_argument("--quick", action="store_true", help="small shapes, 1 round, 256 MiB copy")
     p.add_argument("--bw-mib", type=int, default=None, help="copy size for the bandwidth (default 1024)")
-    p.add_argument("--output", default=None, help="Markdown output (default results/uncertainty_cpu.md, "
-                                                   "--quick: results/uncertainty_cpu_quick.md)")
+    p.add_argument(
+        "--output",
+        default=None,
+        help="Markdown output (default results/uncertainty_cpu.md, --quick: results/uncertainty_cpu_quick.md)",
+    )
     args = p.parse_args(argv)
 
     fill_defaults(args, FULL, QUICK)
@@ -557,20 +591,28 @@ def main(argv=None) -> int:
     weights = model_weights(model)
     num_weights = len(weights)
     if args.noise_weights:
-        weights = weights[:args.noise_weights]
+        weights = weights[: args.noise_weights]
     numel = sum(w.numel() for w in weights)
-    log(f"- model: smp.DeepLabV3Plus(\"{ENCODER}\", encoder_weights=None, classes={MODEL_CLASSES}), random "
-        f"init; noise on {len(weights)} conv/linear weights, {numel / 1e6:.2f}M elements; eta={ETA:g}")
-    log(f"- timing: median of {args.repeat} rounds after {args.warmup} untimed calls per method (the "
+    log(
+        f'- model: smp.DeepLabV3Plus("{ENCODER}", encoder_weights=None, classes={MODEL_CLASSES}), random '
+        f"init; noise on {len(weights)} conv/linear weights, {numel / 1e6:.2f}M elements; eta={ETA:g}"
+    )
+    log(
+        f"- timing: median of {args.repeat} rounds after {args.warmup} untimed calls per method (the "
         f"correctness check's call is the first), methods interleaved in each round; torch.compile "
         f"with fullgraph=True, dynamic=False, compiled afresh per case before the checks (its first "
-        f"call, reported as compile s; inductor's on-disk cache can shorten it on a rerun)")
+        f"call, reported as compile s; inductor's on-disk cache can shorten it on a rerun)"
+    )
     bw = copy_bandwidth(bw_mib << 20, repeat=max(args.repeat, 5))
-    log(f"- copy bandwidth: {bw / 1e9:.1f} GB/s ({bw_mib} MiB float32 `copy_`, read + write counted, "
-        f"median of {max(args.repeat, 5)}, {args.threads} threads)")
-    log("- floors (bytes-moved, at that bandwidth): kernel_noise reads the weights once and writes K "
+    log(
+        f"- copy bandwidth: {bw / 1e9:.1f} GB/s ({bw_mib} MiB float32 `copy_`, read + write counted, "
+        f"median of {max(args.repeat, 5)}, {args.threads} threads)"
+    )
+    log(
+        "- floors (bytes-moved, at that bandwidth): kernel_noise reads the weights once and writes K "
         "copies, 4 W (1 + K) bytes; perturbation_statistics reads K + 1 logit tensors and writes two "
-        "per-pixel maps, 4 ((K + 1) L + 2 P) bytes")
+        "per-pixel maps, 4 ((K + 1) L + 2 P) bytes"
+    )
     notes: list[str] = []
     results: dict = {}
 
@@ -581,19 +623,29 @@ def main(argv=None) -> int:
         check_noise_exact(weights, log)
     if "stats" in parts:
         check_stats_float64(log)
-        worst = max(stats_memory_gib(parse_shape(s), int(k)) for s in args.stats_shapes.split(",")
-                    for k in args.stats_ks.split(","))
-        log(f"- memory: largest statistics case needs ~{worst:.2f} GiB (float32 inputs, eager temporaries, "
-            f"float64 check) of the {MEMORY_BUDGET_GIB} GiB budget")
+        worst = max(
+            stats_memory_gib(parse_shape(s), int(k))
+            for s in args.stats_shapes.split(",")
+            for k in args.stats_ks.split(",")
+        )
+        log(
+            f"- memory: largest statistics case needs ~{worst:.2f} GiB (float32 inputs, eager temporaries, "
+            f"float64 check) of the {MEMORY_BUDGET_GIB} GiB budget"
+        )
         if worst > MEMORY_BUDGET_GIB / 2:
-            print(f"error: the statistics shapes need ~{worst:.1f} GiB, more than half of "
-                  f"{MEMORY_BUDGET_GIB} GiB; pass smaller --stats-shapes", file=sys.stderr)
+            print(
+                f"error: the statistics shapes need ~{worst:.1f} GiB, more than half of "
+                f"{MEMORY_BUDGET_GIB} GiB; pass smaller --stats-shapes",
+                file=sys.stderr,
+            )
             return 2
 
     part_seconds = {}
-    for part, bench in (("noise", lambda: bench_noise(args, weights, bw, log, notes)),
-                        ("stats", lambda: bench_stats(args, bw, log, notes)),
-                        ("step", lambda: bench_step(args, model, log, notes))):
+    for part, bench in (
+        ("noise", lambda: bench_noise(args, weights, bw, log, notes)),
+        ("stats", lambda: bench_stats(args, bw, log, notes)),
+        ("step", lambda: bench_step(args, model, log, notes)),
+    ):
         if part in parts:
             t0 = time.perf_counter()
             results[part] = bench()
@@ -602,8 +654,10 @@ def main(argv=None) -> int:
     log()
     log("## Results")
     log()
-    log("uaal_ext speed-up = that row's median time / uaal_ext's (> 1: uaal_ext is faster); time / floor = "
-        "that row's time over the bytes-moved floor.")
+    log(
+        "uaal_ext speed-up = that row's median time / uaal_ext's (> 1: uaal_ext is faster); time / floor = "
+        "that row's time over the bytes-moved floor."
+    )
     bars: list[str] = []
     if "noise" in results:
         table, noise_bars = noise_table(results["noise"], whole_model=len(weights) == num_weights)
@@ -616,33 +670,46 @@ def main(argv=None) -> int:
         table, stats_bars = stats_table(results["stats"])
         bars += stats_bars
         log()
-        log(f"### perturbation_statistics: sigma and ns from K perturbed logits (perturbed = clean + "
-            f"{STATS_NOISE:g} randn)")
+        log(
+            f"### perturbation_statistics: sigma and ns from K perturbed logits (perturbed = clean + "
+            f"{STATS_NOISE:g} randn)"
+        )
         log()
         log(table)
     if "step" in results:
         step = results["step"]
         table, batching_loses = step_table(step)
         log()
-        log(f"### KernelNoise in a training step: input {step['image']}, model in train mode, "
-            f"granularity tensor, clean_logits given")
+        log(
+            f"### KernelNoise in a training step: input {step['image']}, model in train mode, "
+            f"granularity tensor, clean_logits given"
+        )
         log()
-        log(f"- (a) one plain forward `model(x)` under no_grad: {fmt_ms(step['ms']['forward'])} ms"
-            + ("  -- over 1 s: consider a smaller --image" if step["ms"]["forward"] > 1000 else ""))
-        log(f"- (b) one training step, forward + backward of F.cross_entropy (gradients set to None "
-            f"outside the timing): {fmt_ms(step['ms']['train step'])} ms")
-        log("- (c) `KernelNoise(batched=True)(model, x, clean_logits=out)`: the K perturbed forwards as "
+        log(
+            f"- (a) one plain forward `model(x)` under no_grad: {fmt_ms(step['ms']['forward'])} ms"
+            + ("  -- over 1 s: consider a smaller --image" if step["ms"]["forward"] > 1000 else "")
+        )
+        log(
+            f"- (b) one training step, forward + backward of F.cross_entropy (gradients set to None "
+            f"outside the timing): {fmt_ms(step['ms']['train step'])} ms"
+        )
+        log(
+            "- (c) `KernelNoise(batched=True)(model, x, clean_logits=out)`: the K perturbed forwards as "
             "one torch.vmap over functional_call, plus kernel_noise and perturbation_statistics; "
-            "(d) the same with batched=False: one functional_call per sample")
+            "(d) the same with batched=False: one functional_call per sample"
+        )
         log()
         log(table)
         log()
-        log("The decoder's Dropout is active in train mode, so KernelNoise warns that the clean logits "
+        log(
+            "The decoder's Dropout is active in train mode, so KernelNoise warns that the clean logits "
             "include dropout (its perturbed passes switch dropout off); the warning is silenced here, "
-            "it does not change the cost.")
+            "it does not change the cost."
+        )
         if batching_loses:
             log()
-            log(f"**Batching does not pay on this CPU at K = {', '.join(map(str, batching_loses))}** "
+            log(
+                f"**Batching does not pay on this CPU at K = {', '.join(map(str, batching_loses))}** "
                 "((c)/(d) > 1 above). Under torch.vmap, vmap's "
                 "batching rule rewrites a conv whose weight carries the sample dim: the first conv becomes "
                 "one conv with K x the output channels, and from then on, with the activations batched "
@@ -651,22 +718,32 @@ def main(argv=None) -> int:
                 "channels). A single forward at this size already keeps the 2 cores busy, so batching has "
                 "no idle hardware to fill, while oneDNN's grouped convs are not faster per FLOP than K "
                 "ordinary ones. Batching is meant for GPUs, where one small forward leaves the device "
-                "under-used; on CPU, `batched=False` is the cheaper setting.")
+                "under-used; on CPU, `batched=False` is the cheaper setting."
+            )
     log()
     for note in notes:
         log(f"- {note}")
     log()
     if bars:
-        log("## SPEC bars")
+        log("## Bars (docs/performance.md)")
         log()
         for b in bars:
             log(f"- {b}")
         log()
-    log(f"Run time: {', '.join(f'{k} {v:.0f} s' for k, v in part_seconds.items())}; total "
-        f"{time.perf_counter() - started:.0f} s.")
+    log(
+        f"Run time: {', '.join(f'{k} {v:.0f} s' for k, v in part_seconds.items())}; total "
+        f"{time.perf_counter() - started:.0f} s."
+    )
 
-    log.write({"command": cmdline, "torch": torch.__version__, "threads": args.threads,
-               "bandwidth_bytes_per_s": bw, **results})
+    log.write(
+        {
+            "command": cmdline,
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "bandwidth_bytes_per_s": bw,
+            **results,
+        }
+    )
     return 0
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Static report of uaal_ext's CUDA kernels, for a machine without a GPU (SPEC section 5).
+"""Static report of uaal_ext's CUDA kernels, for a machine without a GPU (docs/performance.md).
 
 1. Compiles every `csrc/**/*.cu` with nvcc and `-Xptxas -v` for each arch in --archs, with the
    extension build's own flags (taken from the CMake build's `build.ninja` when a build exists,
@@ -35,11 +35,23 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 # Warps resident per SM, by compute capability (CUDA programming guide, "Compute capabilities").
-MAX_WARPS_PER_SM = {"70": 64, "75": 32, "80": 64, "86": 48, "87": 48, "89": 48, "90": 64,
-                    "100": 64, "103": 64, "110": 64, "120": 48, "121": 48}
+MAX_WARPS_PER_SM = {
+    "70": 64,
+    "75": 32,
+    "80": 64,
+    "86": 48,
+    "87": 48,
+    "89": 48,
+    "90": 64,
+    "100": 64,
+    "103": 64,
+    "110": 64,
+    "120": 48,
+    "121": 48,
+}
 REGS_PER_SM = 65536
 
-# On-paper floor (SPEC section 5): peak DRAM bandwidth of the GPUs the archs stand for.
+# On-paper floor (docs/performance.md#memory-floor): peak DRAM bandwidth of the GPUs the archs stand for.
 PAPER_GPUS = [("A100 SXM 80GB, sm_80", 2.039e12), ("H100 SXM, sm_90", 3.35e12)]
 PAPER_SHAPES = [(2, 19, 512, 1024), (2, 150, 512, 512)]  # the CPU bars' shapes
 # Minimum bytes per pixel of each op with fp32 logits and int64 targets: what it must read and
@@ -131,25 +143,45 @@ def flags_from_cmakelists() -> list[str]:
         cuda_opts += shlex.split(m.group(1))
     std = re.search(r"CMAKE_CUDA_STANDARD\s+(\d+)", text)
     incs, abi = torch_flags()
-    flags = [f"-std=c++{std.group(1) if std else 20}", "-O3", "-DNDEBUG", "-Xcompiler=-fPIC",
-             f"-I{ROOT / 'csrc'}", *incs, abi, "-DUAAL_WITH_CUDA=1"]
+    flags = [
+        f"-std=c++{std.group(1) if std else 20}",
+        "-O3",
+        "-DNDEBUG",
+        "-Xcompiler=-fPIC",
+        f"-I{ROOT / 'csrc'}",
+        *incs,
+        abi,
+        "-DUAAL_WITH_CUDA=1",
+    ]
     return flags + (cuda_opts or ["-O3", "--expt-relaxed-constexpr"])
 
 
-_DROP_WITH_VALUE = {"-o", "-MT", "-MF", "-gencode", "-arch", "--gpu-architecture", "-code",
-                    "--gpu-code", "--generate-code", "-x", "-ccbin", "--compiler-bindir"}
+_DROP_WITH_VALUE = {
+    "-o",
+    "-MT",
+    "-MF",
+    "-gencode",
+    "-arch",
+    "--gpu-architecture",
+    "-code",
+    "--gpu-code",
+    "--generate-code",
+    "-x",
+    "-ccbin",
+    "--compiler-bindir",
+}
 _DROP = {"-c", "-MD", "-MMD", "--compile", "-shared"}
 
 
 def flags_from_build(source: Path) -> tuple[list[str], str, str, str] | None:
     """The exact nvcc command the CMake/ninja build uses for `source`, minus arch/output flags."""
     ninja = shutil.which("ninja") or str(Path(sys.executable).parent / "ninja")
-    for build_ninja in sorted(glob.glob(str(ROOT / "build" / "*" / "build.ninja")),
-                              key=os.path.getmtime, reverse=True):
+    for build_ninja in sorted(glob.glob(str(ROOT / "build" / "*" / "build.ninja")), key=os.path.getmtime, reverse=True):
         build_dir = os.path.dirname(build_ninja)
         try:
-            cmds = subprocess.run([ninja, "-C", build_dir, "-t", "commands"], capture_output=True,
-                                  text=True, timeout=60).stdout.splitlines()
+            cmds = subprocess.run(
+                [ninja, "-C", build_dir, "-t", "commands"], capture_output=True, text=True, timeout=60
+            ).stdout.splitlines()
         except (OSError, subprocess.TimeoutExpired):
             continue
         rel = os.path.relpath(source, ROOT)
@@ -178,8 +210,11 @@ def flags_from_build(source: Path) -> tuple[list[str], str, str, str] | None:
                     if tok in _DROP_WITH_VALUE:
                         skip = True
                         continue
-                    if tok in _DROP or tok.endswith(".cu") or any(
-                            tok.startswith(p + "=") for p in _DROP_WITH_VALUE if p.startswith("--")):
+                    if (
+                        tok in _DROP
+                        or tok.endswith(".cu")
+                        or any(tok.startswith(p + "=") for p in _DROP_WITH_VALUE if p.startswith("--"))
+                    ):
                         continue
                     out.append(tok)
                 return out, toks[0], f"`{os.path.relpath(build_ninja, ROOT)}`", build_dir
@@ -224,7 +259,7 @@ def canonical(mangled: str) -> str:
         if m.start() < pos:
             continue
         ident_start = m.start(1) + len(m.group(1))
-        out.append(mangled[pos:m.start()] + "12_GLOBAL__N_1")
+        out.append(mangled[pos : m.start()] + "12_GLOBAL__N_1")
         pos = ident_start + int(m.group(1))
     return "".join(out) + mangled[pos:]
 
@@ -258,8 +293,7 @@ def parse_ptxas(log: str, source: str) -> list[KernelInfo]:
     return kernels
 
 
-def compile_one(nvcc: str, source: Path, archs: list[str], threads: int, tmp: Path,
-                progress) -> CompileResult:
+def compile_one(nvcc: str, source: Path, archs: list[str], threads: int, tmp: Path, progress) -> CompileResult:
     rel = os.path.relpath(source, ROOT)
     built = flags_from_build(source)
     cwd = str(ROOT)
@@ -271,8 +305,21 @@ def compile_one(nvcc: str, source: Path, archs: list[str], threads: int, tmp: Pa
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
     out = tmp / (source.stem + ".fatbin")
     # Device code only (--fatbin): the host compile of torch's headers adds minutes and no data.
-    cmd = [nvcc, *flags, *gencode, "-Xptxas", "-v", "--threads", str(threads), "--fatbin",
-           "-x", "cu", "-o", str(out), str(source)]
+    cmd = [
+        nvcc,
+        *flags,
+        *gencode,
+        "-Xptxas",
+        "-v",
+        "--threads",
+        str(threads),
+        "--fatbin",
+        "-x",
+        "cu",
+        "-o",
+        str(out),
+        str(source),
+    ]
     progress(f"compiling {rel} for {', '.join('sm_' + a for a in archs)} (flags from {origin}) ...")
     t0 = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)
@@ -284,8 +331,7 @@ def compile_one(nvcc: str, source: Path, archs: list[str], threads: int, tmp: Pa
             progress(f"  ... {rel}: still compiling, {time.time() - t0:.0f} s")
     secs = time.time() - t0
     progress(f"  {rel}: {'done' if proc.returncode == 0 else 'FAILED'} in {secs:.0f} s")
-    return CompileResult(rel, secs, proc.returncode, log, parse_ptxas(log, rel), origin,
-                         shlex.join(cmd))
+    return CompileResult(rel, secs, proc.returncode, log, parse_ptxas(log, rel), origin, shlex.join(cmd))
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,8 +362,9 @@ def demangle(names: list[str]) -> dict[str, str]:
     if not names:
         return {}
     try:
-        out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True,
-                             check=True).stdout.splitlines()
+        out = subprocess.run(
+            ["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True
+        ).stdout.splitlines()
         return dict(zip(names, out))
     except (OSError, subprocess.CalledProcessError):
         return {n: n for n in names}
@@ -345,7 +392,7 @@ def shorten(name: str, enums: dict[str, dict[int, str]], limit: int = 110) -> st
     s = re.sub(r"\((\w+)\)(-?\d+)", lambda m: enums.get(m.group(1), {}).get(int(m.group(2)), m.group(0)), s)
     s = s.replace("c10::", "").replace("unsigned ", "u")
     if len(s) > limit:
-        s = s[:limit - 3] + "..."
+        s = s[: limit - 3] + "..."
     return s
 
 
@@ -399,16 +446,21 @@ def inspect_library(cuobjdump: str, lib: Path) -> tuple[dict[str, set[str]], set
 
 # --------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--archs", default=default_archs(),
-                   help="comma-separated SM versions (default: TORCH_CUDA_ARCH_LIST, else 80,90)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--archs",
+        default=default_archs(),
+        help="comma-separated SM versions (default: TORCH_CUDA_ARCH_LIST, else 80,90)",
+    )
     p.add_argument("--jobs", type=int, default=1, help="parallel nvcc work (files x --threads)")
     p.add_argument("--sources", nargs="*", help="default: csrc/**/*.cu")
     p.add_argument("--nvcc", help="nvcc to use (default: PATH, /usr/local/cuda*/bin)")
     p.add_argument("--so", help="built library to inspect (default: import uaal_ext, else build/)")
-    p.add_argument("--check", action="store_true",
-                   help="exit 1 when a compile fails, no library is found or an arch lacks SASS")
+    p.add_argument(
+        "--check", action="store_true", help="exit 1 when a compile fails, no library is found or an arch lacks SASS"
+    )
     p.add_argument("--output", default=str(RESULTS_DIR / "cuda_kernels.md"))
     p.add_argument("--log", action="store_true", help="print nvcc's full output")
     args = p.parse_args(argv)
@@ -443,8 +495,10 @@ def main(argv=None) -> int:
         failures.append("no CUDA sources")
     else:
         threads = max(1, args.jobs // len(sources))
-        with tempfile.TemporaryDirectory(prefix="uaal_ptxas_") as tmp, \
-                cf.ThreadPoolExecutor(max_workers=max(1, min(args.jobs, len(sources)))) as pool:
+        with (
+            tempfile.TemporaryDirectory(prefix="uaal_ptxas_") as tmp,
+            cf.ThreadPoolExecutor(max_workers=max(1, min(args.jobs, len(sources)))) as pool,
+        ):
             futs = [pool.submit(compile_one, nvcc, s, archs, threads, Path(tmp), progress) for s in sources]
             results = [f.result() for f in futs]
     enums = enum_names()
@@ -457,8 +511,10 @@ def main(argv=None) -> int:
         log("## Registers, spills and shared memory (`nvcc -Xptxas -v`)")
         log()
         for r in results:
-            log(f"- `{r.source}`: nvcc flags from {r.flags_from}; {r.seconds:.0f} s; "
-                f"{'OK' if r.returncode == 0 else f'FAILED (exit {r.returncode})'}")
+            log(
+                f"- `{r.source}`: nvcc flags from {r.flags_from}; {r.seconds:.0f} s; "
+                f"{'OK' if r.returncode == 0 else f'FAILED (exit {r.returncode})'}"
+            )
             if r.returncode != 0:
                 failures.append(f"{r.source}: nvcc exit {r.returncode}")
                 log("")
@@ -469,8 +525,10 @@ def main(argv=None) -> int:
                 print(r.command, file=sys.stderr)
                 print(r.log, file=sys.stderr)
         log()
-        log("| kernel | arch | registers | reg-limited occupancy | spill stores B | spill loads B | "
-            "smem B | stack frame B | barriers | file |")
+        log(
+            "| kernel | arch | registers | reg-limited occupancy | spill stores B | spill loads B | "
+            "smem B | stack frame B | barriers | file |"
+        )
         log("|" + "---|" * 10)
         # ptxas lists a non-inlined device function (e.g. powf's slow path) under every kernel
         # that calls it: one row per function and arch, with the number of callers.
@@ -485,21 +543,28 @@ def main(argv=None) -> int:
                 callers[key] = callers.get(key, 0) + 1
         rows.sort(key=lambda k: (not k.entry, k.source, k.name, k.arch))
         for k in rows:
-            label = k.name if k.entry else (f"{k.name} (device function, in "
-                                            f"{callers[(k.source, k.mangled, k.arch)]} kernels)")
+            label = (
+                k.name
+                if k.entry
+                else (f"{k.name} (device function, in {callers[(k.source, k.mangled, k.arch)]} kernels)")
+            )
             flag = " **SPILLS**" if k.spill_stores or k.spill_loads else ""
-            log(f"| `{label}` | {k.arch} | {k.registers if k.registers is not None else 'n/a'} | "
+            log(
+                f"| `{label}` | {k.arch} | {k.registers if k.registers is not None else 'n/a'} | "
                 f"{reg_occupancy(k.registers, k.arch)} | {k.spill_stores}{flag} | {k.spill_loads} | "
                 f"{k.smem} | {k.stack_frame} | {k.barriers if k.barriers is not None else 'n/a'} | "
-                f"{Path(k.source).name} |")
+                f"{Path(k.source).name} |"
+            )
         kernels = [k for k in rows if k.entry]
         spills = [k for k in rows if k.spill_stores or k.spill_loads]
         log()
-        log(f"{len({k.mangled for k in kernels})} kernels x {len(archs)} archs; "
+        log(
+            f"{len({k.mangled for k in kernels})} kernels x {len(archs)} archs; "
             f"max registers {max((k.registers or 0) for k in kernels) if kernels else 'n/a'}; "
             f"{len(spills)} with spills; max stack frame "
             f"{max((k.stack_frame for k in rows), default=0)} B. Occupancy column: resident warps "
-            f"per SM that the register count alone allows (block size and shared memory can lower it).")
+            f"per SM that the register count alone allows (block size and shared memory can lower it)."
+        )
         log()
         if spills:
             log("Spilling kernels: " + ", ".join(f"`{k.name}` ({k.arch})" for k in spills))
@@ -531,16 +596,21 @@ def main(argv=None) -> int:
             missing = sorted(compiled.get(a, set()) - sass.get(a, set())) if present else []
             status = "ok" if present and not missing else ("extra" if not wanted else "FAIL")
             if wanted and status == "FAIL":
-                failures.append(f"{a}: " + ("no SASS in the library" if not present
-                                            else f"{len(missing)} kernels missing"))
+                failures.append(
+                    f"{a}: " + ("no SASS in the library" if not present else f"{len(missing)} kernels missing")
+                )
             miss_txt = ", ".join(f"`{shorten(names.get(m, m), enums, 60)}`" for m in missing[:5])
             if len(missing) > 5:
                 miss_txt += f" (+{len(missing) - 5})"
-            log(f"| {a} | {'yes' if present else '**no**'} | {len(sass.get(a, ()))} | "
-                f"{miss_txt or ('-' if present else 'n/a')} | {'yes' if a in ptx_archs else 'no'} | {status} |")
+            log(
+                f"| {a} | {'yes' if present else '**no**'} | {len(sass.get(a, ()))} | "
+                f"{miss_txt or ('-' if present else 'n/a')} | {'yes' if a in ptx_archs else 'no'} | {status} |"
+            )
         log()
-        log("A kernel compiled here but absent from the library's cubin of the same arch means the "
-            "library is older than the sources (rebuild) or built with other flags.")
+        log(
+            "A kernel compiled here but absent from the library's cubin of the same arch means the "
+            "library is older than the sources (rebuild) or built with other flags."
+        )
         log()
         if any(("sm_" + a) not in sass for a in archs):
             others = []
@@ -548,27 +618,38 @@ def main(argv=None) -> int:
                 if Path(cand).resolve() == lib.resolve():
                     continue
                 cand_sass, _, _ = inspect_library(cuobjdump, Path(cand))
-                others.append(f"`{os.path.relpath(cand, ROOT)}`: "
-                              + (", ".join(f"{a} ({len(k)} kernels)" for a, k in sorted(cand_sass.items()))
-                                 or "no device code"))
+                others.append(
+                    f"`{os.path.relpath(cand, ROOT)}`: "
+                    + (", ".join(f"{a} ({len(k)} kernels)" for a, k in sorted(cand_sass.items())) or "no device code")
+                )
             if others:
-                log("Other builds under build/ (not the library `import uaal_ext` loads; pass "
-                    "`--so` to check one): " + "; ".join(others))
+                log(
+                    "Other builds under build/ (not the library `import uaal_ext` loads; pass "
+                    "`--so` to check one): " + "; ".join(others)
+                )
                 log()
 
     log("## Bytes moved and floor, on paper")
     log()
-    log("No GPU here to time the kernels; this is the floor they are built to approach: the bytes "
+    log(
+        "No GPU here to time the kernels; this is the floor they are built to approach: the bytes "
         "each op must move (fp32 logits, int64 targets, per-pixel fp32 lse/entropy/grad; one read "
         "of the logits per pass) at the GPU's peak DRAM bandwidth. Real kernels reach roughly "
-        "80-90% of peak at best.")
+        "80-90% of peak at best."
+    )
     log()
-    head = "| op | traffic | bytes/pixel | " + " | ".join(
-        f"{'x'.join(map(str, sh))}: MB, " + ", ".join(f"{g.split(',')[0]} us" for g, _ in PAPER_GPUS)
-        for sh in PAPER_SHAPES) + " |"
+    head = (
+        "| op | traffic | bytes/pixel | "
+        + " | ".join(
+            f"{'x'.join(map(str, sh))}: MB, " + ", ".join(f"{g.split(',')[0]} us" for g, _ in PAPER_GPUS)
+            for sh in PAPER_SHAPES
+        )
+        + " |"
+    )
     log(head)
     log("|" + "---|" * (head.count("|") - 1))
     for op, what, passes, other in PAPER_OPS:
+
         def per_pixel(c, passes=passes, other=other):
             return passes * 4 * c + other
 
@@ -579,8 +660,11 @@ def main(argv=None) -> int:
                 pixels *= d
             nbytes = pixels * per_pixel(c)
             cells.append(f"{nbytes / 1e6:.0f}, " + ", ".join(f"{nbytes / bw * 1e6:.0f}" for _, bw in PAPER_GPUS))
-        log(f"| {op} | {what} | {4 * passes}C+{other} = {per_pixel(19)} (C=19), {per_pixel(150)} (C=150) | "
-            + " | ".join(cells) + " |")
+        log(
+            f"| {op} | {what} | {4 * passes}C+{other} = {per_pixel(19)} (C=19), {per_pixel(150)} (C=150) | "
+            + " | ".join(cells)
+            + " |"
+        )
     log()
 
     log("## Verdict")

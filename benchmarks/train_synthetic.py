@@ -42,14 +42,25 @@ def main(argv=None) -> int:
     from uaal_ext.experiment.training import TrainConfig, evaluate, train
 
     image_size = (64, 128)
-    train_set = SyntheticScenes("train", args.train_size, seed=args.seed, image_size=image_size,
-                                transform=TrainTransform(crop_size=image_size, scale_range=(0.75, 1.5)))
+    train_set = SyntheticScenes(
+        "train",
+        args.train_size,
+        seed=args.seed,
+        image_size=image_size,
+        transform=TrainTransform(crop_size=image_size, scale_range=(0.75, 1.5)),
+    )
     val_set = SyntheticScenes("val", seed=args.seed, image_size=image_size)
     num_classes = SyntheticScenes.NUM_CLASSES
     torch.manual_seed(args.seed)
     model = build_model("small", num_classes)
-    config = TrainConfig(epochs=args.epochs, batch_size=8, mode=args.mode, uncertainty=args.uncertainty,
-                         num_samples=args.num_samples, seed=args.seed)
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=8,
+        mode=args.mode,
+        uncertainty=args.uncertainty,
+        num_samples=args.num_samples,
+        seed=args.seed,
+    )
     started = time.perf_counter()
     result = train(model, train_set, config)
     train_seconds = time.perf_counter() - started
@@ -68,7 +79,7 @@ def main(argv=None) -> int:
         "",
         f"- command: `{cmdline}`",
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"- model: `build_model(\"small\", {num_classes})`, {count_parameters(model) / 1e6:.2f}M parameters, "
+        f'- model: `build_model("small", {num_classes})`, {count_parameters(model) / 1e6:.2f}M parameters, '
         f"random init; {args.train_size} training images {image_size[0]}x{image_size[1]} (scale 0.75-1.5, crop, "
         f"flip), {len(val_set)} validation images; {args.epochs} epochs, batch 8, SGD lr 0.01 poly 0.9; "
         f"{torch.get_num_threads()} threads",

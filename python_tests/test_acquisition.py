@@ -1,4 +1,4 @@
-"""uaal_ext.acquisition: pixel scores, aggregation, selection, k-center and pool scoring (SPEC 2)."""
+"""uaal_ext.acquisition: pixel scores, aggregation, selection, k-center and pool scoring (docs/math.md#acquisition-scores)."""
 
 import itertools
 import math
@@ -6,6 +6,17 @@ import math
 import pytest
 import scipy.stats
 import torch
+from testing import (
+    DEVICES,
+    FLOAT_DTYPES,
+    FULL_DTYPES,
+    LAYOUTS,
+    SPATIAL_SHAPES,
+    assert_close,
+    assert_raises_naming,
+    random_logits,
+    strided,
+)
 from torch import nn
 from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
@@ -15,9 +26,9 @@ from uaal_ext import acquisition
 from uaal_ext.acquisition import (
     REDUCTIONS,
     image_scores,
+    kcenter_greedy,
     method_class,
     method_names,
-    kcenter_greedy,
     pixel_scores,
     pooled_deviations,
     score_pool,
@@ -25,7 +36,6 @@ from uaal_ext.acquisition import (
     select_from_pool,
 )
 from uaal_ext.ops.reference import aggregate_scores_reference, pixel_scores_reference
-from testing import DEVICES, FLOAT_DTYPES, FULL_DTYPES, LAYOUTS, SPATIAL_SHAPES, assert_close, assert_raises_naming, random_logits, strided
 
 ops = torch.ops.uaal_ext
 LOGIT_METHODS = ["entropy", "margin", "least_confidence"]
@@ -511,7 +521,7 @@ def test_kcenter_memory_is_linear_in_the_points():
 def test_pooled_deviations(dtype, seed):
     inputs = _inputs("noise_stability", dtype, (3, 5, 8, 12))
     clean, perturbed = inputs["logits"], inputs["perturbed_logits"]
-    deviation = (torch.softmax(perturbed.double(), dim=2) - torch.softmax(clean.double(), dim=1))  # (K, N, C, H, W)
+    deviation = torch.softmax(perturbed.double(), dim=2) - torch.softmax(clean.double(), dim=1)  # (K, N, C, H, W)
     # A grid as fine as the map pools nothing: the deviations themselves, ordered (k, c, h, w).
     full = pooled_deviations(clean, perturbed, grid=(8, 12))
     assert full.shape == (3, NUM_SAMPLES * 5 * 96) and full.dtype == _result_dtype(dtype)
@@ -563,8 +573,9 @@ def _loader(images, batch_size, shuffle_seed=None, first_index=100):
     """A DataLoader over (image, pool index) pairs; pool indices start at `first_index`."""
     indices = torch.arange(first_index, first_index + images.shape[0])
     generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
-    return DataLoader(TensorDataset(images, indices), batch_size=batch_size, shuffle=generator is not None,
-                      generator=generator)
+    return DataLoader(
+        TensorDataset(images, indices), batch_size=batch_size, shuffle=generator is not None, generator=generator
+    )
 
 
 def _state(model):
@@ -607,8 +618,9 @@ def test_score_pool_noise_stability_uses_the_same_perturbed_models_for_every_bat
     _assert_same_state(model, state)
     _, _, ns = uaal_ext.KernelNoise(eta=0.05, num_samples=3, seed=seed).scores(model.eval(), images)
     _close_dicts(got, dict(zip(range(100, 100 + POOL), ns.mean(dim=(1, 2)).tolist())), rtol=1e-4)
-    other = score_pool(model.train(), _loader(images, POOL), "noise_stability", num_samples=3, eta=0.05,
-                       seed=seed + 1, progress=False)
+    other = score_pool(
+        model.train(), _loader(images, POOL), "noise_stability", num_samples=3, eta=0.05, seed=seed + 1, progress=False
+    )
     assert all(abs(other[i] - got[i]) > 1e-7 for i in got)  # another seed, other perturbations
 
 
@@ -669,8 +681,9 @@ def _kcenter_expected(model, images, k, initial, eta, num_samples, seed, grid=4)
     perturbed = uaal_ext.KernelNoise(eta=eta, num_samples=num_samples, seed=seed).perturbed_parameters(model)
     with torch.no_grad():
         clean = model(images)
-        outputs = torch.stack([functional_call(model, {n: w[i] for n, w in perturbed.items()}, (images,))
-                               for i in range(num_samples)])
+        outputs = torch.stack(
+            [functional_call(model, {n: w[i] for n, w in perturbed.items()}, (images,)) for i in range(num_samples)]
+        )
     return clean, outputs, kcenter_greedy(pooled_deviations(clean, outputs, grid=grid), k, initial=initial)
 
 
@@ -681,8 +694,9 @@ def test_select_from_pool_kcenter(seed):
     labeled = [102, 107]
     picked = select_from_pool(model, _loader(images, 4), "noise_stability_kcenter", 4, exclude=labeled, **options)
     _assert_same_state(model, state)
-    shuffled = select_from_pool(model, _loader(images, 3, seed), "noise_stability_kcenter", 4, exclude=labeled,
-                                **options)
+    shuffled = select_from_pool(
+        model, _loader(images, 3, seed), "noise_stability_kcenter", 4, exclude=labeled, **options
+    )
     assert picked == shuffled  # batch size and order do not matter
     clean, outputs, expected = _kcenter_expected(model, images, 4, [2, 7], 0.1, 3, seed)
     model.train()
@@ -715,48 +729,133 @@ BAD_INPUTS = [
     ("unknown-method", lambda: image_scores("entropyy", logits=_x(2, 3)), ValueError, "method", ["entropyy"]),
     ("missing-logits", lambda: image_scores("entropy", mc_logits=_x(2, 2, 3)), ValueError, "logits", ["missing"]),
     ("missing-mc", lambda: pixel_scores("bald"), ValueError, "mc_logits", []),
-    ("extra-mc", lambda: pixel_scores("margin", logits=_x(2, 3), mc_logits=_x(1, 2, 3)), ValueError, "mc_logits",
-     ["not used"]),
-    ("ns-missing-perturbed", lambda: pixel_scores("noise_stability", logits=_x(2, 3)), ValueError,
-     "perturbed_logits", []),
-    ("ns-shape", lambda: pixel_scores("noise_stability", logits=_x(2, 3, 4), perturbed_logits=_x(2, 2, 3, 5)),
-     ValueError, "perturbed_logits", [_shape(2, 2, 3, 5)]),
-    ("ns-dtype",
-     lambda: pixel_scores("noise_stability", logits=_x(2, 3), perturbed_logits=_x(2, 2, 3, dtype=torch.float64)),
-     TypeError, "perturbed_logits", []),
+    (
+        "extra-mc",
+        lambda: pixel_scores("margin", logits=_x(2, 3), mc_logits=_x(1, 2, 3)),
+        ValueError,
+        "mc_logits",
+        ["not used"],
+    ),
+    (
+        "ns-missing-perturbed",
+        lambda: pixel_scores("noise_stability", logits=_x(2, 3)),
+        ValueError,
+        "perturbed_logits",
+        [],
+    ),
+    (
+        "ns-shape",
+        lambda: pixel_scores("noise_stability", logits=_x(2, 3, 4), perturbed_logits=_x(2, 2, 3, 5)),
+        ValueError,
+        "perturbed_logits",
+        [_shape(2, 2, 3, 5)],
+    ),
+    (
+        "ns-dtype",
+        lambda: pixel_scores("noise_stability", logits=_x(2, 3), perturbed_logits=_x(2, 2, 3, dtype=torch.float64)),
+        TypeError,
+        "perturbed_logits",
+        [],
+    ),
     ("logits-1d", lambda: pixel_scores("entropy", logits=_x(5)), ValueError, "logits", [_shape(5)]),
     ("logits-C0", lambda: pixel_scores("entropy", logits=_x(2, 0, 3)), ValueError, "logits", [_shape(2, 0, 3)]),
-    ("logits-int", lambda: pixel_scores("entropy", logits=torch.ones(2, 3, dtype=torch.int64)), TypeError, "logits",
-     ["int64"]),
+    (
+        "logits-int",
+        lambda: pixel_scores("entropy", logits=torch.ones(2, 3, dtype=torch.int64)),
+        TypeError,
+        "logits",
+        ["int64"],
+    ),
     ("mc-2d", lambda: pixel_scores("mc_entropy", mc_logits=_x(2, 3)), ValueError, "mc_logits", [_shape(2, 3)]),
     ("mc-T0", lambda: pixel_scores("bald", mc_logits=_x(0, 2, 3)), ValueError, "mc_logits", [_shape(0, 2, 3)]),
     ("pixel-random", lambda: pixel_scores("random", logits=_x(2, 3)), ValueError, "random", ["image_scores"]),
-    ("kcenter-score", lambda: image_scores("noise_stability_kcenter", logits=_x(2, 3)), ValueError,
-     "noise_stability_kcenter", ["select_from_pool"]),
+    (
+        "kcenter-score",
+        lambda: image_scores("noise_stability_kcenter", logits=_x(2, 3)),
+        ValueError,
+        "noise_stability_kcenter",
+        ["select_from_pool"],
+    ),
     ("random-no-input", lambda: image_scores("random"), ValueError, "logits", []),
-    ("random-seed-and-generator", lambda: image_scores("random", logits=_x(2, 3), seed=1, generator=torch.Generator()),
-     ValueError, "generator", []),
+    (
+        "random-seed-and-generator",
+        lambda: image_scores("random", logits=_x(2, 3), seed=1, generator=torch.Generator()),
+        ValueError,
+        "generator",
+        [],
+    ),
     ("seed-not-random", lambda: image_scores("entropy", logits=_x(2, 3), seed=1), ValueError, "seed", []),
-    ("mask-shape",
-     lambda: image_scores("entropy", logits=_x(2, 3, 4, 5), ignore_mask=torch.zeros(2, 5, 4, dtype=torch.bool)),
-     ValueError, "ignore_mask", [_shape(2, 5, 4), _shape(2, 4, 5)]),
-    ("mask-dtype", lambda: image_scores("entropy", logits=_x(2, 3, 4), ignore_mask=torch.zeros(2, 4)), TypeError,
-     "ignore_mask", ["float32"]),
-    ("labels-no-index", lambda: image_scores("entropy", logits=_x(2, 3, 4), labels=torch.zeros(2, 4, dtype=torch.long)),
-     ValueError, "ignore_index", []),
-    ("labels-and-mask", lambda: image_scores("entropy", logits=_x(2, 3, 4), labels=torch.zeros(2, 4, dtype=torch.long),
-                                             ignore_index=255, ignore_mask=torch.zeros(2, 4, dtype=torch.bool)),
-     ValueError, "ignore_mask", []),
-    ("labels-shape", lambda: image_scores("entropy", logits=_x(2, 3, 4), labels=torch.zeros(2, 5, dtype=torch.long),
-                                          ignore_index=255), ValueError, "labels", [_shape(2, 5)]),
-    ("reduction", lambda: image_scores("entropy", logits=_x(2, 3), reduction="median"), ValueError, "reduction",
-     ["median"]),
-    ("q-zero", lambda: image_scores("entropy", logits=_x(2, 3), reduction="topk_mean", q=0.0), ValueError, r"\bq\b",
-     []),
-    ("q-above-one", lambda: image_scores("entropy", logits=_x(2, 3), reduction="topk_mean", q=1.5), ValueError,
-     r"\bq\b", ["1.5"]),
-    ("q-nan", lambda: image_scores("entropy", logits=_x(2, 3), reduction="topk_mean", q=float("nan")), ValueError,
-     r"\bq\b", []),
+    (
+        "mask-shape",
+        lambda: image_scores("entropy", logits=_x(2, 3, 4, 5), ignore_mask=torch.zeros(2, 5, 4, dtype=torch.bool)),
+        ValueError,
+        "ignore_mask",
+        [_shape(2, 5, 4), _shape(2, 4, 5)],
+    ),
+    (
+        "mask-dtype",
+        lambda: image_scores("entropy", logits=_x(2, 3, 4), ignore_mask=torch.zeros(2, 4)),
+        TypeError,
+        "ignore_mask",
+        ["float32"],
+    ),
+    (
+        "labels-no-index",
+        lambda: image_scores("entropy", logits=_x(2, 3, 4), labels=torch.zeros(2, 4, dtype=torch.long)),
+        ValueError,
+        "ignore_index",
+        [],
+    ),
+    (
+        "labels-and-mask",
+        lambda: image_scores(
+            "entropy",
+            logits=_x(2, 3, 4),
+            labels=torch.zeros(2, 4, dtype=torch.long),
+            ignore_index=255,
+            ignore_mask=torch.zeros(2, 4, dtype=torch.bool),
+        ),
+        ValueError,
+        "ignore_mask",
+        [],
+    ),
+    (
+        "labels-shape",
+        lambda: image_scores(
+            "entropy", logits=_x(2, 3, 4), labels=torch.zeros(2, 5, dtype=torch.long), ignore_index=255
+        ),
+        ValueError,
+        "labels",
+        [_shape(2, 5)],
+    ),
+    (
+        "reduction",
+        lambda: image_scores("entropy", logits=_x(2, 3), reduction="median"),
+        ValueError,
+        "reduction",
+        ["median"],
+    ),
+    (
+        "q-zero",
+        lambda: image_scores("entropy", logits=_x(2, 3), reduction="topk_mean", q=0.0),
+        ValueError,
+        r"\bq\b",
+        [],
+    ),
+    (
+        "q-above-one",
+        lambda: image_scores("entropy", logits=_x(2, 3), reduction="topk_mean", q=1.5),
+        ValueError,
+        r"\bq\b",
+        ["1.5"],
+    ),
+    (
+        "q-nan",
+        lambda: image_scores("entropy", logits=_x(2, 3), reduction="topk_mean", q=float("nan")),
+        ValueError,
+        r"\bq\b",
+        [],
+    ),
     ("select-k-negative", lambda: select(torch.rand(4), -1), ValueError, r"\bk\b", ["-1"]),
     ("select-k-float", lambda: select(torch.rand(4), 2.0), ValueError, r"\bk\b", []),
     ("select-2d", lambda: select(torch.rand(2, 2), 1), ValueError, "scores", [_shape(2, 2)]),
@@ -766,22 +865,52 @@ BAD_INPUTS = [
     ("kcenter-initial", lambda: kcenter_greedy(torch.rand(5, 2), 2, initial=[1, 5]), ValueError, "initial", ["5"]),
     ("kcenter-nan", lambda: kcenter_greedy(torch.full((3, 2), float("nan")), 2), ValueError, "features", []),
     ("kcenter-k", lambda: kcenter_greedy(torch.rand(5, 2), -2), ValueError, r"\bk\b", []),
-    ("pooled-shape", lambda: pooled_deviations(_x(2, 3, 4, 4), _x(2, 2, 3, 4, 5)), ValueError, "perturbed_logits",
-     ["clean_logits", _shape(2, 2, 3, 4, 5)]),
+    (
+        "pooled-shape",
+        lambda: pooled_deviations(_x(2, 3, 4, 4), _x(2, 2, 3, 4, 5)),
+        ValueError,
+        "perturbed_logits",
+        ["clean_logits", _shape(2, 2, 3, 4, 5)],
+    ),
     ("pooled-clean-1d", lambda: pooled_deviations(_x(3), _x(2, 3)), ValueError, "clean_logits", [_shape(3)]),
     ("grid", lambda: pooled_deviations(_x(2, 3, 4, 4), _x(2, 2, 3, 4, 4), grid=(2, 2, 2)), ValueError, "grid", []),
-    ("pool-method", lambda: score_pool(_model(), [], "noise_stability_kcenter", progress=False), ValueError,
-     "select_from_pool", []),
-    ("pool-num-samples", lambda: score_pool(_model(), [], "bald", num_samples=0, progress=False), ValueError,
-     "num_samples", []),
+    (
+        "pool-method",
+        lambda: score_pool(_model(), [], "noise_stability_kcenter", progress=False),
+        ValueError,
+        "select_from_pool",
+        [],
+    ),
+    (
+        "pool-num-samples",
+        lambda: score_pool(_model(), [], "bald", num_samples=0, progress=False),
+        ValueError,
+        "num_samples",
+        [],
+    ),
     ("pool-seed", lambda: score_pool(_model(), [], "random", seed=-1, progress=False), ValueError, "seed", []),
     ("pool-batch", lambda: score_pool(_model(), [_x(2, 3, 5, 5)], "entropy", progress=False), TypeError, "indices", []),
-    ("pool-lengths", lambda: score_pool(_model(), [(_x(2, 3, 5, 5), [0, 1, 2])], "entropy", progress=False),
-     ValueError, "indices", ["2 images", "3"]),
-    ("pool-twice", lambda: score_pool(_model(), [(_x(2, 3, 5, 5), [0, 1]), (_x(1, 3, 5, 5), [1])], "entropy",
-                                      progress=False), ValueError, "twice", ["1"]),
-    ("pool-no-dropout", lambda: score_pool(nn.Conv2d(3, 2, 1), [(_x(2, 3, 5, 5), [0, 1])], "bald", progress=False),
-     ValueError, "dropout", []),
+    (
+        "pool-lengths",
+        lambda: score_pool(_model(), [(_x(2, 3, 5, 5), [0, 1, 2])], "entropy", progress=False),
+        ValueError,
+        "indices",
+        ["2 images", "3"],
+    ),
+    (
+        "pool-twice",
+        lambda: score_pool(_model(), [(_x(2, 3, 5, 5), [0, 1]), (_x(1, 3, 5, 5), [1])], "entropy", progress=False),
+        ValueError,
+        "twice",
+        ["1"],
+    ),
+    (
+        "pool-no-dropout",
+        lambda: score_pool(nn.Conv2d(3, 2, 1), [(_x(2, 3, 5, 5), [0, 1])], "bald", progress=False),
+        ValueError,
+        "dropout",
+        [],
+    ),
     ("pool-k", lambda: select_from_pool(_model(), [], "entropy", -3, progress=False), ValueError, r"\bk\b", []),
 ]
 
@@ -838,9 +967,13 @@ def test_thread_count_does_not_change_results(seed):
         torch.testing.assert_close(one, two, rtol=1e-6, atol=1e-7)
 
 
-PIXEL_OPCHECK = [("entropy", (2, 5, 3, 4), torch.float32), ("margin", (3, 7), torch.float64),
-                 ("least_confidence", (2, 4, 6), torch.float16), ("mc_entropy", (2, 2, 3, 2, 2, 3), torch.bfloat16),
-                 ("bald", (3, 2, 5, 4, 4), torch.float32)]
+PIXEL_OPCHECK = [
+    ("entropy", (2, 5, 3, 4), torch.float32),
+    ("margin", (3, 7), torch.float64),
+    ("least_confidence", (2, 4, 6), torch.float16),
+    ("mc_entropy", (2, 2, 3, 2, 2, 3), torch.bfloat16),
+    ("bald", (3, 2, 5, 4, 4), torch.float32),
+]
 
 
 @pytest.mark.parametrize("method,shape,dtype", PIXEL_OPCHECK, ids=[c[0] for c in PIXEL_OPCHECK])
@@ -850,8 +983,12 @@ def test_opcheck_pixel_scores(method, shape, dtype, seed):
     torch.library.opcheck(ops.pixel_scores, (input.requires_grad_(), method))
 
 
-AGGREGATE_OPCHECK = [("mean", (2, 3, 4), torch.float32, False), ("topk_mean", (3, 5), torch.float64, True),
-                     ("max", (2, 7), torch.float32, True), ("sum", (2, 2, 3, 2), torch.float64, False)]
+AGGREGATE_OPCHECK = [
+    ("mean", (2, 3, 4), torch.float32, False),
+    ("topk_mean", (3, 5), torch.float64, True),
+    ("max", (2, 7), torch.float32, True),
+    ("sum", (2, 2, 3, 2), torch.float64, False),
+]
 
 
 @pytest.mark.parametrize("reduction,shape,dtype,masked", AGGREGATE_OPCHECK, ids=[c[0] for c in AGGREGATE_OPCHECK])
@@ -863,11 +1000,26 @@ def test_opcheck_aggregate_scores(reduction, shape, dtype, masked, seed):
 
 
 def test_method_lists():
-    builtin = ("random", "entropy", "margin", "least_confidence", "mc_entropy", "bald", "noise_stability",
-               "noise_stability_kcenter")
+    builtin = (
+        "random",
+        "entropy",
+        "margin",
+        "least_confidence",
+        "mc_entropy",
+        "bald",
+        "noise_stability",
+        "noise_stability_kcenter",
+    )
     assert method_names()[: len(builtin)] == builtin
     assert [m for m in builtin if method_class(m).ranks_by_score] == list(builtin[:-1])
     assert [m for m in builtin if not method_class(m).has_pixel_map] == ["random"]
     assert REDUCTIONS == ("mean", "sum", "max", "topk_mean")
-    assert set(acquisition.__all__) >= {"pixel_scores", "image_scores", "select", "kcenter_greedy", "score_pool",
-                                        "select_from_pool", "pooled_deviations"}
+    assert set(acquisition.__all__) >= {
+        "pixel_scores",
+        "image_scores",
+        "select",
+        "kcenter_greedy",
+        "score_pool",
+        "select_from_pool",
+        "pooled_deviations",
+    }

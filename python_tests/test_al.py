@@ -35,9 +35,21 @@ def _umask():
     os.umask(mask)
     return mask
 
+
 # A whole experiment in seconds: 40 pool images of 32x64, rounds of 2 optimizer steps.
-TINY = dict(pool_size=40, val_size=4, image_size=(32, 64), initial_fraction=0.05, budgets=(0.1, 0.2),
-            iterations=2, batch_size=4, num_samples=1, acquisition_samples=2, eval_batch_size=8, lr=0.05)
+TINY = dict(
+    pool_size=40,
+    val_size=4,
+    image_size=(32, 64),
+    initial_fraction=0.05,
+    budgets=(0.1, 0.2),
+    iterations=2,
+    batch_size=4,
+    num_samples=1,
+    acquisition_samples=2,
+    eval_batch_size=8,
+    lr=0.05,
+)
 
 
 def tiny_config(**changes):
@@ -91,7 +103,7 @@ def test_experiment_rounds_and_files(tiny_experiment):
     assert (out / "state.json").stat().st_mode & 0o777 == 0o666 & ~_umask()  # like every other output
     # Different seeds draw different initial sets; the initial set is shared by modes and methods.
     assert state.initial["0"] != state.initial["1"]
-    for key, run in state.runs.items():
+    for run in state.runs.values():
         for entry in run.rounds:
             assert (out / entry.checkpoint).is_file()
     assert not list(out.rglob("*.train.pt")) and not list(out.rglob("*.tmp"))
@@ -123,8 +135,9 @@ def test_entropy_round_picks_the_top_scores_of_the_previous_model(tiny_experimen
     data = al.build_datasets(config)
     loader = torch.utils.data.DataLoader(al.datasets.IndexedImages(data.pool_eval), batch_size=8)
     initial = state.initial[str(seed)]
-    expected = select_from_pool(model, loader, "entropy", state.budget_sizes[1] - len(initial), exclude=initial,
-                                progress=False)
+    expected = select_from_pool(
+        model, loader, "entropy", state.budget_sizes[1] - len(initial), exclude=initial, progress=False
+    )
     entry = state.runs[run_key(seed, mode, "entropy")].round(1)
     assert entry.added == expected
 
@@ -157,11 +170,22 @@ def test_finetune_starts_from_the_previous_round(tmp_path, monkeypatch):
 def test_real_dataset_fixture_through_the_loop(tmp_path):
     from test_data import _ade20k
 
-    root = _ade20k(tmp_path, splits=("training", "validation"),
-                   stems=tuple(f"ADE_train_{i:08d}" for i in range(1, 5)))
-    config = ExperimentConfig(dataset="ade20k", root=str(root), pool_size=None, val_size=None, image_size=(16, 32),
-                              methods=("entropy",), modes=("standard",), seeds=(0,), initial_fraction=0.5,
-                              budgets=(1.0,), iterations=1, batch_size=2, eval_batch_size=1)
+    root = _ade20k(tmp_path, splits=("training", "validation"), stems=tuple(f"ADE_train_{i:08d}" for i in range(1, 5)))
+    config = ExperimentConfig(
+        dataset="ade20k",
+        root=str(root),
+        pool_size=None,
+        val_size=None,
+        image_size=(16, 32),
+        methods=("entropy",),
+        modes=("standard",),
+        seeds=(0,),
+        initial_fraction=0.5,
+        budgets=(1.0,),
+        iterations=1,
+        batch_size=2,
+        eval_batch_size=1,
+    )
     state = run_experiment(config, tmp_path / "run", progress=False)
     check_rounds(state, config)
     assert state.pool_size == 4 and len(state.results) == 2
@@ -238,7 +262,17 @@ def test_resume_after_sigkill(tmp_path):
     config_file.write_text(yaml.safe_dump(config.to_dict()))
     reference = run_experiment(config, tmp_path / "reference", progress=False)
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "uaal_ext", "run", "--config", str(config_file), "--out", str(out), "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "uaal_ext",
+        "run",
+        "--config",
+        str(config_file),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     # The reference ran here: the same thread count gives the same float rounding, hence the same picks.
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
 
@@ -248,8 +282,12 @@ def test_resume_after_sigkill(tmp_path):
     def after_a_selection():
         state = _state_or_none(out)
         runs = state.runs if state else {}
-        return any(entry.status is RoundStatus.SELECTED for key, run in runs.items() if key.endswith("/random")
-                   for entry in run.rounds)
+        return any(
+            entry.status is RoundStatus.SELECTED
+            for key, run in runs.items()
+            if key.endswith("/random")
+            for entry in run.rounds
+        )
 
     for condition in (mid_training, after_a_selection):
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -379,12 +417,40 @@ def test_cli_run_sweep_report(tmp_path, capsys):
 
     config_file = tmp_path / "tiny.yaml"
     config_file.write_text(yaml.safe_dump(tiny_config(methods=("entropy",), modes=("uaal",), seeds=(0,)).to_dict()))
-    assert main(["run", "--config", str(config_file), "--out", str(tmp_path / "run"), "--no-progress",
-                 "--set", "budgets=[0.1]"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--config",
+                str(config_file),
+                "--out",
+                str(tmp_path / "run"),
+                "--no-progress",
+                "--set",
+                "budgets=[0.1]",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "Entropy" in out and (tmp_path / "run" / "report" / "report.md").is_file()
-    assert main(["sweep", "--config", str(config_file), "--grid", "exponent=1,3", "--out", str(tmp_path / "sweep"),
-                 "--no-progress", "--set", "budgets=[0.1]"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--config",
+                str(config_file),
+                "--grid",
+                "exponent=1,3",
+                "--out",
+                str(tmp_path / "sweep"),
+                "--no-progress",
+                "--set",
+                "budgets=[0.1]",
+            ]
+        )
+        == 0
+    )
     assert load_state(tmp_path / "sweep" / "exponent=3").config["exponent"] == 3
     report = (tmp_path / "sweep" / "report" / "report.md").read_text()
     assert "exponent=1" in report and "exponent=3" in report

@@ -61,8 +61,9 @@ def test_first_release_state_with_an_unfinished_round_trains_only_that_round(tmp
     last.update(status="selected", checkpoint=None, metrics=None)
     for key in ("epochs", "steps", "train_seconds", "final_loss"):
         last.pop(key)
-    values["results"] = [r for r in values["results"] if not (r["mode"] == "uaal" and r["method"] == "entropy"
-                                                            and r["round"] == 2)]
+    values["results"] = [
+        r for r in values["results"] if not (r["mode"] == "uaal" and r["method"] == "entropy" and r["round"] == 2)
+    ]
     values["finished"] = False
     (tmp_path / "state.json").write_text(json.dumps(values))
     trained = []

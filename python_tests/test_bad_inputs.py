@@ -4,9 +4,9 @@ import re
 
 import pytest
 import torch
+from testing import cuda_only, random_logits, random_target
 
 import uaal_ext
-from testing import cuda_only, random_logits, random_target
 
 C = 19
 
@@ -47,13 +47,7 @@ CASES = [
         "target",
         "255",
     ),
-    (
-        "target-NC-out-of-range",
-        lambda: ce(_logits(), _with(_target(), 1, 40)),
-        ValueError,
-        "target",
-        "40",
-    ),
+    ("target-NC-out-of-range", lambda: ce(_logits(), _with(_target(), 1, 40)), ValueError, "target", "40"),
     ("exponent", lambda: ce(_logits(3), _target(3), exponent=-0.5, alpha=1.0), ValueError, "exponent", "-0.5"),
     (
         "uncertainty-shape",

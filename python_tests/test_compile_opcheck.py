@@ -5,33 +5,68 @@ import math
 
 import pytest
 import torch
+from testing import DEVICES, assert_close, gradient_unit, random_logits, random_target
 from torch import nn
 
 import uaal_ext
 from uaal_ext.ops.reference import pixel_entropy_reference, uaal_cross_entropy_reference
-from testing import DEVICES, assert_close, gradient_unit, random_logits, random_target
 
 INF = float("inf")
 ops = torch.ops.uaal_ext
 
 
-def _forward_args(dtype, shape, num_classes, *, uncertainty, weight, ignore_index=-100, label_smoothing=0.0,
-                  alpha=1.0, exponent=2.0, inv_scale=None, s_max=INF, reduce=True, device="cpu"):
+def _forward_args(
+    dtype,
+    shape,
+    num_classes,
+    *,
+    uncertainty,
+    weight,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    alpha=1.0,
+    exponent=2.0,
+    inv_scale=None,
+    s_max=INF,
+    reduce=True,
+    device="cpu",
+):
     x = random_logits((shape[0], num_classes) + shape[1:]).to(device, dtype)
     target = random_target(shape, num_classes, ignore_index=ignore_index).to(device)
     u = torch.rand(shape, dtype=torch.float64).to(device, dtype) * 2 if uncertainty else None
     c = (torch.rand(num_classes, dtype=torch.float64) + 0.3).to(device, dtype) if weight else None
-    if inv_scale is None:  # the op's own default is the caller's job: SPEC's log C for the entropy
+    if (
+        inv_scale is None
+    ):  # the op's own default is the caller's job: log C for the entropy (docs/math.md#uncertainty-weight)
         inv_scale = 1.0 if uncertainty else 1.0 / math.log(num_classes)
     return [x, target, u, c, ignore_index, label_smoothing, alpha, exponent, inv_scale, s_max, reduce]
 
 
 FORWARD_CASES = [
     dict(dtype=torch.float32, shape=(2, 3, 4), num_classes=5, uncertainty=False, weight=False),
-    dict(dtype=torch.float64, shape=(3,), num_classes=5, uncertainty=True, weight=True, label_smoothing=0.1,
-         alpha=0.5, exponent=3.5, inv_scale=2.0, s_max=0.8, reduce=False),
-    dict(dtype=torch.float16, shape=(2, 5), num_classes=4, uncertainty=False, weight=True, ignore_index=1,
-         label_smoothing=0.2, reduce=False),
+    dict(
+        dtype=torch.float64,
+        shape=(3,),
+        num_classes=5,
+        uncertainty=True,
+        weight=True,
+        label_smoothing=0.1,
+        alpha=0.5,
+        exponent=3.5,
+        inv_scale=2.0,
+        s_max=0.8,
+        reduce=False,
+    ),
+    dict(
+        dtype=torch.float16,
+        shape=(2, 5),
+        num_classes=4,
+        uncertainty=False,
+        weight=True,
+        ignore_index=1,
+        label_smoothing=0.2,
+        reduce=False,
+    ),
     dict(dtype=torch.bfloat16, shape=(1, 2, 3, 2), num_classes=3, uncertainty=True, weight=False, exponent=1.0),
 ]
 FORWARD_IDS = ["f32-2d-reduce", "f64-NC-all-options", "f16-1d-none", "bf16-3d"]
@@ -39,8 +74,20 @@ FORWARD_IDS = ["f32-2d-reduce", "f64-NC-all-options", "f16-1d-none", "bf16-3d"]
 
 def _unpack(args):
     x, target, u, c, ignore_index, eps, alpha, exponent, inv_scale, s_max, reduce = args
-    return x, target, u, c, dict(ignore_index=ignore_index, label_smoothing=eps, alpha=alpha, exponent=exponent,
-                                 uncertainty_scale=1.0 / inv_scale, s_max=None if s_max == INF else s_max)
+    return (
+        x,
+        target,
+        u,
+        c,
+        dict(
+            ignore_index=ignore_index,
+            label_smoothing=eps,
+            alpha=alpha,
+            exponent=exponent,
+            uncertainty_scale=1.0 / inv_scale,
+            s_max=None if s_max == INF else s_max,
+        ),
+    )
 
 
 def _accumulation_dtype(dtype):
@@ -143,8 +190,9 @@ class TinySegmenter(nn.Module):
     def __init__(self, num_classes, normalize):
         super().__init__()
         self.head = nn.Conv2d(3, num_classes, 3, padding=1)
-        self.loss = uaal_ext.UAALLoss(weight=torch.rand(num_classes) + 0.5, label_smoothing=0.1, alpha=1.5,
-                                      normalize=normalize)
+        self.loss = uaal_ext.UAALLoss(
+            weight=torch.rand(num_classes) + 0.5, label_smoothing=0.1, alpha=1.5, normalize=normalize
+        )
 
     def forward(self, image, target, uncertainty=None):
         logits = self.head(image)

@@ -77,5 +77,5 @@ def test_kernel_table_matches_the_best_one(capability, seed):
                 torch.tensor(best[dtype][key], dtype=torch.float64),
                 rtol=key_tol,
                 atol=key_tol,
-                msg=lambda m: f"{capability} vs {best['capability']} ({dtype} {key}): {m}",
+                msg=lambda m, dtype=dtype, key=key: f"{capability} vs {best['capability']} ({dtype} {key}): {m}",
             )

@@ -5,9 +5,6 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-
-import uaal_ext
-from uaal_ext.ops.reference import uaal_cross_entropy_reference
 from testing import (
     DEVICES,
     FLOAT_DTYPES,
@@ -23,6 +20,9 @@ from testing import (
     random_target,
     strided,
 )
+
+import uaal_ext
+from uaal_ext.ops.reference import uaal_cross_entropy_reference
 
 NUM_CLASSES = 5
 
@@ -50,9 +50,7 @@ def _check(
     x_leaf, x_view = strided(full_shape, layout, random_logits)
     x_leaf = x_leaf.to(device=device, dtype=dtype).requires_grad_()
     t_leaf, t_view = strided(
-        shape,
-        layout,
-        lambda s: random_target(s, num_classes, target_dtype, ignore_index, ignore_frac),
+        shape, layout, lambda s: random_target(s, num_classes, target_dtype, ignore_index, ignore_frac)
     )
     target = t_view(t_leaf.to(device))
     weight = (torch.rand(num_classes, dtype=torch.float64) * 2 + 0.1).to(device, dtype) if use_weight else None
@@ -85,8 +83,7 @@ def _check(
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize(
-    "ndim,layout",
-    [(nd, lay) for nd in SPATIAL_SHAPES for lay in LAYOUTS if layout_allowed(lay, nd + 2)],
+    "ndim,layout", [(nd, lay) for nd in SPATIAL_SHAPES for lay in LAYOUTS if layout_allowed(lay, nd + 2)]
 )
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("device", DEVICES)
@@ -258,9 +255,7 @@ def test_empty_batch(impl, shape, reduction, seed):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_alpha0_all_ignored(impl, ndim, reduction, seed):
     for use_weight, label_smoothing in itertools.product([False, True], [0.0, 0.1]):
-        _f_cross_entropy_case(
-            impl, torch.float64, ndim, use_weight, -100, label_smoothing, reduction, ignore_frac=1.0
-        )
+        _f_cross_entropy_case(impl, torch.float64, ndim, use_weight, -100, label_smoothing, reduction, ignore_frac=1.0)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
@@ -400,7 +395,7 @@ def test_thread_count_does_not_change_results(reduction, seed):
 
 @pytest.mark.parametrize("use_uncertainty", [False, True])
 def test_inputs_are_not_modified(use_uncertainty, seed):
-    """The backward must not reuse an input's storage: autograd would not notice (SPEC 4)."""
+    """The backward must not reuse an input's storage: autograd would not notice (docs/architecture.md)."""
     x = random_logits((2, NUM_CLASSES, 5, 6)).float().requires_grad_()
     target = random_target((2, 5, 6), NUM_CLASSES, ignore_index=-100)
     weight = torch.rand(NUM_CLASSES) + 0.5

@@ -27,7 +27,6 @@ from uaal_ext.experiment.training import TrainConfig, make_criterion, train
 from uaal_ext.uncertainty import DropoutRecording, UncertaintySource, register_uncertainty_source
 from uaal_ext.uncertainty import base as uncertainty_base
 
-
 # ---- an acquisition method of the user's ------------------------------------------------------------
 
 
@@ -49,7 +48,7 @@ class VariationRatio(AcquisitionMethod):
 def user_method():
     register_method(VariationRatio)
     yield VariationRatio
-    acquisition_base._METHODS.pop(VariationRatio.name)  # leave the registry as the other tests expect it
+    acquisition_base.METHODS.remove(VariationRatio.name)  # leave the registry as the other tests expect it
 
 
 class _TinyNet(nn.Module):
@@ -84,9 +83,21 @@ def test_user_method_works_everywhere_a_name_does(user_method, tmp_path):
 
 
 def test_user_method_through_the_experiment_and_report(user_method, tmp_path):
-    config = ExperimentConfig(pool_size=24, val_size=4, image_size=(32, 64), initial_fraction=0.1, budgets=(0.25,),
-                              iterations=1, batch_size=4, num_samples=1, acquisition_samples=2, eval_batch_size=8,
-                              methods=("random", "variation_ratio"), modes=("standard",), seeds=(0,))
+    config = ExperimentConfig(
+        pool_size=24,
+        val_size=4,
+        image_size=(32, 64),
+        initial_fraction=0.1,
+        budgets=(0.25,),
+        iterations=1,
+        batch_size=4,
+        num_samples=1,
+        acquisition_samples=2,
+        eval_batch_size=8,
+        methods=("random", "variation_ratio"),
+        modes=("standard",),
+        seeds=(0,),
+    )
     state = run_experiment(config, tmp_path, progress=False)
     added = state.runs[run_key(0, "standard", "variation_ratio")].round(1).added
     assert len(added) == 6 - 2 and state.finished
@@ -139,20 +150,39 @@ def _build_stripes(split, *, root, size, seed, image_size):
 
 @pytest.fixture
 def user_dataset():
-    spec = register_dataset(DatasetSpec(name="stripes", class_names=("top", "middle", "bottom"),
-                                        build=_build_stripes, display_name="Stripes", generated=True,
-                                        eval_size_divisor=1))
+    spec = register_dataset(
+        DatasetSpec(
+            name="stripes",
+            class_names=("top", "middle", "bottom"),
+            build=_build_stripes,
+            display_name="Stripes",
+            generated=True,
+            eval_size_divisor=1,
+        )
+    )
     yield spec
-    dataset_registry._DATASETS.pop(spec.name)
+    dataset_registry.DATASETS.remove(spec.name)
 
 
 def test_user_dataset_through_the_experiment(user_dataset, tmp_path):
     assert "stripes" in dataset_names()
     image, label = make_dataset("stripes", "val", size=3, image_size=(32, 32))[0]
     assert image.shape == (3, 32, 32) and set(label.unique().tolist()) == {0, 1, 2}
-    config = ExperimentConfig(dataset="stripes", pool_size=20, val_size=4, image_size=(32, 32),
-                              initial_fraction=0.1, budgets=(0.2,), iterations=2, batch_size=2, num_samples=1,
-                              acquisition_samples=2, methods=("entropy",), modes=("standard",), seeds=(0,))
+    config = ExperimentConfig(
+        dataset="stripes",
+        pool_size=20,
+        val_size=4,
+        image_size=(32, 32),
+        initial_fraction=0.1,
+        budgets=(0.2,),
+        iterations=2,
+        batch_size=2,
+        num_samples=1,
+        acquisition_samples=2,
+        methods=("entropy",),
+        modes=("standard",),
+        seeds=(0,),
+    )
     state = run_experiment(config, tmp_path, progress=False)
     assert state.finished and len(state.results) == 2
     assert all(0 <= row["miou"] <= 1 for row in state.results)
@@ -170,16 +200,16 @@ class Confusion(UncertaintySource):
     uses_dropout_masks = True
     seen: list = []
 
-    def __call__(self, model, images, clean_logits=None, *, dropout_masks=None):
-        Confusion.seen.append(dropout_masks)
-        return clean_logits, 1.0 - clean_logits.softmax(dim=1).amax(dim=1)
+    def measure(self, model, images, clean, masks):
+        Confusion.seen.append(masks)
+        return clean, 1.0 - clean.softmax(dim=1).amax(dim=1)
 
 
 @pytest.fixture
 def user_source():
     register_uncertainty_source(Confusion)
     yield Confusion
-    uncertainty_base._SOURCES.pop(Confusion.name)
+    uncertainty_base.SOURCES.remove(Confusion.name)
 
 
 def test_user_uncertainty_source_trains(user_source):

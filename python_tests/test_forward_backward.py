@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from testing import DEVICES, assert_close, random_logits, random_target
 
 import uaal_ext
 from uaal_ext.ops.reference import uaal_cross_entropy_reference
-from testing import DEVICES, assert_close, random_logits, random_target
 
 ops = torch.ops.uaal_ext
 INF = float("inf")
@@ -42,9 +42,16 @@ def test_loss_and_gradient_match_reference(device, case, seed):
     x, target, u, c, ignore_index, eps, alpha, exponent, inv_scale, s_max, mean = args
     x64 = x.double().requires_grad_()
     expected = uaal_cross_entropy_reference(
-        x64, target, u.double() if u is not None else None, weight=c.double() if c is not None else None,
-        ignore_index=ignore_index, label_smoothing=eps, alpha=alpha, exponent=exponent,
-        uncertainty_scale=1.0 / inv_scale, reduction="mean" if mean else "sum",
+        x64,
+        target,
+        u.double() if u is not None else None,
+        weight=c.double() if c is not None else None,
+        ignore_index=ignore_index,
+        label_smoothing=eps,
+        alpha=alpha,
+        exponent=exponent,
+        uncertainty_scale=1.0 / inv_scale,
+        reduction="mean" if mean else "sum",
     )
     expected.backward()
     assert loss.shape == () and grad_input.shape == x.shape and grad_input.dtype == x.dtype

@@ -1,14 +1,14 @@
-"""uaal_ext.ops.perturbation.kernel_noise against the Philox4x32-10 / Box-Muller reference (SPEC 2)."""
+"""uaal_ext.ops.perturbation.kernel_noise against the Philox4x32-10 / Box-Muller reference (docs/math.md#kernel-noise-perturbation)."""
 
 import math
 
 import pytest
 import torch
+from testing import DEVICES, FLOAT_DTYPES, FULL_DTYPES, assert_close, cuda_only, strided
 
 import uaal_ext  # noqa: F401  (registers torch.ops.uaal_ext.*)
 from uaal_ext.ops.perturbation import kernel_noise
 from uaal_ext.ops.reference import kernel_noise_normals_reference, kernel_noise_reference, philox4x32_10
-from testing import DEVICES, FLOAT_DTYPES, FULL_DTYPES, assert_close, cuda_only, strided
 
 ops = torch.ops.uaal_ext
 GRANULARITIES = ["tensor", "filter"]
@@ -312,10 +312,7 @@ def test_inputs_are_not_modified(seed):
 def test_outputs_do_not_require_grad(seed):
     weights = [torch.nn.Parameter(w) for w in _weights([(4, 3, 3, 3), (5,)])]
     with torch.enable_grad():
-        outs = [
-            kernel_noise(weights, 2, 0.1, seed=seed),
-            ops.kernel_noise(list(weights), 2, 0.1, seed, 0, True),
-        ]
+        outs = [kernel_noise(weights, 2, 0.1, seed=seed), ops.kernel_noise(list(weights), 2, 0.1, seed, 0, True)]
     for out in outs:
         assert all(not o.requires_grad and o.grad_fn is None for o in out)
 
@@ -339,8 +336,12 @@ BAD_INPUTS = [
     ("offset<0", lambda: kernel_noise(_w(F32), 2, 0.1, offset=-1), ValueError, "offset"),
     ("offset-2^32", lambda: kernel_noise(_w(F32), 2, 0.1, offset=2**32), ValueError, "offset"),
     ("mixed-dtypes", lambda: kernel_noise(_w(F32, F32, torch.float64), 2, 0.1), TypeError, r"weights\[2\]"),
-    ("integer-weight", lambda: kernel_noise(_w(torch.int64, torch.int64, torch.int64), 2, 0.1), TypeError,
-     r"weights\[0\]"),
+    (
+        "integer-weight",
+        lambda: kernel_noise(_w(torch.int64, torch.int64, torch.int64), 2, 0.1),
+        TypeError,
+        r"weights\[0\]",
+    ),
     ("integer-later", lambda: kernel_noise(_w(F32, F32, torch.int32), 2, 0.1), TypeError, r"weights\[2\]"),
     ("bool-weight", lambda: kernel_noise(_w(torch.bool), 2, 0.1), TypeError, r"weights\[0\]"),
     ("granularity", lambda: kernel_noise(_w(F32), 2, 0.1, granularity="channel"), ValueError, "granularity"),

@@ -17,8 +17,15 @@ from uaal_ext.ops.reference import pixel_scores_reference
 from uaal_ext.uncertainty import KernelNoise, MCDropout
 
 PNG = b"\x89PNG\r\n\x1a\n"
-MAP_METHODS = ("entropy", "margin", "least_confidence", "mc_entropy", "bald", "noise_stability",
-               "noise_stability_kcenter")
+MAP_METHODS = (
+    "entropy",
+    "margin",
+    "least_confidence",
+    "mc_entropy",
+    "bald",
+    "noise_stability",
+    "noise_stability_kcenter",
+)
 
 
 def _tiny_model_and_images(seed=0):
@@ -44,8 +51,13 @@ def _expected(model, images, method, num_samples, eta, seed):
             return 1 - top[:, 0] if method == "least_confidence" else 1 - (top[:, 0] - top[:, 1])
         if method in ("mc_entropy", "bald"):
             # Each image on its own, its masks keyed by (seed, index) as selection keys them.
-            mc_logits = torch.cat([MCDropout(num_samples=num_samples, seed=image_key(seed, i) >> 1)(model, images[i:i + 1])
-                                   for i in range(images.shape[0])], dim=1)
+            mc_logits = torch.cat(
+                [
+                    MCDropout(num_samples=num_samples, seed=image_key(seed, i) >> 1)(model, images[i : i + 1])
+                    for i in range(images.shape[0])
+                ],
+                dim=1,
+            )
             return pixel_scores_reference(method, mc_logits.double())
         return KernelNoise(eta=eta, num_samples=num_samples, seed=seed).scores(model, images)[2].double()
 
@@ -105,8 +117,11 @@ def _figure_inputs(num_images=2, methods=("entropy", "bald"), modes=("uaal", "st
     images = torch.randn(num_images, 3, 32, 64)
     labels = torch.randint(0, 10, (num_images, 32, 64))
     labels[:, :3] = 255
-    maps = {(method, mode): torch.rand(num_images, 32, 64) * (2 if mode == "standard" else 1)
-            for method in methods for mode in modes}
+    maps = {
+        (method, mode): torch.rand(num_images, 32, 64) * (2 if mode == "standard" else 1)
+        for method in methods
+        for mode in modes
+    }
     return images, labels, maps
 
 
@@ -117,8 +132,9 @@ def test_draw_uncertainty_maps_writes_a_png(tmp_path):
     images, labels, maps = _figure_inputs()
     maps[("entropy", "standard")][0, 0, 0] = float("nan")  # drawn grey, not an error
     path = tmp_path / "new" / "folder" / "maps.png"
-    returned = draw_uncertainty_maps(images, labels, maps, path, class_names=[f"c{i}" for i in range(10)],
-                                     title="two images")
+    returned = draw_uncertainty_maps(
+        images, labels, maps, path, class_names=[f"c{i}" for i in range(10)], title="two images"
+    )
     assert returned == os.fspath(path)
     assert path.read_bytes()[:8] == PNG and path.stat().st_size > 10_000
     assert plt.get_fignums() == open_before  # no figure left open
@@ -147,9 +163,21 @@ def test_draw_uncertainty_maps_rejects_bad_inputs(tmp_path):
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
     out = tmp_path_factory.mktemp("maps_experiment")
-    config = ExperimentConfig(pool_size=40, val_size=4, image_size=(32, 64), methods=("random", "entropy", "mc_entropy"),
-                              modes=("standard", "uaal"), seeds=(0,), budgets=(0.1, 0.2), initial_fraction=0.05,
-                              iterations=2, batch_size=4, num_samples=1, acquisition_samples=2, eval_batch_size=4)
+    config = ExperimentConfig(
+        pool_size=40,
+        val_size=4,
+        image_size=(32, 64),
+        methods=("random", "entropy", "mc_entropy"),
+        modes=("standard", "uaal"),
+        seeds=(0,),
+        budgets=(0.1, 0.2),
+        initial_fraction=0.05,
+        iterations=2,
+        batch_size=4,
+        num_samples=1,
+        acquisition_samples=2,
+        eval_batch_size=4,
+    )
     run_experiment(config, out, progress=False)
     return config, out
 
@@ -168,14 +196,25 @@ def test_experiment_maps_draws_the_experiments_models(experiment, tmp_path, monk
     val = build_datasets(config).val
     torch.testing.assert_close(drawn["images"], torch.stack([val[3][0], val[1][0]]))
     assert torch.equal(drawn["labels"], torch.stack([val[3][1], val[1][1]]))
-    assert list(drawn["maps"]) == [("entropy", "standard"), ("entropy", "uaal"),
-                                   ("mc_entropy", "standard"), ("mc_entropy", "uaal")]
+    assert list(drawn["maps"]) == [
+        ("entropy", "standard"),
+        ("entropy", "uaal"),
+        ("mc_entropy", "standard"),
+        ("mc_entropy", "uaal"),
+    ]
     assert "round 2" in drawn["title"] and drawn["class_names"][0] == "road"
     state = load_state(out)
     for (method, mode), got in drawn["maps"].items():
         model = load_round_model(out, 0, mode, method, state=state)
-        expected = uncertainty_map(model, drawn["images"], method, num_samples=config.acquisition_samples,
-                                   eta=config.eta, seed=0, indices=(3, 1))
+        expected = uncertainty_map(
+            model,
+            drawn["images"],
+            method,
+            num_samples=config.acquisition_samples,
+            eta=config.eta,
+            seed=0,
+            indices=(3, 1),
+        )
         torch.testing.assert_close(got, expected)
     # The two training modes give different models, so different maps.
     assert not torch.allclose(drawn["maps"][("entropy", "standard")], drawn["maps"][("entropy", "uaal")])
@@ -183,8 +222,9 @@ def test_experiment_maps_draws_the_experiments_models(experiment, tmp_path, monk
 
 def test_experiment_maps_writes_a_png(experiment, tmp_path):
     _, out = experiment
-    path = experiment_maps(out, tmp_path / "figures" / "maps.png", methods=["mc_entropy"], round_index=1,
-                           progress=False)
+    path = experiment_maps(
+        out, tmp_path / "figures" / "maps.png", methods=["mc_entropy"], round_index=1, progress=False
+    )
     assert path == os.fspath(tmp_path / "figures" / "maps.png")
     with open(path, "rb") as file:
         assert file.read(8) == PNG

@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
+from testing import DEVICES, cuda_only
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from uaal_ext.metrics import ConfusionMatrix, SegmentationMetrics
-from testing import DEVICES, cuda_only
 
 C = 7  # classes 0..4 appear in targets, 5 only in predictions, 6 nowhere
 IGNORE = 255
@@ -86,8 +86,9 @@ def test_by_hand():
     result = cm.compute()
     assert result.confusion_matrix.tolist() == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
     # IoU: class 0: 1 / (2 + 2 - 1) = 1/3; class 1: 2 / (2 + 3 - 2) = 2/3; class 2: 0 / 1; class 3: NaN
-    torch.testing.assert_close(result.per_class_iou, torch.tensor([1 / 3, 2 / 3, 0.0, math.nan], dtype=torch.float64),
-                               equal_nan=True)
+    torch.testing.assert_close(
+        result.per_class_iou, torch.tensor([1 / 3, 2 / 3, 0.0, math.nan], dtype=torch.float64), equal_nan=True
+    )
     assert result.miou == pytest.approx(1 / 3)
     assert result.pixel_accuracy == pytest.approx(3 / 5)
     assert result.mean_class_accuracy == pytest.approx((1 / 2 + 1 + 0) / 3)
@@ -99,8 +100,9 @@ def test_class_predicted_but_absent_counts_as_zero():
     cm = ConfusionMatrix(3)
     cm.update(torch.tensor([[0, 0, 2]]), torch.tensor([[0, 0, 0]]))
     result = cm.compute()
-    torch.testing.assert_close(result.per_class_iou, torch.tensor([2 / 3, math.nan, 0.0], dtype=torch.float64),
-                               equal_nan=True)
+    torch.testing.assert_close(
+        result.per_class_iou, torch.tensor([2 / 3, math.nan, 0.0], dtype=torch.float64), equal_nan=True
+    )
     assert result.miou == pytest.approx(1 / 3)
     assert result.mean_class_accuracy == pytest.approx(2 / 3)  # only class 0 has target pixels
 
@@ -162,8 +164,15 @@ def test_reset(seed):
 
 @pytest.mark.parametrize(
     "ignore, target_dtype",
-    [(255, torch.int64), (255, torch.int32), (255, torch.uint8), (-100, torch.int64), (-100, torch.int32),
-     (0, torch.int64), (0, torch.uint8)],
+    [
+        (255, torch.int64),
+        (255, torch.int32),
+        (255, torch.uint8),
+        (-100, torch.int64),
+        (-100, torch.int32),
+        (0, torch.int64),
+        (0, torch.uint8),
+    ],
 )
 def test_ignore_index_respected(ignore, target_dtype, seed):
     pred, target = _data((2, 11, 13), ignore=ignore, ignore_fraction=0.3)
@@ -271,15 +280,39 @@ def test_matrix_stays_on_the_inputs_device():
 @pytest.mark.parametrize(
     "pred, target, match",
     [
-        (torch.zeros(2, 4, 4, dtype=torch.long), torch.zeros(2, 4, 5, dtype=torch.long), r"pred class indices must have target's shape \(2, 4, 5\), got \(2, 4, 4\)"),
-        (torch.zeros(2, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long), r"logits pred must be \(N, C, \*spatial\) = \(2, 7, 4, 4\)"),
+        (
+            torch.zeros(2, 4, 4, dtype=torch.long),
+            torch.zeros(2, 4, 5, dtype=torch.long),
+            r"pred class indices must have target's shape \(2, 4, 5\), got \(2, 4, 4\)",
+        ),
+        (
+            torch.zeros(2, 4, 4),
+            torch.zeros(2, 4, 4, dtype=torch.long),
+            r"logits pred must be \(N, C, \*spatial\) = \(2, 7, 4, 4\)",
+        ),
         (torch.zeros(2, C + 1, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long), r"logits pred .* got \(2, 8, 4, 4\)"),
         (torch.zeros(2, 4, 4, dtype=torch.long), torch.zeros(2, 4, 4), "target must be an integer tensor"),
-        (torch.zeros(2, 4, 4, dtype=torch.long), torch.zeros(2, 4, 4, dtype=torch.bool), "target must be an integer tensor"),
-        (torch.zeros(2, 4, 4, dtype=torch.long), torch.full((2, 4, 4), C), r"target values must be in \[0, 7\) or ignore_index=255, got \[7\]"),
+        (
+            torch.zeros(2, 4, 4, dtype=torch.long),
+            torch.zeros(2, 4, 4, dtype=torch.bool),
+            "target must be an integer tensor",
+        ),
+        (
+            torch.zeros(2, 4, 4, dtype=torch.long),
+            torch.full((2, 4, 4), C),
+            r"target values must be in \[0, 7\) or ignore_index=255, got \[7\]",
+        ),
         (torch.zeros(2, 4, 4, dtype=torch.long), torch.full((2, 4, 4), -1), r"target values .* got \[-1\]"),
-        (torch.full((2, 4, 4), C), torch.zeros(2, 4, 4, dtype=torch.long), r"pred class indices must be in \[0, 7\), got \[7\]"),
-        (torch.zeros(2, 4, 4, dtype=torch.bool), torch.zeros(2, 4, 4, dtype=torch.long), "pred must be integer class indices or floating-point logits"),
+        (
+            torch.full((2, 4, 4), C),
+            torch.zeros(2, 4, 4, dtype=torch.long),
+            r"pred class indices must be in \[0, 7\), got \[7\]",
+        ),
+        (
+            torch.zeros(2, 4, 4, dtype=torch.bool),
+            torch.zeros(2, 4, 4, dtype=torch.long),
+            "pred must be integer class indices or floating-point logits",
+        ),
         ([0, 1], torch.zeros(2, dtype=torch.long), "pred must be a Tensor"),
         (torch.zeros(2, dtype=torch.long), [0, 1], "target must be a Tensor"),
         (torch.zeros((), dtype=torch.long), torch.zeros((), dtype=torch.long), r"target must be \(N, \*spatial\)"),
@@ -298,11 +331,14 @@ def test_out_of_range_pred_at_ignored_pixels_is_fine():
     assert cm.compute().num_pixels == 1
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"num_classes": 0}, "num_classes must be an int >= 1"),
-    ({"num_classes": 2.5}, "num_classes must be an int >= 1"),
-    ({"num_classes": 3, "ignore_index": 1.5}, "ignore_index must be an int"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_classes": 0}, "num_classes must be an int >= 1"),
+        ({"num_classes": 2.5}, "num_classes must be an int >= 1"),
+        ({"num_classes": 3, "ignore_index": 1.5}, "ignore_index must be an int"),
+    ],
+)
 def test_bad_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ConfusionMatrix(**kwargs)

@@ -141,8 +141,12 @@ def test_aspp_dropout_is_kept(small):
 def test_eval_output_equals_plain_smp_model(small, seed):
     """The inserted dropout changes nothing in eval mode, and the state_dict keys are smp's own."""
     plain = smp.DeepLabV3Plus(
-        encoder_name="tu-mobilenetv3_small_050", encoder_weights=None, encoder_output_stride=16,
-        decoder_channels=64, decoder_atrous_rates=(2, 4, 6), classes=NUM_CLASSES,
+        encoder_name="tu-mobilenetv3_small_050",
+        encoder_weights=None,
+        encoder_output_stride=16,
+        decoder_channels=64,
+        decoder_atrous_rates=(2, 4, 6),
+        classes=NUM_CLASSES,
     )
     plain.load_state_dict(_state(small))
     small.eval()
@@ -172,8 +176,9 @@ def test_weights_round_trip(tmp_path, wrap, seed):
     images = torch.randn(2, 3, 32, 48)
     with torch.no_grad():
         assert torch.equal(small(images), loaded(images))
-    assert torch.equal(build_model("small", NUM_CLASSES, weights=path).segmentation_head[1].weight,
-                       small.segmentation_head[1].weight)  # os.PathLike accepted too
+    assert torch.equal(
+        build_model("small", NUM_CLASSES, weights=path).segmentation_head[1].weight, small.segmentation_head[1].weight
+    )  # os.PathLike accepted too
 
 
 def test_missing_weights_file_names_the_path(tmp_path):
@@ -201,14 +206,18 @@ def test_weights_with_wrong_keys_list_them(small, tmp_path):
     del state["segmentation_head.0.bias"]
     path = tmp_path / "keys.pt"
     torch.save(state, path)
-    with pytest.raises(ValueError, match=r"missing keys: 1 \(segmentation_head.0.bias\).*unexpected keys: 1 \(not.a.layer\)"):
+    with pytest.raises(
+        ValueError, match=r"missing keys: 1 \(segmentation_head.0.bias\).*unexpected keys: 1 \(not.a.layer\)"
+    ):
         build_model("small", NUM_CLASSES, weights=path)
 
 
 def test_weights_for_other_num_classes_list_the_shapes(small, tmp_path):
     path = tmp_path / "classes.pt"
     torch.save(small.state_dict(), path)
-    with pytest.raises(ValueError, match=r"shape mismatches: 2 \(segmentation_head.0.weight \(5, 64, 1, 1\) vs model \(7, 64, 1, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"shape mismatches: 2 \(segmentation_head.0.weight \(5, 64, 1, 1\) vs model \(7, 64, 1, 1\)"
+    ):
         build_model("small", 7, weights=path)
 
 

@@ -1,14 +1,23 @@
-"""uaal_ext.ops.perturbation.perturbation_statistics against the float64 reference (SPEC 2)."""
+"""uaal_ext.ops.perturbation.perturbation_statistics against the float64 reference (docs/math.md#perturbation-statistics)."""
 
 import math
 
 import pytest
 import torch
+from testing import (
+    DEVICES,
+    FLOAT_DTYPES,
+    FULL_DTYPES,
+    SPATIAL_SHAPES,
+    assert_close,
+    assert_raises_naming,
+    cuda_only,
+    random_logits,
+)
 
 import uaal_ext  # noqa: F401  (registers torch.ops.uaal_ext.*)
 from uaal_ext.ops.perturbation import perturbation_statistics
 from uaal_ext.ops.reference import perturbation_statistics_reference
-from testing import DEVICES, FLOAT_DTYPES, FULL_DTYPES, SPATIAL_SHAPES, assert_close, assert_raises_naming, cuda_only, random_logits
 
 ops = torch.ops.uaal_ext
 LAYOUTS = ["contiguous", "channels_last", "sliced", "transposed"]
@@ -152,9 +161,7 @@ def test_nan_logits_give_nan_at_their_pixel(dtype, seed):
 # --- Sizes, threads, purity ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "shape", [(0, 5), (0, 5, 3, 4), (2, 5, 0), (2, 3, 4, 0, 2)], ids=["N0-NC", "N0", "L0", "W0"]
-)
+@pytest.mark.parametrize("shape", [(0, 5), (0, 5, 3, 4), (2, 5, 0), (2, 3, 4, 0, 2)], ids=["N0-NC", "N0", "L0", "W0"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_empty(device, shape):
     clean, perturbed = _inputs(shape, 2, torch.float32)
@@ -211,19 +218,27 @@ def _x(*shape, dtype=torch.float32):
 stats = perturbation_statistics
 # (id, call, exception type, argument name, regexes the message must also show)
 BAD_INPUTS = [
-    ("spatial-mismatch", lambda: stats(_x(2, 5, 4, 6), _x(3, 2, 5, 4, 7)), ValueError, "perturbed",
-     [_shape(3, 2, 5, 4, 7), _shape(2, 5, 4, 6)]),
-    ("class-mismatch", lambda: stats(_x(2, 5, 4), _x(3, 2, 6, 4)), ValueError, "perturbed",
-     [_shape(3, 2, 6, 4), _shape(2, 5, 4)]),
+    (
+        "spatial-mismatch",
+        lambda: stats(_x(2, 5, 4, 6), _x(3, 2, 5, 4, 7)),
+        ValueError,
+        "perturbed",
+        [_shape(3, 2, 5, 4, 7), _shape(2, 5, 4, 6)],
+    ),
+    (
+        "class-mismatch",
+        lambda: stats(_x(2, 5, 4), _x(3, 2, 6, 4)),
+        ValueError,
+        "perturbed",
+        [_shape(3, 2, 6, 4), _shape(2, 5, 4)],
+    ),
     ("no-K-dim", lambda: stats(_x(2, 5, 4, 6), _x(2, 5, 4, 6)), ValueError, "perturbed", [_shape(2, 5, 4, 6)]),
     ("K=0", lambda: stats(_x(2, 5, 4), _x(0, 2, 5, 4)), ValueError, "perturbed", [_shape(0, 2, 5, 4)]),
-    ("dtype-mismatch", lambda: stats(_x(2, 5, 4), _x(3, 2, 5, 4, dtype=torch.float64)), TypeError, "perturbed",
-     []),
+    ("dtype-mismatch", lambda: stats(_x(2, 5, 4), _x(3, 2, 5, 4, dtype=torch.float64)), TypeError, "perturbed", []),
     ("clean-1d", lambda: stats(_x(5), _x(3, 5)), ValueError, "clean", []),
     ("clean-0d", lambda: stats(_x(), _x(3)), ValueError, "clean", []),
     ("C=0", lambda: stats(_x(2, 0, 3), _x(2, 2, 0, 3)), ValueError, "clean", []),
-    ("integer", lambda: stats(_x(2, 5, dtype=torch.int64), _x(3, 2, 5, dtype=torch.int64)), TypeError, "clean",
-     []),
+    ("integer", lambda: stats(_x(2, 5, dtype=torch.int64), _x(3, 2, 5, dtype=torch.int64)), TypeError, "clean", []),
 ]
 
 
@@ -245,8 +260,12 @@ def test_devices_differ():
 
 # --- opcheck and torch.compile -------------------------------------------------------------------
 
-OPCHECK_CASES = [((2, 5, 3, 4), 3, torch.float32), ((3, 7), 1, torch.float64), ((2, 4, 6), 2, torch.float16),
-                 ((1, 3, 2, 2, 3), 2, torch.bfloat16)]
+OPCHECK_CASES = [
+    ((2, 5, 3, 4), 3, torch.float32),
+    ((3, 7), 1, torch.float64),
+    ((2, 4, 6), 2, torch.float16),
+    ((1, 3, 2, 2, 3), 2, torch.bfloat16),
+]
 
 
 @pytest.mark.parametrize("shape,num_samples,dtype", OPCHECK_CASES, ids=["f32-2d", "f64-NC", "f16-1d", "bf16-3d"])

@@ -4,9 +4,6 @@ import math
 
 import pytest
 import torch
-
-import uaal_ext
-from uaal_ext.ops.reference import pixel_entropy_reference
 from testing import (
     DEVICES,
     FLOAT_DTYPES,
@@ -18,6 +15,9 @@ from testing import (
     random_logits,
     strided,
 )
+
+import uaal_ext
+from uaal_ext.ops.reference import pixel_entropy_reference
 
 
 def _check(device, dtype, shape, normalized, layout="contiguous"):
@@ -38,8 +38,7 @@ def _check(device, dtype, shape, normalized, layout="contiguous"):
 
 @pytest.mark.parametrize("normalized", [False, True])
 @pytest.mark.parametrize(
-    "ndim,layout",
-    [(nd, lay) for nd in SPATIAL_SHAPES for lay in LAYOUTS if layout_allowed(lay, nd + 2)],
+    "ndim,layout", [(nd, lay) for nd in SPATIAL_SHAPES for lay in LAYOUTS if layout_allowed(lay, nd + 2)]
 )
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("device", DEVICES)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from uaal_ext.experiment import report
-from uaal_ext.experiment.al import STATE_FORMAT, ExperimentConfig, StateError  # the format load_state accepts
+from uaal_ext.experiment.al import ExperimentConfig, StateError
+from uaal_ext.experiment.al.state import STATE_FORMAT  # the format load_state accepts
 
 METHODS = ("random", "entropy", "mc_entropy")
 MODES = ("standard", "uaal")
@@ -20,27 +21,49 @@ INITIAL = 0.05
 
 def _row(config, method, mode, seed, round_index, miou):
     budget = INITIAL if round_index == 0 else BUDGETS[round_index - 1]
-    return {"dataset": config.dataset, "model": config.model, "method": method, "mode": mode, "seed": seed,
-            "round": round_index, "budget": budget, "num_labeled": round(budget * 400), "miou": miou,
-            "pixel_accuracy": min(1.0, miou + 0.2), "mean_class_accuracy": min(1.0, miou + 0.1)}
+    return {
+        "dataset": config.dataset,
+        "model": config.model,
+        "method": method,
+        "mode": mode,
+        "seed": seed,
+        "round": round_index,
+        "budget": budget,
+        "num_labeled": round(budget * 400),
+        "miou": miou,
+        "pixel_accuracy": min(1.0, miou + 0.2),
+        "mean_class_accuracy": min(1.0, miou + 0.1),
+    }
 
 
-def _write_experiment(folder, rng, seeds=(0, 1, 2), finished=True, last_round=len(BUDGETS), **overrides):
+def _write_experiment(folder, rng, seeds=(0, 1, 2), finished=True, last_round=None, **overrides):
     """A state.json in `folder` with random mIoUs for every (seed, mode, method, round <= last_round)
     the way run_experiment records them (round 0 once per seed and mode, repeated for every method).
     Returns the rows."""
-    config = ExperimentConfig(methods=METHODS, modes=MODES, budgets=BUDGETS, initial_fraction=INITIAL,
-                              seeds=seeds, **overrides)
+    last_round = len(BUDGETS) if last_round is None else last_round
+    config = ExperimentConfig(
+        methods=METHODS, modes=MODES, budgets=BUDGETS, initial_fraction=INITIAL, seeds=seeds, **overrides
+    )
     rows = []
     for seed in seeds:
         for mode in MODES:
             initial = float(rng.uniform(0.1, 0.3))
             rows += [_row(config, method, mode, seed, 0, initial) for method in METHODS]
             for method in METHODS:
-                rows += [_row(config, method, mode, seed, r, float(rng.uniform(0.3, 0.8)))
-                         for r in range(1, last_round + 1)]
-    state = {"format": STATE_FORMAT, "config": config.to_dict(), "pool_size": 400, "budget_sizes": [20, 40, 80],
-             "initial": {}, "runs": {}, "results": rows, "finished": finished, "wall_time": 95.0}
+                rows += [
+                    _row(config, method, mode, seed, r, float(rng.uniform(0.3, 0.8))) for r in range(1, last_round + 1)
+                ]
+    state = {
+        "format": STATE_FORMAT,
+        "config": config.to_dict(),
+        "pool_size": 400,
+        "budget_sizes": [20, 40, 80],
+        "initial": {},
+        "runs": {},
+        "results": rows,
+        "finished": finished,
+        "wall_time": 95.0,
+    }
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "state.json"), "w") as file:
         json.dump(state, file)
@@ -135,8 +158,14 @@ def test_ties_are_all_bold_and_one_seed_has_zero_std(tmp_path, seed):
     assert all(s["n"] == 1 and s["std"] == 0.0 for s in summary)
     markdown = report.markdown_tables(summary)
     _, body = _tables(markdown)["Synthetic"]
-    assert [cells[2] for cells in body] == ["50.00±0.00", "50.00±0.00", "**90.00±0.00**", "50.00±0.00",
-                                           "**90.00±0.00**", "50.00±0.00"]
+    assert [cells[2] for cells in body] == [
+        "50.00±0.00",
+        "50.00±0.00",
+        "**90.00±0.00**",
+        "50.00±0.00",
+        "**90.00±0.00**",
+        "50.00±0.00",
+    ]
     assert "mean ± std over 1 seed;" in markdown
 
 
@@ -187,8 +216,7 @@ def test_write_report_files(tmp_path, seed):
 
 
 def test_unfinished_experiment_is_marked_and_reports_its_rows(tmp_path, seed):
-    rows = _write_experiment(tmp_path / "exp", np.random.default_rng(seed), seeds=(0, 1), finished=False,
-                             last_round=1)
+    rows = _write_experiment(tmp_path / "exp", np.random.default_rng(seed), seeds=(0, 1), finished=False, last_round=1)
     written = report.write_report([tmp_path / "exp"], tmp_path / "out")
     text = open(written["report"], encoding="utf-8").read()
     # 2 seeds x 2 modes x (round 0 + 3 methods x round 1) of 2 x 2 x (1 + 3 x 2)
@@ -204,7 +232,9 @@ def test_missing_cells_show_a_dash(tmp_path, seed):
     state = json.loads(state_path.read_text())
     state["results"] = [r for r in rows if not (r["method"] == "entropy" and r["mode"] == "uaal" and r["round"] == 2)]
     state_path.write_text(json.dumps(state))
-    _, body = _tables(report.markdown_tables(report.summarize(report.load_experiments([tmp_path / "exp"]))))["Synthetic"]
+    _, body = _tables(report.markdown_tables(report.summarize(report.load_experiments([tmp_path / "exp"]))))[
+        "Synthetic"
+    ]
     assert body[3][:2] == ["", "UAAL"] and body[3][3] == "–" and body[3][2] != "–"
 
 
@@ -214,8 +244,9 @@ def test_missing_cells_show_a_dash(tmp_path, seed):
 
 def test_exponent_variants_get_labels_and_columns(tmp_path, seed):
     rng = np.random.default_rng(seed)
-    rows = {e: _write_experiment(tmp_path / "sweep" / f"exponent={e}", rng, seeds=(0, 1), exponent=float(e))
-            for e in (2, 1)}
+    rows = {
+        e: _write_experiment(tmp_path / "sweep" / f"exponent={e}", rng, seeds=(0, 1), exponent=float(e)) for e in (2, 1)
+    }
     experiments = report.load_experiments([tmp_path / "sweep"])
     assert report.variant_labels(experiments) == ["exponent=1", "exponent=2"]
     summary = report.summarize(experiments)
@@ -226,8 +257,12 @@ def test_exponent_variants_get_labels_and_columns(tmp_path, seed):
         with open(written[f"miou_vs_budget_synthetic_small_exponent={e}"], "rb") as file:
             assert file.read(4) == b"\x89PNG"
     header, body = _tables(open(written["report"], encoding="utf-8").read())["Synthetic"]
-    assert header[2:] == ["small, exponent=1 (B = 10%)", "small, exponent=2 (B = 10%)",
-                          "small, exponent=1 (B = 20%)", "small, exponent=2 (B = 20%)"]
+    assert header[2:] == [
+        "small, exponent=1 (B = 10%)",
+        "small, exponent=2 (B = 10%)",
+        "small, exponent=1 (B = 20%)",
+        "small, exponent=2 (B = 20%)",
+    ]
     for column, (budget, e) in enumerate([(0.1, 1), (0.1, 2), (0.2, 1), (0.2, 2)], start=2):
         assert body[2][column].strip("*") == _cell(*_expected(rows[e], "entropy", "standard", budget)[:2])
     with open(written["runs"], newline="") as file:

@@ -5,6 +5,7 @@ Most tests use a tiny stand-in (a conv net with BatchNorm and Dropout2d; random 
 label is the argmax over the channels) so they run in seconds; two tests train the real
 DeepLabv3+ ``build_model("small")`` on ``SyntheticScenes``.
 """
+
 import dataclasses
 import math
 import os
@@ -13,21 +14,13 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from testing import cuda_only
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import uaal_ext
+from uaal_ext.experiment.training import CheckpointError, TrainConfig, evaluate, make_criterion, train, train_step
 from uaal_ext.schedules import get_schedule
-from uaal_ext.experiment.training import (
-    CheckpointError,
-    TrainConfig,
-    evaluate,
-    make_criterion,
-    train,
-    train_step,
-)
-
-from testing import cuda_only
 
 NUM_CLASSES = 3
 IGNORE = 255
@@ -197,8 +190,11 @@ def test_standard_mode_equals_hand_written_cross_entropy_loop():
 @pytest.mark.parametrize("normalize, s_max", [("scale", None), ("mean", 4.0), ("max", None)])
 def test_criterion_takes_normalize_and_cap(normalize, s_max):
     """The UAAL criterion of a config scales and caps the uncertainty as the config says."""
-    criterion, source = make_criterion(_config(mode="uaal", uncertainty="kernel_noise", eta=0.02, normalize=normalize,
-                                               s_max=s_max, exponent=2.0, alpha=1.5))
+    criterion, source = make_criterion(
+        _config(
+            mode="uaal", uncertainty="kernel_noise", eta=0.02, normalize=normalize, s_max=s_max, exponent=2.0, alpha=1.5
+        )
+    )
     assert criterion.normalize == normalize and criterion.s_max == s_max and source.uncertainty_scale == 0.02
     logits = torch.randn(2, 5, 6, 7, dtype=torch.float64)
     labels = torch.randint(0, 5, (2, 6, 7))
@@ -467,8 +463,14 @@ def _small_model_and_data(num_images=6):
 def test_small_deeplab_on_synthetic_scenes(uncertainty):
     model, dataset, data = _small_model_and_data()
     config = TrainConfig(
-        epochs=2, batch_size=3, lr=0.02, mode="uaal", uncertainty=uncertainty, num_samples=2,
-        schedule="linear_decrease", ignore_index=data.IGNORE_INDEX,
+        epochs=2,
+        batch_size=3,
+        lr=0.02,
+        mode="uaal",
+        uncertainty=uncertainty,
+        num_samples=2,
+        schedule="linear_decrease",
+        ignore_index=data.IGNORE_INDEX,
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*active dropout.*")
@@ -484,7 +486,12 @@ def test_small_deeplab_on_synthetic_scenes(uncertainty):
 def test_small_deeplab_resume_equals_uninterrupted(tmp_path):
     model, dataset, data = _small_model_and_data(num_images=4)
     config = TrainConfig(
-        epochs=2, batch_size=2, lr=0.02, mode="uaal", uncertainty="mc_dropout", num_samples=2,
+        epochs=2,
+        batch_size=2,
+        lr=0.02,
+        mode="uaal",
+        uncertainty="mc_dropout",
+        num_samples=2,
         ignore_index=data.IGNORE_INDEX,
     )
     train(model, dataset, config, progress=False)

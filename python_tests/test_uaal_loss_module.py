@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from testing import DEVICES, REDUCTIONS, assert_close, gradient_unit, random_logits, random_target
 from torch import nn
 
 import uaal_ext
 from uaal_ext.ops.reference import pixel_entropy_reference, uaal_cross_entropy_reference
-from testing import DEVICES, REDUCTIONS, assert_close, gradient_unit, random_logits, random_target
 
 NUM_CLASSES = 6
 
@@ -50,8 +50,15 @@ def test_scale_mode(device, uncertainty_scale, use_uncertainty, reduction, norma
     target = random_target((2, 5, 7), NUM_CLASSES, ignore_index=-100).to(device)
     weight = torch.rand(NUM_CLASSES, dtype=torch.float64, device=device) + 0.2
     uncertainty = torch.rand(2, 5, 7, dtype=torch.float64, device=device) if use_uncertainty else None
-    kwargs = dict(weight=weight, reduction=reduction, label_smoothing=0.1, alpha=1.7, exponent=3.0,
-                  uncertainty_scale=uncertainty_scale, normalize_by_weight=normalize_by_weight)
+    kwargs = dict(
+        weight=weight,
+        reduction=reduction,
+        label_smoothing=0.1,
+        alpha=1.7,
+        exponent=3.0,
+        uncertainty_scale=uncertainty_scale,
+        normalize_by_weight=normalize_by_weight,
+    )
     out = uaal_ext.UAALLoss(normalize="scale", **kwargs)(x, target, uncertainty)
     x_ref = x.detach().clone().requires_grad_()
     expected = uaal_cross_entropy_reference(x_ref, target, uncertainty, **kwargs)
@@ -86,9 +93,14 @@ def test_mean_and_max_modes(device, mode, use_uncertainty, reduction, normalize_
         U = torch.where(valid, U, U + 10)
     else:
         U = pixel_entropy_reference(x.detach())
-    kwargs = dict(reduction=reduction, label_smoothing=0.1, alpha=1.3, exponent=2.0,
-                  normalize_by_weight=normalize_by_weight,
-                  weight=torch.rand(NUM_CLASSES, dtype=torch.float64, device=device) + 0.2)
+    kwargs = dict(
+        reduction=reduction,
+        label_smoothing=0.1,
+        alpha=1.3,
+        exponent=2.0,
+        normalize_by_weight=normalize_by_weight,
+        weight=torch.rand(NUM_CLASSES, dtype=torch.float64, device=device) + 0.2,
+    )
     out = uaal_ext.UAALLoss(normalize=mode, **kwargs)(x, target, U if use_uncertainty else None)
 
     x_ref = x.detach().clone().requires_grad_()

@@ -12,12 +12,12 @@ from torch.func import functional_call
 
 import uaal_ext
 from uaal_ext.uncertainty import (
-    uncertainty_source_names,
     EntropyUncertainty,
     KernelNoise,
     MCDropout,
     MCDropoutUncertainty,
     make_uncertainty,
+    uncertainty_source_names,
 )
 
 NUM_CLASSES = 4
@@ -80,7 +80,7 @@ def _assert_unchanged(model, snapshot):
 
 
 def _statistics_reference(clean, perturbed):
-    """sigma and ns of SPEC 2 in float64."""
+    """sigma and ns of docs/math.md#perturbation-statistics in float64."""
     p = clean.double().softmax(dim=1)
     d = (perturbed.double().softmax(dim=2) - p).norm(dim=2)  # (K, N, *spatial)
     return d.pow(2).mean(dim=0).sqrt(), d.mean(dim=0) / p.norm(dim=1)
@@ -96,10 +96,12 @@ def _sequential_reference(model, kn, images):
     perturbed = kn.perturbed_parameters(model)
     with torch.no_grad():
         clean = reference(images)
-        outputs = torch.stack([
-            functional_call(reference, {name: w[k] for name, w in perturbed.items()}, (images,))
-            for k in range(kn.num_samples)
-        ])
+        outputs = torch.stack(
+            [
+                functional_call(reference, {name: w[k] for name, w in perturbed.items()}, (images,))
+                for k in range(kn.num_samples)
+            ]
+        )
     return clean, outputs
 
 
@@ -428,7 +430,9 @@ def test_dropout_state_replays_the_clean_forwards_masks(seed):
     state = rng_state(images.device)
     out = model(images)
     after_forward = rng_state(images.device)
-    _, sigma = KernelNoise(eta=0.0, num_samples=3, seed=seed)(model, images, clean_logits=out.detach(), dropout_state=state)
+    _, sigma = KernelNoise(eta=0.0, num_samples=3, seed=seed)(
+        model, images, clean_logits=out.detach(), dropout_state=state
+    )
     assert torch.equal(sigma, torch.zeros_like(sigma))
     assert torch.equal(rng_state(images.device), after_forward)
     # Without the state, the dropout-free passes differ from the dropout forward.
@@ -438,7 +442,9 @@ def test_dropout_state_replays_the_clean_forwards_masks(seed):
     # A perturbation shows up on top of the replayed masks.
     state = rng_state(images.device)
     out = model(images)
-    _, perturbed = KernelNoise(eta=0.05, num_samples=3, seed=seed)(model, images, clean_logits=out.detach(), dropout_state=state)
+    _, perturbed = KernelNoise(eta=0.05, num_samples=3, seed=seed)(
+        model, images, clean_logits=out.detach(), dropout_state=state
+    )
     assert perturbed.max() > 0
     with pytest.raises(ValueError, match="dropout_state"):
         KernelNoise(eta=0.05, seed=seed)(model, images, dropout_state=state)

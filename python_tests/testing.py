@@ -7,9 +7,7 @@ import torch
 
 DEVICES = [
     "cpu",
-    pytest.param(
-        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
-    ),
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")),
 ]
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
 

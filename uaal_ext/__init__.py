@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import torch  # noqa: F401  (loads libtorch before the extension)
 
-from . import _C  # noqa: F401  (registers torch.ops.uaal_ext.*)
-from . import acquisition, uncertainty
+from . import (
+    _C,  # noqa: F401  (registers torch.ops.uaal_ext.*)
+    acquisition,
+    uncertainty,
+)
 from ._build import build_info
 from .loss import UAALLoss
 from .ops import kernel_noise, perturbation_statistics, pixel_entropy, uaal_cross_entropy

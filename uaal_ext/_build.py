@@ -1,4 +1,5 @@
 """What this build of uaal_ext contains, as compiled into the loaded library."""
+
 from __future__ import annotations
 
 import torch

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Optional, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 __all__ = [
     "SEED_LIMIT",
@@ -37,59 +38,48 @@ def is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _bounds(low: Optional[float], high: Optional[float], low_open: bool, high_open: bool) -> str:
-    if low is not None and high is not None:
-        return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-    if low is not None:
-        return f"{'>' if low_open else '>='} {low}"
-    if high is not None:
-        return f"{'<' if high_open else '<='} {high}"
-    return ""
+@dataclass(frozen=True)
+class _Range:
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        low, high = self.low, self.high
+        if low is not None and high is not None:
+            return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+        if low is not None:
+            return f"{'>' if self.low_open else '>='} {low}"
+        return "" if high is None else f"{'<' if self.high_open else '<='} {high}"
 
 
-def _inside(value: float, low: Optional[float], high: Optional[float], low_open: bool, high_open: bool) -> bool:
-    if low is not None and (value <= low if low_open else value < low):
-        return False
-    return high is None or (value < high if high_open else value <= high)
-
-
-def check_int(
-    name: str,
-    value: object,
-    *,
-    low: Optional[int] = None,
-    high: Optional[int] = None,
-    high_open: bool = False,
-    allow_none: bool = False,
-) -> Any:
-    """``value`` if it is an int (not a bool) within ``[low, high]`` (or ``[low, high)``), else
-    ValueError ``"{name} must be an int >= low ..., got value"``. None passes when ``allow_none``."""
+def _check(name: str, value: Any, right_kind: bool, kind: str, bounds: _Range, allow_none: bool) -> Any:
     if allow_none and value is None:
         return None
-    if not is_int(value) or not _inside(value, low, high, False, high_open):  # type: ignore[arg-type]
-        allowed = " ".join(filter(None, ("an int", _bounds(low, high, False, high_open))))
+    if not right_kind or value not in bounds:
+        allowed = " ".join(filter(None, (kind, str(bounds))))
         raise ValueError(f"{name} must be {allowed}{' or None' if allow_none else ''}, got {value!r}")
     return value
 
 
-def check_number(
-    name: str,
-    value: object,
-    *,
-    low: Optional[float] = None,
-    high: Optional[float] = None,
-    low_open: bool = False,
-    high_open: bool = False,
-    allow_none: bool = False,
-) -> Any:
+def check_int(name: str, value: Any, *, low=None, high=None, high_open=False, allow_none=False) -> Any:
+    """``value`` if it is an int (not a bool) within ``[low, high]`` (or ``[low, high)``), else
+    ValueError ``"{name} must be an int >= low ..., got value"``. None passes when ``allow_none``."""
+    return _check(name, value, is_int(value), "an int", _Range(low, high, False, high_open), allow_none)
+
+
+def check_number(name: str, value: Any, *, low=None, high=None, low_open=False, high_open=False, allow_none=False):
     """``float(value)`` if it is a finite number (not a bool) within the bounds, else ValueError
     naming ``name``, the allowed range and the value. None passes when ``allow_none``."""
-    if allow_none and value is None:
-        return None
-    if not is_number(value) or not _inside(value, low, high, low_open, high_open):  # type: ignore[arg-type]
-        allowed = " ".join(filter(None, ("a finite number", _bounds(low, high, low_open, high_open))))
-        raise ValueError(f"{name} must be {allowed}{' or None' if allow_none else ''}, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
+    bounds = _Range(low, high, low_open, high_open)
+    checked = _check(name, value, is_number(value), "a finite number", bounds, allow_none)
+    return None if checked is None else float(checked)
 
 
 def check_seed(name: str, value: object) -> int:
@@ -114,7 +104,7 @@ def changed_keys(
     saved: Mapping[str, Any],
     current: Mapping[str, Any],
     ignore: Iterable[str] = (),
-    defaults: Optional[Mapping[str, Any]] = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> str:
     """``"key: old -> new, ..."`` for the keys whose values differ (those in ``ignore`` aside), or
     ``""`` when none does: what a resumed run reports when its config is not the one it started with.
@@ -130,6 +120,4 @@ def changed_keys(
         return saved[key] if key in saved else defaults.get(key, missing)
 
     keys = sorted(k for k in saved.keys() | current.keys() if k not in skipped and old(k) != current.get(k, missing))
-    return ", ".join(
-        f"{key}: {saved.get(key, '(unset)')!r} -> {current.get(key, '(unset)')!r}" for key in keys
-    )
+    return ", ".join(f"{key}: {saved.get(key, '(unset)')!r} -> {current.get(key, '(unset)')!r}" for key in keys)

@@ -6,10 +6,10 @@ and ``alpha(t)`` follows a schedule over training (``docs/math.md#schedules``). 
 loss is exactly ``torch.nn.functional.cross_entropy``. The functional form is
 :func:`uaal_ext.ops.uaal_cross_entropy`.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -49,17 +49,17 @@ class UAALLoss(nn.Module):
 
     def __init__(
         self,
-        weight: Optional[Tensor] = None,
+        weight: Tensor | None = None,
         ignore_index: int = -100,
         reduction: str = "mean",
         label_smoothing: float = 0.0,
         alpha: float = 1.0,
         exponent: float = 2.0,
         schedule: str = "constant",
-        max_epochs: Optional[float] = None,
-        uncertainty_scale: Optional[float] = None,
+        max_epochs: float | None = None,
+        uncertainty_scale: float | None = None,
         normalize: str = "scale",
-        s_max: Optional[float] = None,
+        s_max: float | None = None,
         normalize_by_weight: bool = False,
     ) -> None:
         super().__init__()
@@ -109,7 +109,7 @@ class UAALLoss(nn.Module):
         """The strength in use now: ``alpha * schedule(progress)``."""
         return self.alpha * self._schedule(self.progress)
 
-    def forward(self, input: Tensor, target: Tensor, uncertainty: Optional[Tensor] = None) -> Tensor:
+    def forward(self, input: Tensor, target: Tensor, uncertainty: Tensor | None = None) -> Tensor:
         scale = self.uncertainty_scale
         if self.normalize != "scale" and self.current_alpha != 0:
             raw = uncertainty if uncertainty is not None else pixel_entropy(input.detach())

@@ -18,11 +18,12 @@ Conventions (those of the Cityscapes/ADE20K evaluation scripts and torchmetrics'
   out of ``mean_class_accuracy``;
 - with no valid pixel at all every metric is NaN.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -42,7 +43,7 @@ class SegmentationMetrics:
     confusion_matrix: Tensor  # (C, C) int64, rows = target, columns = prediction
     num_pixels: int  # valid pixels counted
 
-    def as_dict(self) -> Dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         """Plain Python values (NaN for excluded classes) for JSON reports."""
         return {
             "miou": self.miou,
@@ -65,9 +66,7 @@ class ConfusionMatrix:
             on another device than the matrix raise ValueError.
     """
 
-    def __init__(
-        self, num_classes: int, ignore_index: int = 255, device: Optional[Union[str, torch.device]] = None
-    ) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = 255, device: str | torch.device | None = None) -> None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
@@ -75,7 +74,7 @@ class ConfusionMatrix:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.device = None if device is None else torch.device(device)
-        self._matrix: Optional[Tensor] = None
+        self._matrix: Tensor | None = None
         self.reset()
 
     @property
@@ -119,7 +118,7 @@ class ConfusionMatrix:
         counts = torch.bincount(cells.reshape(-1), minlength=C * C + 1)[: C * C]
         matrix += counts.view(C, C)
 
-    def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+    def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         """Adds ``other``'s counts (e.g. from another worker) into this one; returns self."""
         if not isinstance(other, ConfusionMatrix):
             raise ValueError(f"other must be a ConfusionMatrix, got {type(other).__name__}")
@@ -188,9 +187,7 @@ class ConfusionMatrix:
         if self._matrix is None:
             self._matrix = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=device)
         elif self._matrix.device != device:
-            raise ValueError(
-                f"inputs are on {device} but this ConfusionMatrix accumulates on {self._matrix.device}"
-            )
+            raise ValueError(f"inputs are on {device} but this ConfusionMatrix accumulates on {self._matrix.device}")
         return self._matrix
 
     def __repr__(self) -> str:

@@ -5,10 +5,11 @@ multiplies the peak ``alpha``. Increasing schedules let the model learn the task
 reshapes the loss; decreasing ones emphasise uncertainty early and return to plain cross-entropy;
 ``sin_cos`` rises and falls again.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["SCHEDULES", "get_schedule"]
 

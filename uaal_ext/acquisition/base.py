@@ -23,36 +23,29 @@ Higher scores always mean more informative images.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from .._registry import Registry
 from .._validation import check_choice, check_int, check_number, check_seed
 from ..ops.scores import AGGREGATIONS, aggregate_scores
-
-__all__ = [
-    "Passes",
-    "Predictions",
-    "AcquisitionMethod",
-    "register_method",
-    "method_class",
-    "method_names",
-    "make_method",
-]
 
 
 @dataclass(frozen=True)
 class Passes:
     """The forward passes a method needs from the model for every pool image."""
 
-    clean: bool = False         # one eval-mode forward: Predictions.logits (N, C, *spatial)
-    mc_dropout: bool = False    # T forwards with dropout active: Predictions.mc_logits (T, N, C, *spatial)
+    clean: bool = False  # one eval-mode forward: Predictions.logits (N, C, *spatial)
+    mc_dropout: bool = False  # T forwards with dropout active: Predictions.mc_logits (T, N, C, *spatial)
     kernel_noise: bool = False  # K forwards with perturbed weights: Predictions.perturbed_logits (K, N, C, ...)
 
     def __post_init__(self) -> None:
         if self.kernel_noise and not self.clean:
-            raise ValueError("Passes(kernel_noise=True) needs clean=True: perturbed passes are compared with the clean one")
+            raise ValueError(
+                "Passes(kernel_noise=True) needs clean=True: perturbed passes are compared with the clean one"
+            )
 
     @property
     def runs_model(self) -> bool:
@@ -74,11 +67,11 @@ class Passes:
 class Predictions:
     """What the passes gave for a batch of N images (fields a method did not ask for are None)."""
 
-    logits: Optional[Tensor] = None            # (N, C, *spatial)
-    mc_logits: Optional[Tensor] = None         # (T, N, C, *spatial)
-    perturbed_logits: Optional[Tensor] = None  # (K, N, C, *spatial), the same K models for every batch
-    indices: Optional[list[int]] = field(default=None)  # the images' pool indices; None: positions 0..N-1
-    images: Optional[Tensor] = None            # (N, ...) the inputs, when the passes ran on a model
+    logits: Tensor | None = None  # (N, C, *spatial)
+    mc_logits: Tensor | None = None  # (T, N, C, *spatial)
+    perturbed_logits: Tensor | None = None  # (K, N, C, *spatial), the same K models for every batch
+    indices: list[int] | None = field(default=None)  # the images' pool indices; None: positions 0..N-1
+    images: Tensor | None = None  # (N, ...) the inputs, when the passes ran on a model
 
     def reference(self) -> Tensor:
         """A tensor of the batch (for its size, dtype and device): the first field that is set."""
@@ -108,20 +101,20 @@ class AcquisitionMethod:
         seed: the key of every random draw (random scores, dropout masks, weight noise).
     """
 
-    name: ClassVar[str] = ""                # registry key and config value, e.g. "entropy"
-    display_name: ClassVar[str] = ""        # for tables and figures, e.g. "Entropy"
-    passes: ClassVar[Passes] = Passes()     # what the model must run for every pool image
-    default_samples: ClassVar[int] = 1      # T or K when num_samples is None
-    has_pixel_map: ClassVar[bool] = True    # False: scores whole images (random)
-    ranks_by_score: ClassVar[bool] = True   # False: chooses by diversity from image_features (k-center)
-    random_scores: ClassVar[bool] = False   # scores are random draws (a seed or generator sets them)
+    name: ClassVar[str] = ""  # registry key and config value, e.g. "entropy"
+    display_name: ClassVar[str] = ""  # for tables and figures, e.g. "Entropy"
+    passes: ClassVar[Passes] = Passes()  # what the model must run for every pool image
+    default_samples: ClassVar[int] = 1  # T or K when num_samples is None
+    has_pixel_map: ClassVar[bool] = True  # False: scores whole images (random)
+    ranks_by_score: ClassVar[bool] = True  # False: chooses by diversity from image_features (k-center)
+    random_scores: ClassVar[bool] = False  # scores are random draws (a seed or generator sets them)
 
     def __init__(
         self,
         *,
         reduction: str = "mean",
         q: float = 0.1,
-        num_samples: Optional[int] = None,
+        num_samples: int | None = None,
         eta: float = 0.01,
         seed: int = 0,
     ) -> None:
@@ -139,7 +132,7 @@ class AcquisitionMethod:
         """Per-pixel scores ``(N, *spatial)``, higher = more informative."""
         raise NotImplementedError(f"{type(self).__name__} has no per-pixel map")
 
-    def image_scores(self, predictions: Predictions, valid: Optional[Tensor] = None) -> Tensor:
+    def image_scores(self, predictions: Predictions, valid: Tensor | None = None) -> Tensor:
         """One score per image ``(N,)``: the pixel map aggregated over each image's ``valid`` pixels
         (None: all) by ``reduction``; an image without a valid pixel scores 0."""
         return aggregate_scores(self.pixel_map(predictions), valid, self.reduction, self.q)
@@ -160,16 +153,21 @@ class AcquisitionMethod:
         return self.passes.forwards_per_image(self.num_samples)
 
     def options(self) -> dict[str, Any]:
-        return {"reduction": self.reduction, "q": self.q, "num_samples": self.num_samples, "eta": self.eta,
-                "seed": self.seed}
+        return {
+            "reduction": self.reduction,
+            "q": self.q,
+            "num_samples": self.num_samples,
+            "eta": self.eta,
+            "seed": self.seed,
+        }
 
     def __repr__(self) -> str:
         options = ", ".join(f"{key}={value!r}" for key, value in self.options().items())
         return f"{type(self).__name__}({options})"
 
 
-_METHODS: dict[str, type[AcquisitionMethod]] = {}
-_RESERVED_NAMES = ("initial",)  # the experiment state's name of the shared round-0 run
+#: Every acquisition method by name; "initial" is the experiment state's name of the shared round 0.
+METHODS: Registry[type[AcquisitionMethod]] = Registry("acquisition method", "method", reserved=("initial",))
 
 
 def register_method(cls: type[AcquisitionMethod]) -> type[AcquisitionMethod]:
@@ -181,28 +179,21 @@ def register_method(cls: type[AcquisitionMethod]) -> type[AcquisitionMethod]:
     """
     if not (isinstance(cls, type) and issubclass(cls, AcquisitionMethod)):
         raise TypeError(f"register_method takes an AcquisitionMethod subclass, got {cls!r}")
-    if not isinstance(cls.name, str) or not cls.name.isidentifier() or cls.name in _RESERVED_NAMES:
-        raise ValueError(f"{cls.__name__}.name must be an identifier other than {_RESERVED_NAMES}, got {cls.name!r}")
     if not isinstance(cls.passes, Passes):
         raise TypeError(f"{cls.__name__}.passes must be a Passes(...), got {cls.passes!r}")
-    if cls.name in _METHODS and _METHODS[cls.name] is not cls:
-        raise ValueError(f"an acquisition method named {cls.name!r} is registered already ({_METHODS[cls.name]})")
-    if not cls.display_name:
-        cls.display_name = cls.name
-    _METHODS[cls.name] = cls
+    METHODS.add(cls.name, cls)
+    cls.display_name = cls.display_name or cls.name
     return cls
 
 
 def method_names() -> tuple[str, ...]:
     """Every registered method, built-in ones first, in registration order."""
-    return tuple(_METHODS)
+    return METHODS.names()
 
 
 def method_class(name: object) -> type[AcquisitionMethod]:
     """The class registered as ``name``; ValueError listing the registered names otherwise."""
-    if not isinstance(name, str) or name not in _METHODS:
-        raise ValueError(f"method must be one of {method_names()}, got {name!r}")
-    return _METHODS[name]
+    return METHODS.get(name)
 
 
 def make_method(method: object, **options: Any) -> AcquisitionMethod:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -52,7 +51,7 @@ def _pixel_shape(name: str, value: Tensor) -> tuple[int, ...]:
     return (value.shape[1], *value.shape[3:])
 
 
-def check_inputs(method: AcquisitionMethod, inputs: Mapping[str, Optional[Tensor]]) -> tuple[int, ...]:
+def check_inputs(method: AcquisitionMethod, inputs: Mapping[str, Tensor | None]) -> tuple[int, ...]:
     """Checks that ``method`` gets exactly the tensors its passes produce; returns the pixel shape.
 
     A method that needs no pass (random) takes any one of them, only for N and the pixel shape.
@@ -74,7 +73,7 @@ def check_inputs(method: AcquisitionMethod, inputs: Mapping[str, Optional[Tensor
                 raise ValueError(
                     f"{name} is not used by method={method.name!r}, which reads {', '.join(needed)}; leave {name} out"
                 )
-    shape: Optional[tuple[int, ...]] = None
+    shape: tuple[int, ...] | None = None
     first = ""
     for name in given:
         value = check_tensor(name, inputs[name], 2 if name == "logits" else 3)
@@ -92,12 +91,12 @@ def check_inputs(method: AcquisitionMethod, inputs: Mapping[str, Optional[Tensor
 
 
 def valid_mask(
-    ignore_mask: Optional[Tensor],
-    labels: Optional[Tensor],
-    ignore_index: Optional[int],
+    ignore_mask: Tensor | None,
+    labels: Tensor | None,
+    ignore_index: int | None,
     shape: tuple[int, ...],
     device: torch.device,
-) -> Optional[Tensor]:
+) -> Tensor | None:
     """``~ignore_mask`` (or ``labels != ignore_index``) after checking it, or None when all pixels count."""
     if labels is not None:
         if ignore_mask is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar, Optional, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -24,17 +24,6 @@ from ..ops.perturbation import perturbation_statistics
 from ..ops.scores import pixel_score_map
 from .base import AcquisitionMethod, Passes, Predictions, register_method, result_dtype
 from .selection import image_key, kcenter_greedy, pooled_deviations
-
-__all__ = [
-    "RandomSelection",
-    "Entropy",
-    "Margin",
-    "LeastConfidence",
-    "MCEntropy",
-    "BALD",
-    "NoiseStability",
-    "NoiseStabilityKCenter",
-]
 
 
 @register_method
@@ -52,11 +41,11 @@ class RandomSelection(AcquisitionMethod):
     has_pixel_map = False
     random_scores = True
 
-    def __init__(self, *, generator: Optional[torch.Generator] = None, **options: Any) -> None:
+    def __init__(self, *, generator: torch.Generator | None = None, **options: Any) -> None:
         super().__init__(**options)
         self.generator = generator
 
-    def image_scores(self, predictions: Predictions, valid: Optional[Tensor] = None) -> Tensor:
+    def image_scores(self, predictions: Predictions, valid: Tensor | None = None) -> Tensor:
         source = predictions.reference()
         dtype = result_dtype(source.dtype)
         if predictions.indices is not None:
@@ -73,59 +62,46 @@ class RandomSelection(AcquisitionMethod):
 
 
 class _PixelKernelMethod(AcquisitionMethod):
-    """A method whose map is one of the fused per-pixel score kernels."""
-
-    kernel: ClassVar[str] = ""
+    """A method whose map is the fused per-pixel score kernel of its name."""
 
     def pixel_map(self, predictions: Predictions) -> Tensor:
         source = predictions.mc_logits if self.passes.mc_dropout else predictions.logits
-        return pixel_score_map(source, self.kernel)
+        return pixel_score_map(source, self.name)
 
 
 @register_method
 class Entropy(_PixelKernelMethod):
-    name = "entropy"
-    display_name = "Entropy"
-    passes = Passes(clean=True)
-    kernel = "entropy"
+    """Softmax entropy of one clean pass."""
+
+    name, display_name, passes = "entropy", "Entropy", Passes(clean=True)
 
 
 @register_method
 class Margin(_PixelKernelMethod):
-    name = "margin"
-    display_name = "Margin"
-    passes = Passes(clean=True)
-    kernel = "margin"
+    """One minus the gap between the two most probable classes."""
+
+    name, display_name, passes = "margin", "Margin", Passes(clean=True)
 
 
 @register_method
 class LeastConfidence(_PixelKernelMethod):
-    name = "least_confidence"
-    display_name = "Least confidence"
-    passes = Passes(clean=True)
-    kernel = "least_confidence"
+    """One minus the top class probability."""
+
+    name, display_name, passes = "least_confidence", "Least confidence", Passes(clean=True)
 
 
 @register_method
 class MCEntropy(_PixelKernelMethod):
     """The entropy of the mean of T MC-Dropout predictions (the "MC-Dropout" method of the tables)."""
 
-    name = "mc_entropy"
-    display_name = "MC-Dropout"
-    passes = Passes(mc_dropout=True)
-    default_samples = 10
-    kernel = "mc_entropy"
+    name, display_name, passes, default_samples = "mc_entropy", "MC-Dropout", Passes(mc_dropout=True), 10
 
 
 @register_method
 class BALD(_PixelKernelMethod):
     """Mutual information between the prediction and the dropout masks, over T samples (>= 0)."""
 
-    name = "bald"
-    display_name = "BALD"
-    passes = Passes(mc_dropout=True)
-    default_samples = 10
-    kernel = "bald"
+    name, display_name, passes, default_samples = "bald", "BALD", Passes(mc_dropout=True), 10
 
 
 @register_method
@@ -151,7 +127,7 @@ class NoiseStabilityKCenter(NoiseStability):
     display_name = "Noise Stability (k-center)"
     ranks_by_score = False
 
-    def __init__(self, *, grid: Union[int, Sequence[int]] = 4, **options: Any) -> None:
+    def __init__(self, *, grid: int | Sequence[int] = 4, **options: Any) -> None:
         super().__init__(**options)
         self.grid = grid
 

@@ -22,7 +22,7 @@ models for every batch, the noise ``KernelNoise(eta, K, seed)`` draws at its fir
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -39,14 +39,14 @@ __all__ = ["PassRunner", "score_pool", "select_from_pool", "pool_batches"]
 
 
 def pool_batches(
-    loader: Iterable, device: Optional[torch.device], description: str, progress: bool
+    loader: Iterable, device: torch.device | None, description: str, progress: bool
 ) -> Iterator[tuple[Tensor, list[int]]]:
     """``(images on device, pool indices)`` per batch of ``loader``, checked, with a progress bar."""
     if progress:
         from tqdm.auto import tqdm  # only needed for the bar
 
         try:
-            total: Optional[int] = len(loader)  # type: ignore[arg-type]
+            total: int | None = len(loader)  # type: ignore[arg-type]
         except TypeError:  # a generator, or a DataLoader over an IterableDataset
             total = None
         loader = tqdm(loader, desc=description, unit="batch", total=total)
@@ -93,7 +93,7 @@ class PassRunner:
             else None
         )
 
-    def __call__(self, images: Tensor, indices: Optional[list[int]]) -> Predictions:
+    def __call__(self, images: Tensor, indices: list[int] | None) -> Predictions:
         """The predictions of ``images`` (pool indices ``indices``; None: positions) under no_grad;
         the caller puts the model in the mode the passes need (eval, for scoring)."""
         passes, model = self.method.passes, self.model

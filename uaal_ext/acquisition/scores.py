@@ -8,8 +8,6 @@ aggregates its valid pixels (``ignore_mask`` False); an image without a valid pi
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -42,9 +40,9 @@ def _with_score(method: AcquisitionMethod) -> AcquisitionMethod:
 def pixel_scores(
     method: str,
     *,
-    logits: Optional[Tensor] = None,
-    mc_logits: Optional[Tensor] = None,
-    perturbed_logits: Optional[Tensor] = None,
+    logits: Tensor | None = None,
+    mc_logits: Tensor | None = None,
+    perturbed_logits: Tensor | None = None,
 ) -> Tensor:
     """Per-pixel acquisition scores ``(N, *spatial)`` of ``method``; higher = more informative.
 
@@ -75,16 +73,16 @@ def pixel_scores(
 def image_scores(
     method: str,
     *,
-    logits: Optional[Tensor] = None,
-    mc_logits: Optional[Tensor] = None,
-    perturbed_logits: Optional[Tensor] = None,
-    ignore_mask: Optional[Tensor] = None,
-    labels: Optional[Tensor] = None,
-    ignore_index: Optional[int] = None,
+    logits: Tensor | None = None,
+    mc_logits: Tensor | None = None,
+    perturbed_logits: Tensor | None = None,
+    ignore_mask: Tensor | None = None,
+    labels: Tensor | None = None,
+    ignore_index: int | None = None,
     reduction: str = "mean",
     q: float = 0.1,
-    generator: Optional[torch.Generator] = None,
-    seed: Optional[int] = None,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
 ) -> Tensor:
     """One score per image ``(N,)``: :func:`pixel_scores` aggregated over each image's valid pixels.
 

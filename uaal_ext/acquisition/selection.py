@@ -4,7 +4,6 @@ keys the built-in methods use. Everything here is deterministic: ties go to the 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +21,7 @@ def _check_k(k: object) -> int:
     return check_int("k", k, low=0)
 
 
-def select(scores: Union[Tensor, Mapping[int, float]], k: int, *, exclude: Iterable[int] = ()) -> list[int]:
+def select(scores: Tensor | Mapping[int, float], k: int, *, exclude: Iterable[int] = ()) -> list[int]:
     """The ``k`` most informative images, best first.
 
     Args:
@@ -39,8 +38,10 @@ def select(scores: Union[Tensor, Mapping[int, float]], k: int, *, exclude: Itera
     k = _check_k(k)
     if isinstance(scores, Tensor):
         if scores.dim() != 1 or scores.is_complex() or scores.dtype == torch.bool:
-            raise ValueError(f"scores must be a 1-D real tensor or a dict {{index: score}}, got shape "
-                             f"{tuple(scores.shape)} and dtype {scores.dtype}")
+            raise ValueError(
+                f"scores must be a 1-D real tensor or a dict {{index: score}}, got shape "
+                f"{tuple(scores.shape)} and dtype {scores.dtype}"
+            )
         values = scores.detach().cpu().double()
         indices = torch.arange(values.numel())
     elif isinstance(scores, Mapping):
@@ -73,7 +74,7 @@ def _squared_distances(features: Tensor, centre: Tensor) -> Tensor:
     return out
 
 
-def kcenter_greedy(features: Tensor, k: int, *, initial: Optional[Iterable[int]] = None) -> list[int]:
+def kcenter_greedy(features: Tensor, k: int, *, initial: Iterable[int] | None = None) -> list[int]:
     """Greedy k-center (farthest-first traversal): ``k`` rows of ``features`` that cover the rest.
 
     Each step takes the point farthest (Euclidean) from its nearest centre so far; the chosen set's
@@ -128,12 +129,10 @@ def kcenter_greedy(features: Tensor, k: int, *, initial: Optional[Iterable[int]]
     return chosen
 
 
-def _grid(grid: Union[int, Sequence[int]], spatial_dims: int) -> tuple[int, ...]:
+def _grid(grid: int | Sequence[int], spatial_dims: int) -> tuple[int, ...]:
     sizes = (grid,) * spatial_dims if isinstance(grid, int) and not isinstance(grid, bool) else tuple(grid)
     if len(sizes) != spatial_dims or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
-        raise ValueError(
-            f"grid must be an int >= 1 or one int >= 1 per spatial dim ({spatial_dims}), got {grid!r}"
-        )
+        raise ValueError(f"grid must be an int >= 1 or one int >= 1 per spatial dim ({spatial_dims}), got {grid!r}")
     return sizes
 
 
@@ -146,7 +145,7 @@ def _pooled_deviation(p: Tensor, logits: Tensor, grid: tuple[int, ...]) -> Tenso
     return deviation.flatten(1)
 
 
-def pooled_deviations(clean_logits: Tensor, perturbed_logits: Tensor, grid: Union[int, Sequence[int]] = 4) -> Tensor:
+def pooled_deviations(clean_logits: Tensor, perturbed_logits: Tensor, grid: int | Sequence[int] = 4) -> Tensor:
     """Noise Stability's diversity features: pooled softmax deviations, concatenated over k.
 
     With ``p = softmax(clean_logits)`` and ``p_k = softmax(perturbed_logits[k])`` over classes, the

@@ -10,6 +10,7 @@
 Every experiment resumes when its command is run again with the same output folder. Bad configs
 and unreadable state files end with one line naming the problem (exit status 2), not a traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,8 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["main", "demo_config"]
 
@@ -28,26 +30,25 @@ DEMO_OUT = "uaal_demo"
 
 def demo_config(quick: bool = False, device: str = "cpu") -> Any:
     """The demo experiment: random, entropy, MC-Dropout and Noise Stability, standard vs UAAL
-    (kernel noise), budgets 10% and 20% of a synthetic pool, 2 seeds, the small model. About 15
-    minutes on a 2-core CPU; ``quick`` is a 2-3 minute smoke run of the same grid (1 seed, a
-    smaller pool, few steps)."""
+    (kernel noise), budgets 10% and 20% of a synthetic pool, 2 seeds, the small model; ``quick`` is
+    a smoke run of the same grid (1 seed, a smaller pool, few steps). The README gives their wall
+    times as measured."""
     from .al import ExperimentConfig
 
-    if quick:
-        return ExperimentConfig(pool_size=200, val_size=40, seeds=(0,), iterations=40, lr=0.1, num_samples=2,
-                                normalize="mean", acquisition_samples=4, device=device)
     # A short schedule (150 steps a round) learns more with a higher rate than DeepLabv3+'s usual 0.01.
     # At that rate, the paper's scaling u = sigma / eta (5-70 on this model, so weights up to ~10^3)
     # diverges; dividing sigma by its batch mean keeps the weights' shape at a stable size.
-    return ExperimentConfig(pool_size=400, val_size=100, seeds=(0, 1), iterations=150, lr=0.1, num_samples=2,
-                            normalize="mean", acquisition_samples=5, device=device)
+    common = dict(lr=0.1, num_samples=2, normalize="mean", device=device)
+    if quick:
+        return ExperimentConfig(pool_size=200, val_size=40, seeds=(0,), iterations=40, acquisition_samples=4, **common)
+    return ExperimentConfig(pool_size=400, val_size=100, seeds=(0, 1), iterations=150, acquisition_samples=5, **common)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Subcommands
 
 
-def _finish(out_dir: str, state: Dict[str, Any], started: float, maps: bool = False) -> None:
+def _finish(out_dir: str, state: Any, started: float, maps: bool = False) -> None:
     """Report (and figure) of one finished experiment folder, printed where a user looks first."""
     from . import report
 
@@ -69,9 +70,11 @@ def _demo(args: argparse.Namespace) -> None:
     from .al import run_experiment
 
     config = demo_config(quick=args.quick, device=args.device)
-    print(f"uaal demo: {len(config.methods)} methods x {len(config.modes)} training modes x "
-          f"{len(config.seeds)} seed(s), budgets {[f'{b:.0%}' for b in config.budgets]} of a synthetic pool of "
-          f"{config.pool_size} images; output in {args.out!r} (rerun the same command to resume)")
+    print(
+        f"uaal demo: {len(config.methods)} methods x {len(config.modes)} training modes x "
+        f"{len(config.seeds)} seed(s), budgets {[f'{b:.0%}' for b in config.budgets]} of a synthetic pool of "
+        f"{config.pool_size} images; output in {args.out!r} (rerun the same command to resume)"
+    )
     started = time.perf_counter()
     state = run_experiment(config, args.out, progress=not args.no_progress)
     _finish(args.out, state, started, maps=True)
@@ -86,7 +89,7 @@ def _run(args: argparse.Namespace) -> None:
     _finish(args.out, state, started)
 
 
-def _parse_grid(items: Sequence[str]) -> List[tuple]:
+def _parse_grid(items: Sequence[str]) -> list[tuple]:
     """``["exponent=1,2", "eta=0.01"]`` -> ``[(("exponent", 1), ("eta", 0.01)), ...]`` (the product)."""
     from .al import ExperimentConfig, parse_value
 
@@ -141,8 +144,15 @@ def _maps(args: argparse.Namespace) -> None:
     out = args.out or os.path.join(args.dir, "report")
     images = tuple(int(i) for i in args.images.split(","))
     methods = tuple(args.methods.split(",")) if args.methods else None
-    path = experiment_maps(args.dir, os.path.join(out, "uncertainty_maps.png"), images=images, seed=args.seed,
-                           round_index=args.round, methods=methods, device=args.device)
+    path = experiment_maps(
+        args.dir,
+        os.path.join(out, "uncertainty_maps.png"),
+        images=images,
+        seed=args.seed,
+        round_index=args.round,
+        methods=methods,
+        device=args.device,
+    )
     print(f"uncertainty maps: {path}")
 
 
@@ -165,13 +175,18 @@ def _info(args: argparse.Namespace) -> None:
         ("kernels", ", ".join(name for name in ("cpu", "cuda") if build.get(name))),
         *((key, value) for key, value in build.items() if key not in ("version", "cpu", "cuda")),
         ("python", platform.python_version()),
-        ("torch", f"{torch.__version__} (CUDA {torch.version.cuda}, available: {torch.cuda.is_available()}, "
-                  f"devices: {torch.cuda.device_count()})"),
+        (
+            "torch",
+            f"{torch.__version__} (CUDA {torch.version.cuda}, available: {torch.cuda.is_available()}, "
+            f"devices: {torch.cuda.device_count()})",
+        ),
         ("torchvision", torchvision.__version__),
         ("segmentation_models_pytorch", segmentation_models_pytorch.__version__),
         ("numpy", numpy.__version__),
-        ("threads", f"{torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op "
-                    f"({os.cpu_count()} CPUs)"),
+        (
+            "threads",
+            f"{torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op ({os.cpu_count()} CPUs)",
+        ),
         ("freed memory kept", "yes (glibc malloc tuned)" if keep_freed_memory() else "no (not glibc)"),
         ("acquisition methods", ", ".join(method_names())),
         ("uncertainty sources", ", ".join(uncertainty_source_names())),
@@ -190,76 +205,83 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="uaal",
         description="Uncertainty-aware active learning for semantic segmentation: run experiments, "
-                    "report them, draw their uncertainty maps.",
+        "report them, draw their uncertainty maps.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Every experiment resumes where it stopped when its command is run again with the same --out.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def progress_flag(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    def command(name: str, handler, summary: str, description: str = "", progress: bool = True):
+        sub = commands.add_parser(name, help=summary, description=description or None)
+        sub.set_defaults(handler=handler)
+        if progress:
+            sub.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+        return sub
 
-    demo = commands.add_parser(
-        "demo", help="the complete comparison on built-in synthetic data (about 15 min on 2 CPU cores)",
-        description="Random, Entropy, MC-Dropout and Noise Stability selection, each with standard and "
-                    "UAAL (kernel-noise) training, at 10% and 20% of a synthetic pool, 2 seeds, the small "
-                    "DeepLabv3+; then the report, the mIoU-vs-budget figure and uncertainty maps.")
+    def config_options(sub: argparse.ArgumentParser, out_help: str) -> None:
+        sub.add_argument("--config", default=None, help="YAML config file (default: every key at its default)")
+        sub.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, value in YAML syntax (e.g. --set seeds=[0,1,2] --set eta=0.005); repeatable",
+        )
+        sub.add_argument("--out", required=True, help=out_help)
+
+    demo = command(
+        "demo", _demo, "the complete comparison on built-in synthetic data (about 15 min on 2 CPU cores)",
+        "Random, Entropy, MC-Dropout and Noise Stability selection, each with standard and UAAL (kernel-noise) "
+        "training, at 10% and 20% of a synthetic pool, 2 seeds, the small DeepLabv3+; then the report, the "
+        "mIoU-vs-budget figure and uncertainty maps.",
+    )  # fmt: skip
     demo.add_argument("--out", default=DEMO_OUT, help=f"output folder (default {DEMO_OUT}; rerun to resume)")
     demo.add_argument("--quick", action="store_true", help="a 2-3 minute smoke run: 1 seed, smaller pool, few steps")
     demo.add_argument("--device", default="cpu", help="torch device to train on (default cpu)")
-    progress_flag(demo)
-    demo.set_defaults(handler=_demo)
 
-    run = commands.add_parser(
-        "run", help="one experiment from a YAML config",
-        description="One experiment from a YAML config file (keys: those of uaal_ext.al.ExperimentConfig; "
-                    "see configs/*.yaml), overridden by --set.")
-    run.add_argument("--config", default=None, help="YAML config file (default: every key at its default)")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config key, value in YAML syntax (e.g. --set seeds=[0,1,2] --set eta=0.005); repeatable")
-    run.add_argument("--out", required=True, help="output folder (state, checkpoints, report); rerun to resume")
-    progress_flag(run)
-    run.set_defaults(handler=_run)
+    run = command(
+        "run", _run, "one experiment from a YAML config",
+        "One experiment from a YAML config file (keys: those of uaal_ext.experiment.al.ExperimentConfig; see "
+        "configs/*.yaml), overridden by --set.",
+    )  # fmt: skip
+    config_options(run, "output folder (state, checkpoints, report); rerun to resume")
 
-    sweep = commands.add_parser(
-        "sweep", help="one experiment per grid point (ablations such as the exponent or eta)",
-        description="Runs the config once per point of the grid, in OUT/key=value folders, then reports them "
-                    "together (each point is a column).")
-    sweep.add_argument("--config", default=None, help="YAML config file")
+    sweep = command(
+        "sweep", _sweep, "one experiment per grid point (ablations such as the exponent or eta)",
+        "Runs the config once per point of the grid, in OUT/key=value folders, then reports them together "
+        "(each point is a column).",
+    )  # fmt: skip
     sweep.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
-                       help="a config key and its values, e.g. exponent=1,2,3,5 or eta=0.001,0.01; repeatable (product)")
-    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key; repeatable")
-    sweep.add_argument("--out", required=True, help="output folder of the sweep")
-    progress_flag(sweep)
-    sweep.set_defaults(handler=_sweep)
+                       help="a config key and its values, e.g. exponent=1,2,3,5 or eta=0.001,0.01; repeatable "
+                       "(product)")  # fmt: skip
+    config_options(sweep, "output folder of the sweep (one folder per grid point inside)")
 
-    rep = commands.add_parser(
-        "report", help="Markdown/CSV tables (mean +- std over seeds, best in bold) and mIoU-vs-budget plots",
-        description="Reads the experiments in the given folders (or below them) and writes report.md, "
-                    "summary.csv, runs.csv and one mIoU-vs-budget PNG per dataset and model.")
-    rep.add_argument("dirs", nargs="+", metavar="DIR", help="experiment folders, or folders holding them")
-    rep.add_argument("--out", default=None, help="where to write the report (default FIRST_DIR/report)")
-    rep.set_defaults(handler=_report)
+    report = command(
+        "report", _report, "Markdown/CSV tables (mean +- std over seeds, best in bold) and mIoU-vs-budget plots",
+        "Reads the experiments in the given folders (or below them) and writes report.md, summary.csv, runs.csv "
+        "and one mIoU-vs-budget PNG per dataset and model.", progress=False,
+    )  # fmt: skip
+    report.add_argument("dirs", nargs="+", metavar="DIR", help="experiment folders, or folders holding them")
+    report.add_argument("--out", default=None, help="where to write the report (default FIRST_DIR/report)")
 
-    maps = commands.add_parser(
-        "maps", help="uncertainty maps of validation images, standard vs UAAL training, per method (PNG)",
-        description="Draws, for chosen validation images, the uncertainty map of each selection method "
-                    "under the models trained with standard and with UAAL training.")
+    maps = command(
+        "maps", _maps, "uncertainty maps of validation images, standard vs UAAL training, per method (PNG)",
+        "Draws, for chosen validation images, the uncertainty map of each selection method under the models "
+        "trained with standard and with UAAL training.", progress=False,
+    )  # fmt: skip
     maps.add_argument("dir", metavar="DIR", help="a finished (or partly run) experiment folder")
     maps.add_argument("--out", default=None, help="folder of uncertainty_maps.png (default DIR/report)")
     maps.add_argument("--images", default="0,1", help="validation image indices, comma-separated (default 0,1)")
     maps.add_argument("--seed", type=int, default=None, help="which seed's models (default the first)")
     maps.add_argument("--round", type=int, default=-1, help="which round's models (default the last trained)")
-    maps.add_argument("--methods", default=None, help="comma-separated methods (default all but random)")
+    maps.add_argument("--methods", default=None, help="comma-separated methods (default all that have a map)")
     maps.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    maps.set_defaults(handler=_maps)
 
-    info = commands.add_parser("info", help="what was built (CPU / CUDA kernels, archs), versions, threads")
-    info.set_defaults(handler=_info)
+    command("info", _info, "what was built (CPU / CUDA kernels, archs), versions, threads, registries", progress=False)
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from .al import StateError  # after parsing: --help answers without importing torch
     from .runtime import keep_freed_memory

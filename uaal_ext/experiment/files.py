@@ -1,16 +1,18 @@
 """Atomic file writes: a reader, or a run killed mid-write, sees the old file or the new one, never
 half of one. Used for training checkpoints, round weights and the active-learning state."""
+
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
-from typing import BinaryIO, Callable, Union
+from collections.abc import Callable
+from typing import BinaryIO
 
 __all__ = ["atomic_write"]
 
 
-def atomic_write(path: Union[str, os.PathLike], write: Callable[[BinaryIO], None]) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Calls ``write(file)`` on a temporary file beside ``path``, syncs it, then renames it onto ``path``.
 
     The directory is created if needed; on any failure the temporary file is removed and ``path`` is

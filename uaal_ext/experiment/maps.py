@@ -14,11 +14,13 @@ The maps are what each acquisition method ranks by (its ``pixel_map`` of the pas
 run by :class:`uaal_ext.acquisition.PassRunner` exactly as selection runs them); higher always means
 more uncertain / more informative. Any registered method with a pixel map can be drawn.
 """
+
 from __future__ import annotations
 
 import colorsys
 import os
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Mapping, Sequence
+from typing import Union
 
 import numpy as np
 import torch
@@ -60,10 +62,10 @@ def uncertainty_map(
     images: Tensor,
     method: str,
     *,
-    num_samples: Optional[int] = None,
+    num_samples: int | None = None,
     eta: float = 0.01,
     seed: int = 0,
-    indices: Optional[Sequence[int]] = None,
+    indices: Sequence[int] | None = None,
 ) -> Tensor:
     """The per-pixel map that selection ``method`` ranks by: ``(N, H, W)`` float32 on the CPU.
 
@@ -80,8 +82,11 @@ def uncertainty_map(
     """
     chosen = make_method(_check_map_method(method), num_samples=num_samples, eta=eta, seed=seed)
     if not isinstance(images, Tensor) or not images.is_floating_point() or images.dim() != 4:
-        got = f"{images.dtype} tensor of shape {tuple(images.shape)}" if isinstance(images, Tensor) \
+        got = (
+            f"{images.dtype} tensor of shape {tuple(images.shape)}"
+            if isinstance(images, Tensor)
             else type(images).__name__
+        )
         raise TypeError(f"images must be a floating-point tensor (N, 3, H, W), got {got}")
     device = model_device(model)
     if device is not None:
@@ -136,11 +141,11 @@ def _display_image(image: Tensor) -> np.ndarray:
 def draw_uncertainty_maps(
     images: Tensor,
     labels: Tensor,
-    maps: Mapping[Tuple[str, str], Tensor],
+    maps: Mapping[tuple[str, str], Tensor],
     path: PathLike,
     *,
-    class_names: Optional[Sequence[str]] = None,
-    title: Optional[str] = None,
+    class_names: Sequence[str] | None = None,
+    title: str | None = None,
 ) -> str:
     """One PNG comparing uncertainty maps of standard and UAAL training; returns ``path``.
 
@@ -160,41 +165,54 @@ def draw_uncertainty_maps(
         class_names: names of the classes, for a legend of those the labels show.
         title: the figure's title.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     images, labels = _as_tensor("images", images), _as_tensor("labels", labels)
     if not images.is_floating_point() or images.dim() != 4 or images.shape[1] != 3 or images.shape[0] == 0:
-        raise ValueError(f"images must be a floating-point (N, 3, H, W) tensor with N >= 1, got "
-                         f"{images.dtype} of shape {tuple(images.shape)}")
+        raise ValueError(
+            f"images must be a floating-point (N, 3, H, W) tensor with N >= 1, got "
+            f"{images.dtype} of shape {tuple(images.shape)}"
+        )
     n, _, height, width = images.shape
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool \
-            or tuple(labels.shape) != (n, height, width):
-        raise ValueError(f"labels must be an integer (N, H, W) = ({n}, {height}, {width}) tensor, got "
-                         f"{labels.dtype} of shape {tuple(labels.shape)}")
+    if (
+        labels.is_floating_point()
+        or labels.is_complex()
+        or labels.dtype == torch.bool
+        or tuple(labels.shape) != (n, height, width)
+    ):
+        raise ValueError(
+            f"labels must be an integer (N, H, W) = ({n}, {height}, {width}) tensor, got "
+            f"{labels.dtype} of shape {tuple(labels.shape)}"
+        )
     labels = labels.long()
     if bool((labels < 0).any()):
         raise ValueError(f"labels must be class indices >= 0 or {IGNORE_INDEX} (ignored), got {int(labels.min())}")
     if not isinstance(maps, Mapping) or not maps:
         raise ValueError("maps must be a non-empty dict {(method, mode): (N, H, W) tensor}")
-    checked: Dict[Tuple[str, str], np.ndarray] = {}
+    checked: dict[tuple[str, str], np.ndarray] = {}
     for key, value in maps.items():
         if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str) for k in key)):
             raise ValueError(f"the keys of maps must be (method, mode) pairs of strings, got {key!r}")
         value = _as_tensor(f"maps[{key!r}]", value)
         if not value.is_floating_point() or tuple(value.shape) != (n, height, width):
-            raise ValueError(f"maps[{key!r}] must be a floating-point (N, H, W) = ({n}, {height}, {width}) tensor, "
-                             f"got {value.dtype} of shape {tuple(value.shape)}")
+            raise ValueError(
+                f"maps[{key!r}] must be a floating-point (N, H, W) = ({n}, {height}, {width}) tensor, "
+                f"got {value.dtype} of shape {tuple(value.shape)}"
+            )
         checked[key] = value.double().numpy()
     methods = unique_in_order([method for method, _ in checked])
     present = unique_in_order([mode for _, mode in checked])
     modes = [m for m in MODES if m in present] + [m for m in present if m not in MODES]
     valid_labels = labels[labels != IGNORE_INDEX]
-    num_classes = max(len(class_names) if class_names is not None else 0,
-                      int(valid_labels.max()) + 1 if valid_labels.numel() else 0, 1)
+    num_classes = max(
+        len(class_names) if class_names is not None else 0,
+        int(valid_labels.max()) + 1 if valid_labels.numel() else 0,
+        1,
+    )
     colors = np.concatenate([_palette(num_classes), np.zeros((1, 3))])  # the last row: ignored pixels
     label_rgb = colors[torch.where(labels == IGNORE_INDEX, num_classes, labels).numpy()]
 
@@ -216,14 +234,15 @@ def draw_uncertainty_maps(
     num_rows, num_cols = n * rows_per_block, 1 + len(methods)
     cell_w = 2.4
     cell_h = min(max(cell_w * height / width, 0.8), 3.2)
-    figure = Figure(figsize=(cell_w * num_cols + 0.6, cell_h * num_rows + 1.2 + (0.4 if title else 0.0)),
-                    layout="constrained")
+    figure = Figure(
+        figsize=(cell_w * num_cols + 0.6, cell_h * num_rows + 1.2 + (0.4 if title else 0.0)), layout="constrained"
+    )
     FigureCanvasAgg(figure)
     axes = figure.subplots(num_rows, num_cols, squeeze=False)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    columns: Dict[str, list] = {method: [] for method in methods}
+    columns: dict[str, list] = {method: [] for method in methods}
     mappables = {}
     for i in range(n):
         top = i * rows_per_block
@@ -246,21 +265,33 @@ def draw_uncertainty_maps(
                 if (method, mode) not in checked:
                     ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes)
                     continue
-                mappables[method] = ax.imshow(np.ma.masked_invalid(checked[(method, mode)][i]), cmap=cmap,
-                                              norm=norms[method], interpolation="nearest")
+                mappables[method] = ax.imshow(
+                    np.ma.masked_invalid(checked[(method, mode)][i]),
+                    cmap=cmap,
+                    norm=norms[method],
+                    interpolation="nearest",
+                )
     axes[0, 0].set_title("image / label")
     for j, method in enumerate(methods, start=1):
         axes[0, j].set_title(method_title(method))
         if method in mappables:
-            bar = figure.colorbar(mappables[method], ax=columns[method], location="bottom", shrink=0.8,
-                                  aspect=25, pad=0.02, extend="max" if clipped[method] else "neither")
+            bar = figure.colorbar(
+                mappables[method],
+                ax=columns[method],
+                location="bottom",
+                shrink=0.8,
+                aspect=25,
+                pad=0.02,
+                extend="max" if clipped[method] else "neither",
+            )
             bar.ax.tick_params(labelsize="small")
     if class_names is not None:
         shown = sorted(int(c) for c in torch.unique(valid_labels).tolist())
         handles = [Patch(color=colors[c], label=class_names[c] if c < len(class_names) else str(c)) for c in shown]
         handles.append(Patch(color="black", label="ignored"))
-        figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize="small",
-                      frameon=False)
+        figure.legend(
+            handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize="small", frameon=False
+        )
     if title:
         figure.suptitle(title)
     path = os.fspath(path)
@@ -275,7 +306,7 @@ def draw_uncertainty_maps(
 # From an experiment folder
 
 
-def _trained_round(state: ExperimentState, key: str, round_index: int) -> Optional[int]:
+def _trained_round(state: ExperimentState, key: str, round_index: int) -> int | None:
     """The round ``load_round_model`` picks for run ``key`` (None if it has none)."""
     run = state.runs.get(key)
     rounds = [r.round for r in run.trained_rounds()] if run is not None else []
@@ -289,10 +320,10 @@ def experiment_maps(
     path: PathLike,
     *,
     images: Sequence[int] = (0, 1),
-    seed: Optional[int] = None,
+    seed: int | None = None,
     round_index: int = -1,
-    methods: Optional[Sequence[str]] = None,
-    device: Union[str, torch.device] = "cpu",
+    methods: Sequence[str] | None = None,
+    device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> str:
     """Draws the uncertainty maps of validation images for every method and mode of an experiment.
@@ -327,9 +358,7 @@ def experiment_maps(
             if method not in available:
                 has_map = method in method_names() and method_class(method).has_pixel_map
                 why = "is not a method of the experiment" if has_map else "has no uncertainty map"
-                raise ValueError(
-                    f"method {method!r} {why} in {out_dir!r}; the methods with maps are {available}"
-                )
+                raise ValueError(f"method {method!r} {why} in {out_dir!r}; the methods with maps are {available}")
     check_int("round_index", round_index, low=-1)  # -1: the last trained round
     if seed is None:
         seed = config.seeds[0]
@@ -345,19 +374,21 @@ def experiment_maps(
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
             raise TypeError(f"image indices must be ints, got {index!r}")
         if not 0 <= index < size:
-            raise IndexError(f"validation image index {index} is out of range: the split has {size} images "
-                             f"(indices 0 to {size - 1})")
+            raise IndexError(
+                f"validation image index {index} is out of range: the split has {size} images (indices 0 to {size - 1})"
+            )
     items = [data.val[int(i)] for i in indices]
     batch = torch.stack([image for image, _ in items])
     labels = torch.stack([label for _, label in items])
 
-    maps: Dict[Tuple[str, str], Tensor] = {}
+    maps: dict[tuple[str, str], Tensor] = {}
     used_rounds = set()
     jobs = [(method, mode) for method in chosen for mode in config.modes]
     for method, mode in tqdm(jobs, desc="uncertainty maps", unit="model", disable=not progress, dynamic_ncols=True):
         model = load_round_model(out_dir, seed, mode, method, round_index, state=state, device=device)
-        maps[(method, mode)] = uncertainty_map(model, batch, method, num_samples=config.acquisition_samples,
-                                               eta=config.eta, seed=seed, indices=indices)
+        maps[(method, mode)] = uncertainty_map(
+            model, batch, method, num_samples=config.acquisition_samples, eta=config.eta, seed=seed, indices=indices
+        )
         used_rounds.add(_trained_round(state, run_key(seed, mode, None if round_index == 0 else method), round_index))
         del model
 

@@ -20,12 +20,14 @@ Dropout: two layers, so MC-Dropout has something to sample and both are off in e
 Input size: height and width must be divisible by the output stride (16 by default); smp raises a
 RuntimeError naming the size to pad to otherwise.
 """
+
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from functools import lru_cache
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from collections.abc import Mapping
+from functools import cache
+from typing import Any
 
 import segmentation_models_pytorch as smp
 import torch
@@ -45,21 +47,24 @@ __all__ = [
     "classifier_dropout",
 ]
 
-MODELS: Tuple[str, ...] = ("mobilenetv3", "resnet50", "xception65", "small")
+MODELS: tuple[str, ...] = ("mobilenetv3", "resnet50", "xception65", "small")
 #: How tables and figures name the presets.
-MODEL_NAMES: Dict[str, str] = {
-    "mobilenetv3": "MobileNetV3", "resnet50": "ResNet-50", "xception65": "Xception-65", "small": "small",
+MODEL_NAMES: dict[str, str] = {
+    "mobilenetv3": "MobileNetV3",
+    "resnet50": "ResNet-50",
+    "xception65": "Xception-65",
+    "small": "small",
 }
 
 DEFAULT_NUM_CLASSES = 19  # Cityscapes' evaluation classes
 
 # name -> smp.DeepLabV3Plus arguments; "atrous_rates" are for output stride 16 (doubled at 8).
-_PRESETS: Dict[str, Dict[str, Any]] = {
+_PRESETS: dict[str, dict[str, Any]] = {
     "mobilenetv3": dict(encoder_name="tu-mobilenetv3_large_100", decoder_channels=256, atrous_rates=(6, 12, 18)),
     "resnet50": dict(encoder_name="resnet50", decoder_channels=256, atrous_rates=(6, 12, 18)),
     "xception65": dict(encoder_name="tu-xception65", decoder_channels=256, atrous_rates=(6, 12, 18)),
     # The paper's MobileNetV3 family at half width (small_050, full depth) and a 64-channel decoder: a
-    # training step at batch 8, 64x128 takes ~65 ms on the project's 2-core CPU (mobilenetv3: ~190 ms).
+    # training step at batch 8, 64x128 is a few times cheaper than mobilenetv3's (benchmarks/train_synthetic.py).
     # At 64x128 the stride-16 map is 4x8, so the rates are scaled down to reach across it instead of
     # only into the padding.
     "small": dict(encoder_name="tu-mobilenetv3_small_050", decoder_channels=64, atrous_rates=(2, 4, 6)),
@@ -75,7 +80,7 @@ def build_model(
     num_classes: int = DEFAULT_NUM_CLASSES,
     *,
     dropout: float = 0.1,
-    weights: Optional[Union[str, os.PathLike]] = None,
+    weights: str | os.PathLike | None = None,
     output_stride: int = 16,
     aspp_dropout: float = 0.5,
 ) -> nn.Module:
@@ -122,9 +127,7 @@ def build_model(
     # The dropout goes first under its own name; the head's modules keep their indices ("0", "1",
     # "2"), hence their state_dict keys. Dropout has no state, so eval-mode outputs are unchanged.
     head = model.segmentation_head
-    model.segmentation_head = nn.Sequential(
-        OrderedDict([("dropout", nn.Dropout(dropout)), *head.named_children()])
-    )
+    model.segmentation_head = nn.Sequential(OrderedDict([("dropout", nn.Dropout(dropout)), *head.named_children()]))
     if weights is not None:
         load_weights(model, weights)
     return model
@@ -139,7 +142,7 @@ def classifier_dropout(model: nn.Module) -> nn.Module:
     return dropout
 
 
-def load_weights(model: nn.Module, path: Union[str, os.PathLike]) -> nn.Module:
+def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Loads the weights file ``path`` into ``model`` (strictly) and returns the model.
 
     The file holds a ``state_dict`` (``torch.save(model.state_dict(), path)``), or a checkpoint dict
@@ -170,6 +173,7 @@ def load_weights(model: nn.Module, path: Union[str, os.PathLike]) -> nn.Module:
     unexpected = sorted(set(state) - set(expected))
     reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
     if missing or unexpected or reshaped:
+
         def few(keys, describe=lambda k: k):
             shown = ", ".join(describe(k) for k in keys[:5])
             return f"{len(keys)} ({shown}{', ...' if len(keys) > 5 else ''})"
@@ -180,18 +184,18 @@ def load_weights(model: nn.Module, path: Union[str, os.PathLike]) -> nn.Module:
         if unexpected:
             problems.append(f"unexpected keys: {few(unexpected)}")
         if reshaped:
-            problems.append("shape mismatches: " + few(
-                reshaped, lambda k: f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-            ))
+            problems.append(
+                "shape mismatches: "
+                + few(reshaped, lambda k: f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}")
+            )
         raise ValueError(
-            f"weights file {path!r} does not fit {getattr(model, 'name', type(model).__name__)}: "
-            + "; ".join(problems)
+            f"weights file {path!r} does not fit {getattr(model, 'name', type(model).__name__)}: " + "; ".join(problems)
         )
     model.load_state_dict(dict(state))
     return model
 
 
-def save_weights(model: nn.Module, path: Union[str, os.PathLike]) -> None:
+def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
     """Writes the model's ``state_dict`` (on the CPU) to ``path`` atomically: a reader, or a run killed
     mid-write, sees the old file or the new one."""
     weights = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
@@ -203,8 +207,8 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-@lru_cache(maxsize=None)
-def _info(name: str, num_classes: int) -> Tuple[Tuple[str, Any], ...]:
+@cache
+def _info(name: str, num_classes: int) -> tuple[tuple[str, Any], ...]:
     preset = _PRESETS[name]
     model = build_model(name, num_classes)
     return (
@@ -218,7 +222,7 @@ def _info(name: str, num_classes: int) -> Tuple[Tuple[str, Any], ...]:
     )
 
 
-def model_info(name: str, num_classes: int = DEFAULT_NUM_CLASSES) -> Dict[str, Any]:
+def model_info(name: str, num_classes: int = DEFAULT_NUM_CLASSES) -> dict[str, Any]:
     """``{"name", "encoder", "decoder_channels", "atrous_rates", "num_classes", "params",
     "encoder_params"}`` for reports (rates at output stride 16). Builds the model once per
     ``(name, num_classes)``."""

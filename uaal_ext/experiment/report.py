@@ -11,19 +11,22 @@ label naming the keys that differ (``"exponent=2"``); dataset and model are sepa
 every table and figure, so they never appear in the label. Experiments with the same label pool
 their seeds.
 """
+
 from __future__ import annotations
 
 import csv
 import math
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Union
 
 import numpy as np
 
 from ..acquisition import method_class
-from .al import STATE_FILE, StateError, load_state
+from .al import StateError, load_state
+from .al.state import STATE_FILE
 from .data import dataset_spec
 from .models import MODEL_NAMES
 
@@ -45,7 +48,7 @@ __all__ = [
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-MODE_NAMES: Dict[str, str] = {"standard": "standard", "uaal": "UAAL"}
+MODE_NAMES: dict[str, str] = {"standard": "standard", "uaal": "UAAL"}
 
 
 def method_title(name: str) -> str:
@@ -67,7 +70,7 @@ def model_title(name: str) -> str:
     return MODEL_NAMES.get(name, name)
 
 
-def unique_in_order(values: Iterable[Any]) -> List[Any]:
+def unique_in_order(values: Iterable[Any]) -> list[Any]:
     """The distinct values in the order they first appear."""
     return list(dict.fromkeys(values))
 
@@ -78,8 +81,19 @@ def unique_in_order(values: Iterable[Any]) -> List[Any]:
 _NOT_VARIANT_KEYS = frozenset(
     {"seeds", "device", "num_workers", "amp", "eval_batch_size", "root", "methods", "modes", "dataset", "model"}
 )
-_ROW_KEYS = ("dataset", "model", "method", "mode", "seed", "round", "budget", "num_labeled", "miou",
-             "pixel_accuracy", "mean_class_accuracy")
+_ROW_KEYS = (
+    "dataset",
+    "model",
+    "method",
+    "mode",
+    "seed",
+    "round",
+    "budget",
+    "num_labeled",
+    "miou",
+    "pixel_accuracy",
+    "mean_class_accuracy",
+)
 _SUMMARY_COLUMNS = ("dataset", "model", "variant", "method", "mode", "round", "budget", "mean", "std", "n")
 _MISSING = "–"
 
@@ -88,25 +102,25 @@ _MISSING = "–"
 class Experiment:
     """One experiment folder as read from its state file."""
 
-    path: str                      # the folder holding state.json
-    config: Dict[str, Any]         # ExperimentConfig.to_dict() of the run
-    rows: List[Dict[str, Any]]     # the state's "results": one row per (seed, mode, method, round)
-    finished: bool                 # False while (or if) the run stopped before its last round
-    wall_time: Optional[float] = None  # seconds over all sessions, when the state records it
+    path: str  # the folder holding state.json
+    config: dict[str, Any]  # ExperimentConfig.to_dict() of the run
+    rows: list[dict[str, Any]]  # the state's "results": one row per (seed, mode, method, round)
+    finished: bool  # False while (or if) the run stopped before its last round
+    wall_time: float | None = None  # seconds over all sessions, when the state records it
 
 
 # ---------------------------------------------------------------------------------------------------
 # Finding and reading experiments
 
 
-def find_experiments(paths: Sequence[PathLike]) -> List[str]:
+def find_experiments(paths: Sequence[PathLike]) -> list[str]:
     """The experiment folders at or below ``paths``, sorted, each once.
 
     A path is an experiment folder (it holds ``state.json``) or a folder with experiments somewhere
     below it (a sweep); the search does not descend into an experiment folder (its checkpoints and
     report hold none). FileNotFoundError names a path that does not exist or holds no experiment.
     """
-    found: Dict[str, str] = {}  # real path -> the path as reported, so "out" and "out/" count once
+    found: dict[str, str] = {}  # real path -> the path as reported, so "out" and "out/" count once
     for path in paths:
         path = os.path.normpath(os.fspath(path))
         if not os.path.exists(path):
@@ -125,7 +139,7 @@ def find_experiments(paths: Sequence[PathLike]) -> List[str]:
     return sorted(set(found.values()))
 
 
-def load_experiments(paths: Sequence[PathLike]) -> List[Experiment]:
+def load_experiments(paths: Sequence[PathLike]) -> list[Experiment]:
     """The experiments of :func:`find_experiments` (``paths``), read with :func:`uaal_ext.al.load_state`.
 
     A state file that cannot be read raises :class:`uaal_ext.al.StateError`; so does a result row
@@ -139,8 +153,15 @@ def load_experiments(paths: Sequence[PathLike]) -> List[Experiment]:
             missing = [key for key in _ROW_KEYS if not isinstance(row, dict) or key not in row]
             if missing:
                 raise StateError(f"result row {index} of {os.path.join(folder, STATE_FILE)!r} lacks {missing}")
-        experiments.append(Experiment(path=folder, config=dict(state.config), rows=list(rows),
-                                      finished=bool(state.finished), wall_time=float(state.wall_time)))
+        experiments.append(
+            Experiment(
+                path=folder,
+                config=dict(state.config),
+                rows=list(rows),
+                finished=bool(state.finished),
+                wall_time=float(state.wall_time),
+            )
+        )
     return experiments
 
 
@@ -157,33 +178,34 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
-def _sortable(value: Any) -> Tuple[Any, ...]:
+def _sortable(value: Any) -> tuple[Any, ...]:
     """Numbers in numeric order (exponent 2 before 10), then everything else by its text."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return (0, float(value), "")
     return (1, 0.0, _format_value(value))
 
 
-def _variant_keys(experiments: Sequence[Experiment]) -> List[str]:
+def _variant_keys(experiments: Sequence[Experiment]) -> list[str]:
     if not experiments:
         return []
     keys = sorted({key for experiment in experiments for key in experiment.config} - _NOT_VARIANT_KEYS)
-    return [key for key in keys
-            if any(e.config.get(key) != experiments[0].config.get(key) for e in experiments[1:])]
+    return [key for key in keys if any(e.config.get(key) != experiments[0].config.get(key) for e in experiments[1:])]
 
 
-def variant_labels(experiments: Sequence[Experiment]) -> List[str]:
+def variant_labels(experiments: Sequence[Experiment]) -> list[str]:
     """Each experiment's label: the config keys that differ between ``experiments``, alphabetically,
     as ``"eta=0.005, exponent=2"``; empty for every experiment when none differ."""
     keys = _variant_keys(experiments)
     return [", ".join(f"{key}={_format_value(e.config.get(key))}" for key in keys) for e in experiments]
 
 
-def _variant_order(experiments: Sequence[Experiment]) -> List[str]:
+def _variant_order(experiments: Sequence[Experiment]) -> list[str]:
     """The distinct labels, ordered by their keys' values (numerically where they are numbers)."""
     keys = _variant_keys(experiments)
-    by_label = {label: tuple(_sortable(e.config.get(key)) for key in keys)
-                for e, label in zip(experiments, variant_labels(experiments))}
+    by_label = {
+        label: tuple(_sortable(e.config.get(key)) for key in keys)
+        for e, label in zip(experiments, variant_labels(experiments))
+    }
     return sorted(by_label, key=by_label.__getitem__)
 
 
@@ -191,7 +213,7 @@ def _variant_order(experiments: Sequence[Experiment]) -> List[str]:
 # Summary
 
 
-def summarize(experiments: Sequence[Experiment]) -> List[Dict[str, Any]]:
+def summarize(experiments: Sequence[Experiment]) -> list[dict[str, Any]]:
     """mIoU over seeds: one row per (dataset, model, variant, method, mode, budget), round 0 included.
 
     Each row has those keys plus ``round``, ``mean``, ``std`` (sample std, ddof=1; 0.0 for one
@@ -201,15 +223,19 @@ def summarize(experiments: Sequence[Experiment]) -> List[Dict[str, Any]]:
     """
     labels = variant_labels(experiments)
     variant_rank = {label: rank for rank, label in enumerate(_variant_order(experiments))}
-    methods = unique_in_order([m for e in experiments for m in e.config.get("methods", ())]
-                          + [row["method"] for e in experiments for row in e.rows])
-    modes = unique_in_order([m for e in experiments for m in e.config.get("modes", ())]
-                        + [row["mode"] for e in experiments for row in e.rows])
+    methods = unique_in_order(
+        [m for e in experiments for m in e.config.get("methods", ())]
+        + [row["method"] for e in experiments for row in e.rows]
+    )
+    modes = unique_in_order(
+        [m for e in experiments for m in e.config.get("modes", ())]
+        + [row["mode"] for e in experiments for row in e.rows]
+    )
     datasets = unique_in_order(row["dataset"] for e in experiments for row in e.rows)
     models = unique_in_order(row["model"] for e in experiments for row in e.rows)
 
-    cells: Dict[Tuple[Any, ...], List[float]] = {}
-    seen_in: Dict[Tuple[Any, ...], str] = {}
+    cells: dict[tuple[Any, ...], list[float]] = {}
+    seen_in: dict[tuple[Any, ...], str] = {}
     for experiment, label in zip(experiments, labels):
         for row in experiment.rows:
             cell = (row["dataset"], row["model"], label, row["method"], row["mode"], row["round"], row["budget"])
@@ -222,20 +248,29 @@ def summarize(experiments: Sequence[Experiment]) -> List[Dict[str, Any]]:
             seen_in[seed_key] = experiment.path
             cells.setdefault(cell, []).append(float(row["miou"]))
 
-    def order(cell: Tuple[Any, ...]) -> Tuple[Any, ...]:
+    def order(cell: tuple[Any, ...]) -> tuple[Any, ...]:
         dataset, model, label, method, mode, round_index, budget = cell
-        return (datasets.index(dataset), models.index(model), variant_rank[label], methods.index(method),
-                modes.index(mode), budget, round_index)
+        return (
+            datasets.index(dataset),
+            models.index(model),
+            variant_rank[label],
+            methods.index(method),
+            modes.index(mode),
+            budget,
+            round_index,
+        )
 
     summary = []
     for cell in sorted(cells, key=order):
         values = np.asarray(cells[cell], dtype=np.float64)
-        summary.append({
-            **dict(zip(("dataset", "model", "variant", "method", "mode", "round", "budget"), cell)),
-            "mean": float(values.mean()),
-            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-            "n": len(values),
-        })
+        summary.append(
+            {
+                **dict(zip(("dataset", "model", "variant", "method", "mode", "round", "budget"), cell)),
+                "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                "n": len(values),
+            }
+        )
     return summary
 
 
@@ -247,7 +282,7 @@ def _percent(fraction: float) -> str:
     return f"{fraction * 100:g}%"  # 0.1 -> "10%" (:g hides 10.000000000000002)
 
 
-def _cell_text(row: Dict[str, Any]) -> str:
+def _cell_text(row: dict[str, Any]) -> str:
     return f"{row['mean'] * 100:.2f}±{row['std'] * 100:.2f}"
 
 
@@ -265,7 +300,7 @@ def _seeds_note(counts: Iterable[int]) -> str:
     return f"{counts[0]} to {counts[-1]} seeds (per cell: the n of summary.csv)"
 
 
-def markdown_tables(summary: Sequence[Dict[str, Any]]) -> str:
+def markdown_tables(summary: Sequence[dict[str, Any]]) -> str:
     """One Markdown table per dataset, shaped like the paper's Table 7.
 
     Rows: (method, training mode) in the order of ``summary`` (the configs' order), the method
@@ -279,22 +314,28 @@ def markdown_tables(summary: Sequence[Dict[str, Any]]) -> str:
         rows = [row for row in summary if row["dataset"] == dataset]
         trained = [row for row in rows if row["round"] != 0]
         budgets = sorted({row["budget"] for row in trained})
-        columns = [(budget, model, variant)
-                   for budget in budgets
-                   for model, variant in unique_in_order((row["model"], row["variant"]) for row in trained)
-                   if any(r["budget"] == budget and r["model"] == model and r["variant"] == variant for r in trained)]
+        columns = [
+            (budget, model, variant)
+            for budget in budgets
+            for model, variant in unique_in_order((row["model"], row["variant"]) for row in trained)
+            if any(r["budget"] == budget and r["model"] == model and r["variant"] == variant for r in trained)
+        ]
         lines = unique_in_order((row["method"], row["mode"]) for row in rows)
         by_cell = {(row["method"], row["mode"], row["budget"], row["model"], row["variant"]): row for row in trained}
 
         # Best per column as shown: two means that print alike are a tie, both bold.
         best = {}
         for column in columns:
-            shown = [round(row["mean"] * 100, 2) for (method, mode, *rest), row in by_cell.items()
-                     if tuple(rest) == column and not math.isnan(row["mean"])]
+            shown = [
+                round(row["mean"] * 100, 2)
+                for (method, mode, *rest), row in by_cell.items()
+                if tuple(rest) == column and not math.isnan(row["mean"])
+            ]
             best[column] = max(shown) if shown else None
 
         header = ["Data selection method", "Training method"] + [
-            f"{_column_name(model, variant)} (B = {_percent(budget)})" for budget, model, variant in columns]
+            f"{_column_name(model, variant)} (B = {_percent(budget)})" for budget, model, variant in columns
+        ]
         table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         previous_method = None
         for method, mode in lines:
@@ -311,15 +352,17 @@ def markdown_tables(summary: Sequence[Dict[str, Any]]) -> str:
             table.append("| " + " | ".join(cells) + " |")
 
         initial = ", ".join(_percent(b) for b in sorted({row["budget"] for row in rows if row["round"] == 0}))
-        note = (f"mIoU (%) on the validation split, mean ± std over {_seeds_note(row['n'] for row in trained)}; "
-                f"best per column in bold.")
+        note = (
+            f"mIoU (%) on the validation split, mean ± std over {_seeds_note(row['n'] for row in trained)}; "
+            f"best per column in bold."
+        )
         if initial:
             note += f" Every method starts from the same random {initial} of the pool (round 0, not shown)."
         blocks.append(f"## {dataset_title(dataset)}\n\n" + "\n".join(table) + f"\n\n{note}\n")
     return "\n".join(blocks) if blocks else "No results yet.\n"
 
 
-def main_table(summary: Sequence[Dict[str, Any]]) -> str:
+def main_table(summary: Sequence[dict[str, Any]]) -> str:
     """A plain-text table for a terminal: method, mode, then mIoU (%) mean±std at every budget
     (round 0, the shared initial set, first), one block per dataset, model and variant."""
     blocks = []
@@ -332,11 +375,15 @@ def main_table(summary: Sequence[Dict[str, Any]]) -> str:
         table = [header]
         for method, mode in unique_in_order((row["method"], row["mode"]) for row in rows):
             cells = [by_cell.get((method, mode) + budget) for budget in budgets]
-            table.append([method_title(method), MODE_NAMES.get(mode, mode)]
-                         + [_cell_text(cell) if cell else _MISSING for cell in cells])
+            table.append(
+                [method_title(method), MODE_NAMES.get(mode, mode)]
+                + [_cell_text(cell) if cell else _MISSING for cell in cells]
+            )
         widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-        title = f"{dataset_title(dataset)} / {_column_name(model, variant)}: mIoU (%), " \
-                f"mean±std over {_seeds_note(row['n'] for row in rows)}"
+        title = (
+            f"{dataset_title(dataset)} / {_column_name(model, variant)}: mIoU (%), "
+            f"mean±std over {_seeds_note(row['n'] for row in rows)}"
+        )
         text = [title] + ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table]
         blocks.append("\n".join(text))
     return "\n\n".join(blocks) if blocks else "No results yet."
@@ -356,7 +403,7 @@ def _figure_name(dataset: str, model: str, variant: str) -> str:
     return "_".join(parts) + ".png"
 
 
-def _plot(rows: Sequence[Dict[str, Any]], title: str, path: str) -> None:
+def _plot(rows: Sequence[dict[str, Any]], title: str, path: str) -> None:
     """mIoU (%) against the labeled share of the pool (%), a line and a std band per (method, mode)."""
     # Agg canvas on a bare Figure: renders headless without switching the process-wide backend
     # (matplotlib.use would change it for a notebook that imports this), and pyplot never holds
@@ -369,14 +416,22 @@ def _plot(rows: Sequence[Dict[str, Any]], title: str, path: str) -> None:
     axes = figure.add_subplot()
     methods = unique_in_order(row["method"] for row in rows)
     for method, mode in unique_in_order((row["method"], row["mode"]) for row in rows):
-        line = sorted((row for row in rows if (row["method"], row["mode"]) == (method, mode)),
-                      key=lambda row: row["budget"])
+        line = sorted(
+            (row for row in rows if (row["method"], row["mode"]) == (method, mode)), key=lambda row: row["budget"]
+        )
         x = np.array([row["budget"] * 100 for row in line])
         mean = np.array([row["mean"] * 100 for row in line])
         std = np.array([row["std"] * 100 for row in line])
         color = f"C{methods.index(method) % 10}"  # one colour per method, both modes
-        axes.plot(x, mean, color=color, linestyle="-" if mode == "uaal" else "--", marker="o", markersize=4,
-                  label=f"{method_title(method)} ({MODE_NAMES.get(mode, mode)})")
+        axes.plot(
+            x,
+            mean,
+            color=color,
+            linestyle="-" if mode == "uaal" else "--",
+            marker="o",
+            markersize=4,
+            label=f"{method_title(method)} ({MODE_NAMES.get(mode, mode)})",
+        )
         axes.fill_between(x, mean - std, mean + std, color=color, alpha=0.12, linewidth=0)
     axes.set_xlabel("labeled fraction of the pool (%)")
     axes.set_ylabel("mIoU (%)")
@@ -407,7 +462,7 @@ def _progress(experiment: Experiment) -> str:
     return f"{done} of {total} rounds evaluated"
 
 
-def write_report(paths: Sequence[PathLike], out_dir: PathLike) -> Dict[str, str]:
+def write_report(paths: Sequence[PathLike], out_dir: PathLike) -> dict[str, str]:
     """Writes the report of the experiments at or below ``paths`` into ``out_dir``.
 
     Files: ``report.md`` (tables, figures, one line per experiment), ``summary.csv``
@@ -421,7 +476,7 @@ def write_report(paths: Sequence[PathLike], out_dir: PathLike) -> Dict[str, str]
     os.makedirs(out_dir, exist_ok=True)
     summary = summarize(experiments)
     labels = variant_labels(experiments)
-    written: Dict[str, str] = {}
+    written: dict[str, str] = {}
 
     written["summary"] = os.path.join(out_dir, "summary.csv")
     with open(written["summary"], "w", newline="", encoding="utf-8") as file:
@@ -441,8 +496,11 @@ def write_report(paths: Sequence[PathLike], out_dir: PathLike) -> Dict[str, str]
     for dataset, model, variant in unique_in_order((row["dataset"], row["model"], row["variant"]) for row in summary):
         name = _figure_name(dataset, model, variant)
         title = f"{dataset_title(dataset)}, {_column_name(model, variant)}"
-        _plot([row for row in summary if (row["dataset"], row["model"], row["variant"]) == (dataset, model, variant)],
-              title, os.path.join(out_dir, name))
+        _plot(
+            [row for row in summary if (row["dataset"], row["model"], row["variant"]) == (dataset, model, variant)],
+            title,
+            os.path.join(out_dir, name),
+        )
         written[name[: -len(".png")]] = os.path.join(out_dir, name)
         figures.append((title, name))
 

@@ -3,11 +3,12 @@
 PyTorch's CPU tensors come from the C library's ``malloc``. glibc's defaults hand every block above
 a (dynamic) threshold of at most 32 MiB straight back to the kernel when freed and trim the heap
 whenever its free top exceeds 128 KiB, so each training step maps its activations afresh and pays
-a page fault per 4 KiB page: measured here, a DeepLabv3+ MobileNetV3 step at batch 4, 256x512 runs
-0.93 s by default and 0.77 s with freed memory kept, and the perturbed passes of kernel-noise
-training (which run while the training graph holds its activations) gain more. This is what
+a page fault per 4 KiB page; the perturbed passes of kernel-noise training (which run while the
+training graph holds its activations) pay it more often still. ``benchmarks/bench_training_step.py
+--malloc default`` measures the difference. This is what
 PyTorch's CPU performance guide gets by preloading jemalloc or tcmalloc, without another library.
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -31,6 +31,7 @@ everything a resumed run needs to finish with the same weights as an uninterrupt
 optimizer, LR scheduler, grad scaler, uncertainty-source counters, every RNG state, the config and
 the per-epoch history. An unreadable checkpoint raises :class:`CheckpointError` and is left as it is.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,7 +41,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,39 +78,43 @@ RUNTIME_FIELDS = ("device", "num_workers", "amp", "channels_last")
 
 @dataclass
 class TrainConfig:
-    epochs: int = 20                    # passes over the training set
-    batch_size: int = 8                 # images per iteration
-    lr: float = 0.01                    # base learning rate of SGD
-    momentum: float = 0.9               # SGD momentum, in [0, 1)
-    weight_decay: float = 5e-4          # L2 penalty of SGD
-    poly_power: float = 0.9             # lr = base * (1 - iter / max_iter) ** power, per iteration
-    mode: str = "standard"              # "standard" (plain cross-entropy) or "uaal" (uncertainty-weighted)
-    uncertainty: str = "kernel_noise"   # uaal mode: "kernel_noise" | "entropy" | "mc_dropout"
-    exponent: float = 2.0               # uaal mode: E in w = 1 + alpha(t) * u ** E (paper's best: 2)
-    alpha: float = 1.0                  # uaal mode: peak strength of the weighting
-    schedule: str = "constant"          # uaal mode: alpha(t) over training, one of uaal_ext.SCHEDULES
-    normalize: str = "scale"            # uaal mode: u = U / scale ("scale": eta, log C, 1), or U / its "mean" / per-image "max"
-    s_max: Optional[float] = None       # uaal mode: cap on u ** exponent (None: no cap)
-    eta: float = 0.01                   # kernel noise: relative weight-noise size, also its uncertainty scale
-    num_samples: int = 5                # kernel noise: K perturbed passes; mc_dropout: T stochastic passes
-    ignore_index: int = 255             # label value of unlabeled pixels
-    amp: bool = True                    # mixed precision (float16 autocast + GradScaler), CUDA only
-    channels_last: bool = True          # model and images in channels-last layout: oneDNN's and cuDNN's faster convs
-    num_workers: int = 0                # DataLoader worker processes
-    seed: int = 0                       # shuffling, dropout, kernel noise, MC masks (not the model init)
-    device: str = "cpu"                 # where to train: "cpu", "cuda", "cuda:1", ...
+    epochs: int = 20  # passes over the training set
+    batch_size: int = 8  # images per iteration
+    lr: float = 0.01  # base learning rate of SGD
+    momentum: float = 0.9  # SGD momentum, in [0, 1)
+    weight_decay: float = 5e-4  # L2 penalty of SGD
+    poly_power: float = 0.9  # lr = base * (1 - iter / max_iter) ** power, per iteration
+    mode: str = "standard"  # "standard" (plain cross-entropy) or "uaal" (uncertainty-weighted)
+    uncertainty: str = "kernel_noise"  # uaal mode: "kernel_noise" | "entropy" | "mc_dropout"
+    exponent: float = 2.0  # uaal mode: E in w = 1 + alpha(t) * u ** E (paper's best: 2)
+    alpha: float = 1.0  # uaal mode: peak strength of the weighting
+    schedule: str = "constant"  # uaal mode: alpha(t) over training, one of uaal_ext.SCHEDULES
+    normalize: str = "scale"  # uaal mode: u = U / scale ("scale": eta, log C, 1), or U / its "mean" / per-image "max"
+    s_max: float | None = None  # uaal mode: cap on u ** exponent (None: no cap)
+    eta: float = 0.01  # kernel noise: relative weight-noise size, also its uncertainty scale
+    num_samples: int = 5  # kernel noise: K perturbed passes; mc_dropout: T stochastic passes
+    ignore_index: int = 255  # label value of unlabeled pixels
+    amp: bool = True  # mixed precision (float16 autocast + GradScaler), CUDA only
+    channels_last: bool = True  # model and images in channels-last layout: oneDNN's and cuDNN's faster convs
+    num_workers: int = 0  # DataLoader worker processes
+    seed: int = 0  # shuffling, dropout, kernel noise, MC masks (not the model init)
+    device: str = "cpu"  # where to train: "cpu", "cuda", "cuda:1", ...
 
     def __post_init__(self) -> None:
         self.validate()
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Raises ValueError naming the first bad field and what it allows; returns self."""
 
         def fail(key: str, allowed: str) -> None:
             raise ValueError(f"TrainConfig.{key} must be {allowed}, got {getattr(self, key)!r}")
 
-        for key, allowed in (("mode", MODES), ("uncertainty", uncertainty_source_names()), ("schedule", SCHEDULES),
-                             ("normalize", NORMALIZE_MODES)):
+        for key, allowed in (
+            ("mode", MODES),
+            ("uncertainty", uncertainty_source_names()),
+            ("schedule", SCHEDULES),
+            ("normalize", NORMALIZE_MODES),
+        ):
             if getattr(self, key) not in allowed:
                 fail(key, f"one of {allowed}")
         for key in ("epochs", "batch_size", "num_samples"):
@@ -144,18 +149,22 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    losses: List[float] = field(default_factory=list)  # mean loss of each epoch (UAAL-weighted in uaal mode)
-    alphas: List[float] = field(default_factory=list)  # alpha(t) used in each epoch (0 in standard mode)
-    steps: int = 0                                      # optimizer steps of the whole run, resumed epochs included
-    wall_time: float = 0.0                              # seconds this call spent training
-    start_epoch: int = 0                                # first epoch this call ran (> 0 after a resume)
+    losses: list[float] = field(default_factory=list)  # mean loss of each epoch (UAAL-weighted in uaal mode)
+    alphas: list[float] = field(default_factory=list)  # alpha(t) used in each epoch (0 in standard mode)
+    steps: int = 0  # optimizer steps of the whole run, resumed epochs included
+    wall_time: float = 0.0  # seconds this call spent training
+    start_epoch: int = 0  # first epoch this call ran (> 0 after a resume)
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be read or is not a training checkpoint."""
 
 
-def make_criterion(config: TrainConfig) -> Tuple[UAALLoss, Optional[UncertaintySource]]:
+# The TrainConfig fields UAALLoss takes under the same name.
+_LOSS_OPTIONS = ("ignore_index", "alpha", "exponent", "schedule", "normalize", "s_max")
+
+
+def make_criterion(config: TrainConfig) -> tuple[UAALLoss, UncertaintySource | None]:
     """The loss of ``config`` and the uncertainty source it needs (None: the loss needs none)."""
     if config.mode == "standard":
         return UAALLoss(ignore_index=config.ignore_index, alpha=0.0), None
@@ -165,27 +174,18 @@ def make_criterion(config: TrainConfig) -> Tuple[UAALLoss, Optional[UncertaintyS
     # A source the loss kernel computes from the logits it reads anyway (the entropy) gets the loss's
     # own default scale (log C); the others bring theirs.
     scale = None if source.computed_in_loss else source.uncertainty_scale
-    criterion = UAALLoss(
-        ignore_index=config.ignore_index,
-        alpha=config.alpha,
-        exponent=config.exponent,
-        schedule=config.schedule,
-        max_epochs=config.epochs,
-        uncertainty_scale=scale,
-        normalize=config.normalize,
-        s_max=config.s_max,
-    )
-    return criterion, source
+    options = {key: getattr(config, key) for key in _LOSS_OPTIONS}
+    return UAALLoss(max_epochs=config.epochs, uncertainty_scale=scale, **options), source
 
 
 def train_step(
     model: nn.Module,
-    batch: Tuple[Tensor, Tensor],
+    batch: tuple[Tensor, Tensor],
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
-    source: Optional[UncertaintySource] = None,
+    source: UncertaintySource | None = None,
     *,
-    scaler: Optional[torch.amp.GradScaler] = None,
+    scaler: torch.amp.GradScaler | None = None,
     amp: bool = False,
 ) -> Tensor:
     """One training iteration on ``batch = (images (N, 3, H, W), labels (N, H, W))`` on the model's device.
@@ -221,7 +221,7 @@ def train(
     dataset: Dataset,
     config: TrainConfig,
     *,
-    checkpoint_path: Optional[Union[str, os.PathLike]] = None,
+    checkpoint_path: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Trains ``model`` in place on ``dataset`` as ``config`` says and returns the per-epoch history.
@@ -241,7 +241,7 @@ def train(
     use_amp = config.amp and device.type == "cuda"
     _seed_everything(config.seed)
     model.to(device)
-    # Channels-last convs run 1.2-1.7x faster per CPU training step here (oneDNN; cuDNN likewise
+    # Channels-last convs take oneDNN's faster paths on the CPU (bench_training_step.py --layout; cuDNN likewise
     # prefers it on tensor cores); the parameters keep their identity, only their strides change.
     layout = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(memory_format=layout)
@@ -267,7 +267,8 @@ def train(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: (1.0 - it / max_iter) ** config.poly_power  # it = iterations done
+        optimizer,
+        lambda it: (1.0 - it / max_iter) ** config.poly_power,  # it = iterations done
     )
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     criterion, source = make_criterion(config)
@@ -350,7 +351,7 @@ def evaluate(
     *,
     ignore_index: int = 255,
     batch_size: int = 8,
-    device: Union[str, torch.device] = "cpu",
+    device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> SegmentationMetrics:
     """mIoU, per-class IoU and accuracies of ``model``'s argmax predictions on ``dataset``.
@@ -379,15 +380,19 @@ def evaluate(
 # Helpers: seeding, RNG state, checkpoint files
 
 
+# numpy's legacy global generator is seeded, saved and restored on purpose: user transforms and
+# third-party augmentation draw from it, and a resumed run must see the same draws.
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002
     torch.manual_seed(seed)  # CPU and every CUDA device
 
 
-def _rng_state(loader_generator: torch.Generator, device: torch.device) -> Dict[str, Any]:
-    numpy_state = np.random.get_state(legacy=False)
-    state: Dict[str, Any] = {
+def _rng_state(loader_generator: torch.Generator, device: torch.device) -> dict[str, Any]:
+    numpy_state = np.random.get_state(legacy=False)  # noqa: NPY002
+    state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "loader": loader_generator.get_state(),
         "python": random.getstate(),
@@ -404,17 +409,18 @@ def _rng_state(loader_generator: torch.Generator, device: torch.device) -> Dict[
     return state
 
 
-def _restore_rng_states(state: Dict[str, Any], loader_generator: torch.Generator, device: torch.device) -> None:
+def _restore_rng_states(state: dict[str, Any], loader_generator: torch.Generator, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     loader_generator.set_state(state["loader"])
     random.setstate(state["python"])
-    numpy_state = state["numpy"]
-    np.random.set_state({
+    saved = state["numpy"]
+    numpy_state = {
         "bit_generator": "MT19937",
-        "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
-        "has_gauss": numpy_state["has_gauss"],
-        "gauss": numpy_state["gauss"],
-    })
+        "state": {"key": saved["key"].numpy().astype(np.uint32), "pos": saved["pos"]},
+        "has_gauss": saved["has_gauss"],
+        "gauss": saved["gauss"],
+    }
+    np.random.set_state(numpy_state)  # noqa: NPY002
     # A checkpoint from another device (or device count) has no matching CUDA states: keep the seeded ones.
     cuda_states = state.get("cuda")
     if device.type == "cuda" and cuda_states is not None and len(cuda_states) == torch.cuda.device_count():
@@ -426,12 +432,21 @@ def _atomic_save(obj: Any, path: str) -> None:
 
 
 _CHECKPOINT_KEYS = (
-    "format", "epochs_done", "model", "optimizer", "scheduler", "scaler", "source", "rng", "config",
-    "dataset_size", "history",
+    "format",
+    "epochs_done",
+    "model",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "source",
+    "rng",
+    "config",
+    "dataset_size",
+    "history",
 )
 
 
-def _load_checkpoint(path: str) -> Dict[str, Any]:
+def _load_checkpoint(path: str) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001  (torch.load's failures have no common type)
@@ -449,7 +464,7 @@ def _load_checkpoint(path: str) -> Dict[str, Any]:
     return state
 
 
-def _check_resumable(state: Dict[str, Any], config: TrainConfig, dataset_size: int, path: str) -> None:
+def _check_resumable(state: dict[str, Any], config: TrainConfig, dataset_size: int, path: str) -> None:
     details = changed_keys(
         state["config"], dataclasses.asdict(config), ignore=RUNTIME_FIELDS, defaults=dataclasses.asdict(TrainConfig())
     )

@@ -25,6 +25,4 @@ def register_not_differentiable(qualified_name: str) -> None:
     constants for autograd (``docs/math.md#uncertainty-weight``): their outputs never require grad,
     even when an input does, which is what ``opcheck`` verifies.
     """
-    torch.library.register_autograd(
-        qualified_name, _no_gradient, setup_context=_non_differentiable_setup_context
-    )
+    torch.library.register_autograd(qualified_name, _no_gradient, setup_context=_non_differentiable_setup_context)

@@ -9,7 +9,6 @@ make the forward ops differentiable with respect to their logits. The math is in
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -49,8 +48,18 @@ def _cross_entropy_forward_fake(
 
 @torch.library.register_fake("uaal_ext::cross_entropy_backward")
 def _cross_entropy_backward_fake(
-    grad, input, target, log_normalizer, uncertainty, weight, ignore_index, label_smoothing, alpha, exponent,
-    inv_scale, s_max,
+    grad,
+    input,
+    target,
+    log_normalizer,
+    uncertainty,
+    weight,
+    ignore_index,
+    label_smoothing,
+    alpha,
+    exponent,
+    inv_scale,
+    s_max,
 ):
     return torch.empty_like(input)
 
@@ -158,7 +167,7 @@ torch.library.register_autograd(
 # ---- the functional API -----------------------------------------------------------------------------
 
 
-def inverse_scale(uncertainty_scale: Optional[float], uses_entropy: bool, num_classes: int) -> float:
+def inverse_scale(uncertainty_scale: float | None, uses_entropy: bool, num_classes: int) -> float:
     """1 / scale, where the default scale is log C for the entropy (so u is the normalised entropy)
     and 1 for a map the caller supplies."""
     if uncertainty_scale is None:
@@ -175,16 +184,16 @@ def inverse_scale(uncertainty_scale: Optional[float], uses_entropy: bool, num_cl
 def uaal_cross_entropy(
     input: Tensor,
     target: Tensor,
-    uncertainty: Optional[Tensor] = None,
+    uncertainty: Tensor | None = None,
     *,
-    weight: Optional[Tensor] = None,
+    weight: Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     alpha: float = 0.0,
     exponent: float = 2.0,
-    uncertainty_scale: Optional[float] = None,
-    s_max: Optional[float] = None,
+    uncertainty_scale: float | None = None,
+    s_max: float | None = None,
     normalize_by_weight: bool = False,
 ) -> Tensor:
     """Uncertainty-weighted cross-entropy of logits ``input`` against class indices ``target``.
@@ -214,9 +223,7 @@ def uaal_cross_entropy(
     """
     check_choice("reduction", reduction, REDUCTIONS)
     if not isinstance(input, Tensor) or not isinstance(target, Tensor):
-        raise TypeError(
-            f"input and target must be tensors, got {type(input).__name__} and {type(target).__name__}"
-        )
+        raise TypeError(f"input and target must be tensors, got {type(input).__name__} and {type(target).__name__}")
     unbatched = input.dim() == 1
     if unbatched:
         # torch's convention: (C,) logits with a 0-dim target are one sample.

@@ -4,6 +4,7 @@ passes, as fused CPU/CUDA kernels (``docs/math.md#kernel-noise-perturbation``,
 
 ``uaal_ext.uncertainty`` builds the model-level API (perturbed passes, MC-Dropout) on these.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

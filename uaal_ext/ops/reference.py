@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of the UAAL loss: SPEC section 2 written as ordinary torch ops.
+"""Pure-PyTorch reference of every op: docs/math.md written as ordinary torch ops.
 
 These functions are the specification in code. They are slow and memory-hungry on purpose
 (every intermediate is materialized) and are used by the tests and the benchmarks as the
@@ -52,9 +52,7 @@ def pixel_entropy_reference(logits: Tensor, normalized: bool = False) -> Tensor:
     return entropy
 
 
-def uncertainty_weight_reference(
-    u: Tensor, *, alpha: float, exponent: float, s_max: float | None = None
-) -> Tensor:
+def uncertainty_weight_reference(u: Tensor, *, alpha: float, exponent: float, s_max: float | None = None) -> Tensor:
     """Per-pixel loss weight ``w = 1 + alpha * min(u ** exponent, s_max)`` (paper Eq. 6)."""
     scaled = u.pow(exponent)
     if s_max is not None:
@@ -62,22 +60,17 @@ def uncertainty_weight_reference(
     return 1 + alpha * scaled
 
 
+# fmt: off
+# The arguments of uaal_ext.ops.uaal_cross_entropy, packed as a specification reads them: the UAAL
+# weighting's own, then those of torch.nn.functional.cross_entropy.
 def uaal_cross_entropy_reference(
-    input: Tensor,
-    target: Tensor,
-    uncertainty: Tensor | None = None,
-    *,
-    weight: Tensor | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
+    input: Tensor, target: Tensor, uncertainty: Tensor | None = None, *,
+    alpha: float = 0.0, exponent: float = 2.0, uncertainty_scale: float | None = None, s_max: float | None = None,
+    normalize_by_weight: bool = False, weight: Tensor | None = None, ignore_index: int = -100, reduction: str = "mean",
     label_smoothing: float = 0.0,
-    alpha: float = 0.0,
-    exponent: float = 2.0,
-    uncertainty_scale: float | None = None,
-    s_max: float | None = None,
-    normalize_by_weight: bool = False,
 ) -> Tensor:
-    """Uncertainty-weighted cross-entropy ``sum_i w_i * l_i`` (SPEC section 2).
+    # fmt: on
+    """Uncertainty-weighted cross-entropy ``sum_i w_i * l_i`` (docs/math.md#uaal-loss).
 
     Args:
         input: logits ``(N, C, *spatial)`` or ``(N, C)``.
@@ -86,7 +79,7 @@ def uaal_cross_entropy_reference(
             ``input`` with a default scale of ``log C`` (i.e. the normalized entropy).
         weight: class weights ``c`` of shape ``(C,)``.
         uncertainty_scale: ``u = U / scale``; default ``log C`` for the entropy, 1 for a map.
-        The other arguments are those of ``torch.nn.functional.cross_entropy`` and SPEC 2.
+        The other arguments are those of ``torch.nn.functional.cross_entropy`` and docs/math.md#uncertainty-weight.
 
     Returns:
         Per-pixel losses ``(N, *spatial)`` (0 at ignored pixels) for ``reduction="none"``,
@@ -127,7 +120,7 @@ def uaal_cross_entropy_reference(
     raise ValueError(f"reduction must be 'none', 'sum' or 'mean', got {reduction!r}")
 
 
-# --- Kernel-noise perturbation (SPEC 2) --------------------------------------------------------
+# --- Kernel-noise perturbation (docs/math.md#kernel-noise-perturbation) --------------------------------------------------------
 
 _MASK32 = 0xFFFFFFFF
 _PHILOX_M0, _PHILOX_M1 = 0xD2511F53, 0xCD9E8D57  # round multipliers
@@ -169,9 +162,7 @@ def philox4x32_10(counter: Tensor, key: Tensor) -> Tensor:
     return torch.stack(torch.broadcast_tensors(c0, c1, c2, c3), dim=-1)
 
 
-def kernel_noise_normals_reference(
-    numel: int, *, seed: int, offset: int, sample: int, tensor_index: int
-) -> Tensor:
+def kernel_noise_normals_reference(numel: int, *, seed: int, offset: int, sample: int, tensor_index: int) -> Tensor:
     """The standard normals ``n_k`` the kernel-noise op draws for one tensor and one sample.
 
     Element ``e`` belongs to Philox block ``b = e // 4`` with counter
@@ -204,15 +195,9 @@ def kernel_noise_normals_reference(
 
 
 def kernel_noise_reference(
-    weights: Sequence[Tensor],
-    num_samples: int,
-    eta: float,
-    *,
-    seed: int = 0,
-    offset: int = 0,
-    per_filter: bool = False,
+    weights: Sequence[Tensor], num_samples: int, eta: float, *, seed: int = 0, offset: int = 0, per_filter: bool = False
 ) -> list[Tensor]:
-    """``theta_k = theta + eta * ||theta|| * n_k / ||n_k||`` for every weight and sample (SPEC 2).
+    """``theta_k = theta + eta * ||theta|| * n_k / ||n_k||`` for every weight and sample (docs/math.md#kernel-noise-perturbation).
 
     Args:
         weights: floating tensors of any shape; tensor ``t`` uses ``tensor_index = t``, and the
@@ -230,9 +215,11 @@ def kernel_noise_reference(
         grouped = per_filter and w.dim() > 0
         samples = []
         for k in range(num_samples):
-            n = kernel_noise_normals_reference(
-                w.numel(), seed=seed, offset=offset, sample=k, tensor_index=tensor_index
-            ).to(device=w.device, dtype=torch.float64).reshape(w.shape)
+            n = (
+                kernel_noise_normals_reference(w.numel(), seed=seed, offset=offset, sample=k, tensor_index=tensor_index)
+                .to(device=w.device, dtype=torch.float64)
+                .reshape(w.shape)
+            )
             if grouped:
                 dims = tuple(range(1, w.dim()))
                 w_norm = torch.linalg.vector_norm(w64, dim=dims, keepdim=True) if dims else w64.abs()
@@ -245,7 +232,7 @@ def kernel_noise_reference(
 
 
 def perturbation_statistics_reference(clean: Tensor, perturbed: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-pixel spread of K perturbed predictions around the clean one (SPEC 2).
+    """Per-pixel spread of K perturbed predictions around the clean one (docs/math.md#perturbation-statistics).
 
     With ``p = softmax(clean)`` and ``p_k = softmax(perturbed[k])`` over classes and
     ``d_k = ||p_k - p||_2``: ``sigma = sqrt(mean_k d_k^2)`` and ``ns = mean_k d_k / ||p||_2``.
@@ -265,7 +252,7 @@ def perturbation_statistics_reference(clean: Tensor, perturbed: Tensor) -> tuple
     return sigma, ns
 
 
-# --- Acquisition scores (SPEC 2) ------------------------------------------------------------------
+# --- Acquisition scores (docs/math.md#acquisition-scores) ------------------------------------------------------------------
 
 
 def _entropy_of_probabilities(p: Tensor, dim: int) -> Tensor:
@@ -274,7 +261,7 @@ def _entropy_of_probabilities(p: Tensor, dim: int) -> Tensor:
 
 
 def pixel_scores_reference(method: str, input: Tensor) -> Tensor:
-    """Per-pixel acquisition scores; higher means more informative (SPEC 2).
+    """Per-pixel acquisition scores; higher means more informative (docs/math.md#acquisition-scores).
 
     Methods on logits ``(N, C, *spatial)`` or ``(N, C)``, with ``p = softmax`` over dim 1:
 
@@ -320,7 +307,7 @@ def pixel_scores_reference(method: str, input: Tensor) -> Tensor:
 
 
 def aggregate_scores_reference(scores: Tensor, valid: Tensor | None, reduction: str, q: float) -> Tensor:
-    """Per-image aggregate of a pixel score map over the valid pixels (SPEC 2).
+    """Per-image aggregate of a pixel score map over the valid pixels (docs/math.md#acquisition-scores).
 
     Args:
         scores: ``(N, *spatial)``, >= 0.

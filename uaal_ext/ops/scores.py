@@ -7,8 +7,6 @@ builds the acquisition methods (objects with argument checks, pool scoring and s
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -49,7 +47,7 @@ def pixel_score_map(input: Tensor, kernel: str) -> Tensor:
     return _ops.pixel_scores(input, kernel)
 
 
-def aggregate_scores(scores: Tensor, valid: Optional[Tensor], reduction: str, q: float) -> Tensor:
+def aggregate_scores(scores: Tensor, valid: Tensor | None, reduction: str, q: float) -> Tensor:
     """One score per image ``(N,)`` over the pixels of ``scores`` ``(N, *spatial)`` where ``valid``
     (None: all); ``reduction`` one of :data:`AGGREGATIONS`, ``q`` the fraction of ``"topk_mean"``."""
     return _ops.aggregate_scores(scores, valid, reduction, q)

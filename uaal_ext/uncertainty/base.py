@@ -1,7 +1,7 @@
 """What every per-pixel uncertainty source is, and the registry that names them.
 
 A source is called ``source(model, images, clean_logits=None, *, dropout_masks=None) -> (logits,
-uncertainty)`` and says, in class attributes, what the training step must do for it, so a training
+uncertainty)``, implements :meth:`UncertaintySource.measure`, and says, in class attributes, what the training step must do for it, so a training
 loop never asks which concrete source it holds:
 
 - ``uses_dropout_masks``: record the training forward's dropout masks (``record_dropout``) and pass
@@ -16,46 +16,49 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from .._registry import Registry
 from .dropout_recording import DropoutRecording
 
-__all__ = [
-    "UncertaintySource",
-    "register_uncertainty_source",
-    "uncertainty_source_names",
-    "make_uncertainty",
-    "uncertainty_source_class",
-    "as_logits",
-    "check_images",
-    "check_clean_logits",
-    "load_call_count",
-]
+Pair = tuple[Tensor, Tensor]  # (logits (N, C, *spatial), uncertainty (N, *spatial))
+Logits = Tensor | None  # clean logits (N, C, *spatial) already computed, or None
+Masks = DropoutRecording | None  # the recorded dropout masks of the forward that gave them, or None
 
 
 class UncertaintySource(abc.ABC):
-    """Base class of the per-pixel uncertainty sources (see the module docstring)."""
+    """Base class of the per-pixel uncertainty sources (see the module docstring).
 
-    name: ClassVar[str] = ""                    # the registry key, e.g. "kernel_noise"
+    A subclass implements :meth:`measure`; calling the source checks the arguments and measures.
+    """
+
+    name: ClassVar[str] = ""  # the registry key, e.g. "kernel_noise"
     uses_dropout_masks: ClassVar[bool] = False  # wants the training forward's recorded dropout masks
-    computed_in_loss: ClassVar[bool] = False    # the loss kernel computes it from the logits itself
-    uncertainty_scale: float = 1.0              # u = U / uncertainty_scale in the loss
+    computed_in_loss: ClassVar[bool] = False  # the loss kernel computes it from the logits itself
+    uncertainty_scale: float = 1.0  # u = U / uncertainty_scale in the loss
+
+    def __call__(
+        self, model: nn.Module, images: Tensor, clean_logits: Logits = None, *, dropout_masks: Masks = None
+    ) -> Pair:
+        """Returns ``(logits (N, C, *spatial), uncertainty (N, *spatial))``, neither with a graph.
+
+        ``clean_logits``: the logits of a forward already run on ``images`` (detached here; a source
+        may skip its own clean pass). ``dropout_masks``: that forward's recorded masks, for sources
+        that replay them.
+        """
+        check_images(images)
+        if clean_logits is not None:
+            clean_logits = check_clean_logits(clean_logits, images)
+        return self.measure(model, images, clean_logits, dropout_masks)
 
     @abc.abstractmethod
-    def __call__(
-        self,
-        model: nn.Module,
-        images: Tensor,
-        clean_logits: Optional[Tensor] = None,
-        *,
-        dropout_masks: Optional[DropoutRecording] = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Returns ``(logits (N, C, *spatial), uncertainty (N, *spatial))``, neither with a graph."""
+    def measure(self, model: nn.Module, images: Tensor, clean: Logits, masks: Masks) -> Pair:
+        """The uncertainty of checked arguments (``clean``: detached logits or None)."""
 
     @classmethod
-    def for_training(cls, *, eta: float, num_samples: int, seed: int) -> "UncertaintySource":
+    def for_training(cls, *, eta: float, num_samples: int, seed: int) -> UncertaintySource:
         """The source a training config describes: each source takes the options it has (the
         kernel-noise size ``eta``, the number of passes ``num_samples``, the ``seed`` of its draws)."""
         return cls()
@@ -64,11 +67,12 @@ class UncertaintySource(abc.ABC):
         """What a resumed run needs to draw the same randomness (empty for deterministic sources)."""
         return {}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:  # noqa: B027  (deterministic sources keep none)
         """Restores :meth:`state_dict`."""
 
 
-_SOURCES: dict[str, type[UncertaintySource]] = {}
+#: Every uncertainty source by name.
+SOURCES: Registry[type[UncertaintySource]] = Registry("uncertainty source", "name")
 
 
 def register_uncertainty_source(cls: type[UncertaintySource]) -> type[UncertaintySource]:
@@ -76,24 +80,17 @@ def register_uncertainty_source(cls: type[UncertaintySource]) -> type[Uncertaint
     ``cls.name``; usable as a class decorator. A name registered twice raises ValueError."""
     if not (isinstance(cls, type) and issubclass(cls, UncertaintySource)):
         raise TypeError(f"register_uncertainty_source takes an UncertaintySource subclass, got {cls!r}")
-    if not isinstance(cls.name, str) or not cls.name.isidentifier():
-        raise ValueError(f"{cls.__name__}.name must be an identifier such as 'kernel_noise', got {cls.name!r}")
-    if cls.name in _SOURCES and _SOURCES[cls.name] is not cls:
-        raise ValueError(f"an uncertainty source named {cls.name!r} is registered already ({_SOURCES[cls.name]})")
-    _SOURCES[cls.name] = cls
-    return cls
+    return SOURCES.add(cls.name, cls)
 
 
 def uncertainty_source_names() -> tuple[str, ...]:
     """The registered sources, in registration order."""
-    return tuple(_SOURCES)
+    return SOURCES.names()
 
 
 def uncertainty_source_class(name: object) -> type[UncertaintySource]:
     """The class registered as ``name``; ValueError listing the registered names otherwise."""
-    if not isinstance(name, str) or name not in _SOURCES:
-        raise ValueError(f"name must be one of {uncertainty_source_names()}, got {name!r}")
-    return _SOURCES[name]
+    return SOURCES.get(name)
 
 
 def make_uncertainty(name: str, **options: Any) -> UncertaintySource:
@@ -107,9 +104,7 @@ def make_uncertainty(name: str, **options: Any) -> UncertaintySource:
 def as_logits(output: object) -> Tensor:
     """The model's output if it is a tensor, else TypeError saying what a model must return."""
     if not isinstance(output, Tensor):
-        raise TypeError(
-            f"the model must return a logits Tensor of shape (N, C, *spatial), got {type(output).__name__}"
-        )
+        raise TypeError(f"the model must return a logits Tensor of shape (N, C, *spatial), got {type(output).__name__}")
     return output
 
 

@@ -13,20 +13,23 @@ so every other random op of the forward (``AlphaDropout``, functional dropout, d
 from the global generators exactly as it would in a pass that replays their state: a caller that
 restores :attr:`DropoutRecording.rng_state` before each replayed pass reproduces those too.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Union
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
+
+from .modes import patched
 
 __all__ = ["DropoutRecording", "record_dropout", "rng_state", "set_rng_state"]
 
 # The forwards whose masks are recorded, with the number of spatial dims of their batched input
 # (None: element-wise masks, any shape). Matching the forward, not the class, leaves subclasses
 # that redefine forward to the generator replay.
-_RECORDED_FORWARDS: Dict[Callable, Optional[int]] = {
+_RECORDED_FORWARDS: dict[Callable, int | None] = {
     nn.Dropout.forward: None,
     nn.Dropout1d.forward: 1,
     nn.Dropout2d.forward: 2,
@@ -34,7 +37,7 @@ _RECORDED_FORWARDS: Dict[Callable, Optional[int]] = {
 }
 
 
-def rng_state(device: Union[torch.device, str]) -> Tensor:
+def rng_state(device: torch.device | str) -> Tensor:
     """The state of the random generator dropout draws from on ``device`` (for ``dropout_state=``)."""
     device = torch.device(device)
     if device.type == "cuda":
@@ -42,31 +45,13 @@ def rng_state(device: Union[torch.device, str]) -> Tensor:
     return torch.get_rng_state()
 
 
-def set_rng_state(device: Union[torch.device, str], state: Tensor) -> None:
+def set_rng_state(device: torch.device | str, state: Tensor) -> None:
     """Restores the state :func:`rng_state` returned for ``device``'s dropout generator."""
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.set_rng_state(state, device)
     else:
         torch.set_rng_state(state)
-
-
-@contextlib.contextmanager
-def _forwards_replaced(replacements: Mapping[nn.Module, Callable[[Tensor], Tensor]]) -> Iterator[None]:
-    """Calls each module's replacement instead of its forward (an instance attribute shadows the
-    class's method) and restores whatever the instance had on exit."""
-    missing = object()
-    saved = {m: m.__dict__.get("forward", missing) for m in replacements}
-    try:
-        for m, forward in replacements.items():
-            m.forward = forward
-        yield
-    finally:
-        for m, previous in saved.items():
-            if previous is missing:
-                m.__dict__.pop("forward", None)
-            else:
-                m.forward = previous
 
 
 class DropoutRecording:
@@ -83,9 +68,9 @@ class DropoutRecording:
 
     def __init__(self, device: torch.device, seed: int) -> None:
         self.device = device
-        self.masks: Dict[nn.Module, List[Optional[Tensor]]] = {}
+        self.masks: dict[nn.Module, list[Tensor | None]] = {}
         self._seed = seed
-        self._generators: Dict[torch.device, torch.Generator] = {}
+        self._generators: dict[torch.device, torch.Generator] = {}
         self.rng_state = rng_state(device)
 
     def __len__(self) -> int:
@@ -127,10 +112,10 @@ class DropoutRecording:
                 )
             return x * mask
 
-        with _forwards_replaced({m: (lambda x, m=m: replay(m, x)) for m in self.masks}):
+        with patched({m: (lambda x, m=m: replay(m, x)) for m in self.masks}, "forward"):
             yield
 
-    def _record(self, module: nn.Module, spatial_dims: Optional[int], x: Tensor) -> Tensor:
+    def _record(self, module: nn.Module, spatial_dims: int | None, x: Tensor) -> Tensor:
         """The recording forward of ``module``: draws the mask from the recording's generator."""
         masks = self.masks.setdefault(module, [])
         batched = spatial_dims is None or x.dim() == spatial_dims + 2
@@ -154,9 +139,7 @@ class DropoutRecording:
 
 
 @contextlib.contextmanager
-def record_dropout(
-    model: nn.Module, device: Union[torch.device, str, None] = None
-) -> Iterator[DropoutRecording]:
+def record_dropout(model: nn.Module, device: torch.device | str | None = None) -> Iterator[DropoutRecording]:
     """Records the dropout masks of the forward of ``model`` run inside the block.
 
     ``device``: where the images are (default: the device of the model's first parameter, else the
@@ -177,5 +160,5 @@ def record_dropout(
         for m in model.modules()
         if type(m).forward in _RECORDED_FORWARDS
     }
-    with _forwards_replaced(recorded):
+    with patched(recorded, "forward"):
         yield recording

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ..ops.cross_entropy import pixel_entropy
-from .base import UncertaintySource, as_logits, check_clean_logits, check_images, register_uncertainty_source
-from .dropout_recording import DropoutRecording
+from .base import Logits, Masks, Pair, UncertaintySource, as_logits, register_uncertainty_source
 from .modes import dropout_off, frozen_batch_norm
 
 __all__ = ["EntropyUncertainty"]
@@ -28,19 +27,9 @@ class EntropyUncertainty(UncertaintySource):
     computed_in_loss: ClassVar[bool] = True
     uncertainty_scale = 1.0
 
-    def __call__(
-        self,
-        model: nn.Module,
-        images: Tensor,
-        clean_logits: Optional[Tensor] = None,
-        *,
-        dropout_masks: Optional[DropoutRecording] = None,
-    ) -> tuple[Tensor, Tensor]:
-        check_images(images)
+    def measure(self, model: nn.Module, images: Tensor, clean: Logits, masks: Masks) -> Pair:
         with torch.no_grad():
-            if clean_logits is None:
+            if clean is None:
                 with frozen_batch_norm(model), dropout_off(model):
-                    logits = as_logits(model(images))
-            else:
-                logits = check_clean_logits(clean_logits, images)
-            return logits, pixel_entropy(logits, normalized=True)
+                    clean = as_logits(model(images))
+            return clean, pixel_entropy(clean, normalized=True)

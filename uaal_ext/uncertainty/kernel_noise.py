@@ -7,7 +7,7 @@ import contextlib
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import ClassVar, Optional, Union
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +20,9 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from .._validation import check_choice, check_int, check_number, check_seed
 from ..ops.perturbation import GRANULARITIES, kernel_noise, perturbation_statistics
 from .base import (
+    Logits,
+    Masks,
+    Pair,
     UncertaintySource,
     as_logits,
     check_clean_logits,
@@ -41,11 +44,8 @@ MODULE_KINDS: dict[str, tuple[type, ...]] = {
 
 
 def _check_replay(
-    images: Tensor,
-    clean_logits: Optional[Tensor],
-    dropout_masks: Optional[DropoutRecording],
-    dropout_state: Optional[Tensor],
-) -> Optional[tuple[Tensor, Optional[DropoutRecording]]]:
+    images: Tensor, clean_logits: Tensor | None, dropout_masks: DropoutRecording | None, dropout_state: Tensor | None
+) -> tuple[Tensor, DropoutRecording | None] | None:
     """``(generator state, masks or None)`` that replay the clean forward's randomness, or None."""
     if dropout_masks is None and dropout_state is None:
         return None
@@ -57,9 +57,7 @@ def _check_replay(
     if dropout_state is not None:
         return dropout_state, None
     if not isinstance(dropout_masks, DropoutRecording):
-        raise TypeError(
-            f"dropout_masks must be what record_dropout(model) yields, got {type(dropout_masks).__name__}"
-        )
+        raise TypeError(f"dropout_masks must be what record_dropout(model) yields, got {type(dropout_masks).__name__}")
     if dropout_masks.device.type != images.device.type:
         raise ValueError(
             f"dropout_masks were recorded for a forward on {dropout_masks.device}, but the images are on {images.device}"
@@ -70,8 +68,8 @@ def _check_replay(
 def _like_layout(stack: Tensor, weight: Tensor) -> Tensor:
     """The (K, *shape) perturbed copies, each with ``weight``'s very strides. A conv whose weight
     layout differs from the model's own runs a slower oneDNN path: a channels-last model given
-    contiguous 3x3 weights converts layouts in every conv (passes measured 2x slower), and even its
-    1x1 and depthwise kernels, whose size-1 dims carry other strides in a stacked copy, cost 1.2x."""
+    contiguous 3x3 weights converts layouts in every conv, and even its 1x1 and depthwise kernels,
+    whose size-1 dims carry other strides in a stacked copy, take a slower path."""
     channels_last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(weight.dim())
     dense = weight.is_contiguous() or (channels_last is not None and weight.is_contiguous(memory_format=channels_last))
     if stack[0].stride() == weight.stride() or not dense:
@@ -135,9 +133,9 @@ class KernelNoise(UncertaintySource):
         num_samples: int = 5,
         seed: int = 0,
         granularity: str = "tensor",
-        include: Union[str, Sequence[str]] = ("conv", "linear"),
-        chunk_size: Optional[int] = None,
-        batched: Optional[bool] = None,
+        include: str | Sequence[str] = ("conv", "linear"),
+        chunk_size: int | None = None,
+        batched: bool | None = None,
     ) -> None:
         self.eta = check_number("eta", eta, low=0)
         self.num_samples = check_int("num_samples", num_samples, low=1)
@@ -156,7 +154,7 @@ class KernelNoise(UncertaintySource):
         self._warned_dropout = False
 
     @classmethod
-    def for_training(cls, *, eta: float, num_samples: int, seed: int) -> "KernelNoise":
+    def for_training(cls, *, eta: float, num_samples: int, seed: int) -> KernelNoise:
         return cls(eta=eta, num_samples=num_samples, seed=seed)
 
     @property
@@ -166,15 +164,27 @@ class KernelNoise(UncertaintySource):
         return self.eta
 
     def __call__(
+        self, model: nn.Module, images: Tensor, clean_logits: Tensor | None = None, **replay: Tensor | None
+    ) -> Pair:
+        """Returns ``(logits (N, C, *spatial), sigma (N, *spatial))``; ``replay`` is ``dropout_masks=``
+        or ``dropout_state=`` as :meth:`scores` takes them."""
+        logits, sigma, _ = self.scores(model, images, clean_logits, **replay)
+        return logits, sigma
+
+    def measure(self, model: nn.Module, images: Tensor, clean: Logits, masks: Masks) -> Pair:
+        return self(model, images, clean, dropout_masks=masks)
+
+    def scores(
         self,
         model: nn.Module,
         images: Tensor,
-        clean_logits: Optional[Tensor] = None,
+        clean_logits: Tensor | None = None,
         *,
-        dropout_masks: Optional[DropoutRecording] = None,
-        dropout_state: Optional[Tensor] = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Returns ``(logits (N, C, *spatial), sigma (N, *spatial))``.
+        dropout_masks: DropoutRecording | None = None,
+        dropout_state: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns ``(logits (N, C, *spatial), sigma (N, *spatial), ns (N, *spatial))``: the clean
+        logits, the kernel-noise uncertainty and the Noise Stability score.
 
         ``logits`` are ``clean_logits`` (detached) when given -- pass the training forward's output
         to skip the clean pass -- or the clean forward the source ran itself.
@@ -193,21 +203,6 @@ class KernelNoise(UncertaintySource):
         Either way sigma measures the weight perturbation alone, without a second clean pass, and
         the generator is left as the clean forward left it.
         """
-        logits, sigma, _ = self.scores(
-            model, images, clean_logits, dropout_masks=dropout_masks, dropout_state=dropout_state
-        )
-        return logits, sigma
-
-    def scores(
-        self,
-        model: nn.Module,
-        images: Tensor,
-        clean_logits: Optional[Tensor] = None,
-        *,
-        dropout_masks: Optional[DropoutRecording] = None,
-        dropout_state: Optional[Tensor] = None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Like ``__call__`` but also returns the Noise Stability score: ``(logits, sigma, ns)``."""
         clean, outputs = self._passes(model, images, clean_logits, dropout_masks, dropout_state)
         with torch.no_grad():
             sigma, ns = perturbation_statistics(clean.to(outputs.dtype), outputs)
@@ -234,9 +229,9 @@ class KernelNoise(UncertaintySource):
         self,
         model: nn.Module,
         images: Tensor,
-        clean_logits: Optional[Tensor],
-        dropout_masks: Optional[DropoutRecording],
-        dropout_state: Optional[Tensor],
+        clean_logits: Tensor | None,
+        dropout_masks: DropoutRecording | None,
+        dropout_state: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
         """The clean logits and the K perturbed ones of call number ``calls``; counts the call."""
         check_images(images)
@@ -320,7 +315,7 @@ class KernelNoise(UncertaintySource):
         images: Tensor,
         perturbed: dict[str, Tensor],
         generator_state: Tensor,
-        masks: Optional[DropoutRecording],
+        masks: DropoutRecording | None,
     ) -> Tensor:
         """The passes one by one, each from the clean forward's generator state and, when recorded,
         with its dropout masks: the clean forward's randomness in every pass."""

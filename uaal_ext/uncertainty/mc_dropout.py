@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -11,14 +11,15 @@ from torch.nn.modules.dropout import _DropoutNd
 
 from .._validation import check_int, check_seed
 from .base import (
+    Logits,
+    Masks,
+    Pair,
     UncertaintySource,
     as_logits,
-    check_clean_logits,
     check_images,
     load_call_count,
     register_uncertainty_source,
 )
-from .dropout_recording import DropoutRecording
 from .modes import module_modes, seeded_rng
 
 __all__ = ["MCDropout", "MCDropoutUncertainty"]
@@ -41,7 +42,7 @@ class MCDropout:
         chunk_size: samples per forward (None: all T in one forward of batch T * N).
     """
 
-    def __init__(self, num_samples: int = 10, seed: int = 0, chunk_size: Optional[int] = None) -> None:
+    def __init__(self, num_samples: int = 10, seed: int = 0, chunk_size: int | None = None) -> None:
         self.num_samples = check_int("num_samples", num_samples, low=1)
         self.seed = check_seed("seed", seed)
         self.chunk_size = check_int("chunk_size", chunk_size, low=1, allow_none=True)
@@ -108,32 +109,22 @@ class MCDropoutUncertainty(UncertaintySource):
     name: ClassVar[str] = "mc_dropout"
     uncertainty_scale = 1.0
 
-    def __init__(self, num_samples: int = 10, seed: int = 0, chunk_size: Optional[int] = None) -> None:
+    def __init__(self, num_samples: int = 10, seed: int = 0, chunk_size: int | None = None) -> None:
         self.mc = MCDropout(num_samples=num_samples, seed=seed, chunk_size=chunk_size)
 
     @classmethod
-    def for_training(cls, *, eta: float, num_samples: int, seed: int) -> "MCDropoutUncertainty":
+    def for_training(cls, *, eta: float, num_samples: int, seed: int) -> MCDropoutUncertainty:
         return cls(num_samples=num_samples, seed=seed)
 
-    def __call__(
-        self,
-        model: nn.Module,
-        images: Tensor,
-        clean_logits: Optional[Tensor] = None,
-        *,
-        dropout_masks: Optional[DropoutRecording] = None,
-    ) -> tuple[Tensor, Tensor]:
-        if clean_logits is not None:
-            clean_logits = check_clean_logits(clean_logits, images)
+    def measure(self, model: nn.Module, images: Tensor, clean: Logits, masks: Masks) -> Pair:
         mean, std = self.mc.uncertainty(model, images)
-        if clean_logits is None:
+        if clean is None:
             return mean.log(), std
-        if clean_logits.shape != mean.shape:
+        if clean.shape != mean.shape:
             raise ValueError(
-                f"clean_logits must have the shape of the model's logits {tuple(mean.shape)}, "
-                f"got {tuple(clean_logits.shape)}"
+                f"clean_logits must have the shape of the model's logits {tuple(mean.shape)}, got {tuple(clean.shape)}"
             )
-        return clean_logits, std
+        return clean, std
 
     def state_dict(self) -> dict[str, int]:
         return self.mc.state_dict()

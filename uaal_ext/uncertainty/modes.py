@@ -6,18 +6,33 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Iterator, Mapping
-from typing import Optional
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
-__all__ = ["frozen_batch_norm", "module_modes", "eval_mode", "dropout_off", "seeded_rng", "model_device"]
-
 
 @contextlib.contextmanager
-def frozen_batch_norm(model: nn.Module) -> Iterator[None]:
+def patched(values: Mapping[Any, Any], attribute: str) -> Iterator[None]:
+    """Sets ``obj.<attribute> = value`` for each ``obj: value`` of ``values`` and, on exit, gives each
+    object back exactly the instance attribute it had (or none, so a class attribute shows again)."""
+    missing = object()
+    saved = {obj: vars(obj).get(attribute, missing) for obj in values}
+    try:
+        for obj, value in values.items():
+            setattr(obj, attribute, value)
+        yield
+    finally:
+        for obj, previous in saved.items():
+            if previous is missing:
+                vars(obj).pop(attribute, None)
+            else:
+                setattr(obj, attribute, previous)
+
+
+def frozen_batch_norm(model: nn.Module) -> contextlib.AbstractContextManager[None]:
     """Batch norm normalises as in the model's current mode but updates no running statistic.
 
     Sets ``track_running_stats = False`` on every ``_BatchNorm`` module (timm's ``BatchNormAct2d``
@@ -25,28 +40,12 @@ def frozen_batch_norm(model: nn.Module) -> Iterator[None]:
     training mode without touching ``running_mean``/``running_var``/``num_batches_tracked``, and still
     uses the running statistics in eval mode: exactly the normalisation of a normal forward.
     """
-    modules = [m for m in model.modules() if isinstance(m, _BatchNorm)]
-    saved = [m.track_running_stats for m in modules]
-    try:
-        for m in modules:
-            m.track_running_stats = False
-        yield
-    finally:
-        for m, flag in zip(modules, saved):
-            m.track_running_stats = flag
+    return patched({m: False for m in model.modules() if isinstance(m, _BatchNorm)}, "track_running_stats")
 
 
-@contextlib.contextmanager
-def module_modes(modes: Mapping[nn.Module, bool]) -> Iterator[None]:
+def module_modes(modes: Mapping[nn.Module, bool]) -> contextlib.AbstractContextManager[None]:
     """Sets each module's own ``training`` flag (not its children's) and restores it on exit."""
-    saved = {m: m.training for m in modes}
-    try:
-        for m, training in modes.items():
-            m.training = training
-        yield
-    finally:
-        for m, training in saved.items():
-            m.training = training
+    return patched(modes, "training")
 
 
 def eval_mode(model: nn.Module) -> contextlib.AbstractContextManager[None]:
@@ -77,7 +76,7 @@ def seeded_rng(device: torch.device, seed: int) -> Iterator[None]:
             yield
 
 
-def model_device(model: nn.Module) -> Optional[torch.device]:
+def model_device(model: nn.Module) -> torch.device | None:
     """The device of the model's first parameter (or buffer); None for a model with neither."""
     first = next(itertools.chain(model.parameters(), model.buffers()), None)
     return None if first is None else first.device

@@ -1,21 +1,11 @@
 """Active-learning experiments: the config (:mod:`.config`), the typed state and its file
-(:mod:`.state`), the experiment's splits (:mod:`.datasets`) and the loop (:mod:`.loop`)."""
+(:mod:`.state`: ``RunState``, ``RoundState``, the file's name and format), the experiment's splits
+(:mod:`.datasets`) and the loop (:mod:`.loop`)."""
 
 from .config import RETRAIN, RUNTIME_KEYS, ExperimentConfig, apply_overrides, load_config, parse_value
 from .datasets import Datasets, build_datasets
 from .loop import ActiveLearningLoop, budget_sizes, derive_seed, load_round_model, run_experiment
-from .state import (
-    STATE_FORMAT,
-    INITIAL,
-    STATE_FILE,
-    ExperimentState,
-    RoundState,
-    RoundStatus,
-    RunState,
-    StateError,
-    load_state,
-    run_key,
-)
+from .state import ExperimentState, RoundStatus, StateError, load_state, run_key
 
 __all__ = [
     "ExperimentConfig",
@@ -32,13 +22,8 @@ __all__ = [
     "derive_seed",
     "load_round_model",
     "ExperimentState",
-    "RunState",
-    "RoundState",
     "RoundStatus",
     "StateError",
-    "STATE_FILE",
-    "STATE_FORMAT",
-    "INITIAL",
     "load_state",
     "run_key",
 ]

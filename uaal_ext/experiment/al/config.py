@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Optional, Tuple, Union
+from typing import Any
 
 from ..._validation import is_int, is_number
 from ...acquisition import REDUCTIONS, method_names
@@ -16,14 +17,7 @@ from ..data import dataset_names, dataset_spec
 from ..models import MODELS
 from ..training import MODES, RUNTIME_FIELDS, TrainConfig
 
-__all__ = [
-    "ExperimentConfig",
-    "RETRAIN",
-    "RUNTIME_KEYS",
-    "load_config",
-    "apply_overrides",
-    "parse_value",
-]
+__all__ = ["ExperimentConfig", "RETRAIN", "RUNTIME_KEYS", "load_config", "apply_overrides", "parse_value"]
 
 RETRAIN = ("scratch", "finetune")
 #: Config keys that say where and how fast an experiment runs, not what it computes: a resumed run
@@ -34,47 +28,47 @@ RUNTIME_KEYS = (*RUNTIME_FIELDS, "eval_batch_size")
 @dataclass
 class ExperimentConfig:
     # --- data
-    dataset: str = "synthetic"               # a registered dataset: "synthetic" | "cityscapes" | "ade20k" | yours
-    root: Optional[str] = None               # folder of a dataset read from files (unused for synthetic)
-    pool_size: Optional[int] = 400           # unlabeled pool: the first N training images (None: all)
-    val_size: Optional[int] = 100            # validation images: the first N (None: all)
-    image_size: Tuple[int, int] = (64, 128)  # synthetic: rendered (H, W); every dataset: training crop
-    scale_range: Tuple[float, float] = (0.75, 1.5)  # random rescale of training images
-    data_seed: int = 0                       # synthetic: which scenes are generated
+    dataset: str = "synthetic"  # a registered dataset: "synthetic" | "cityscapes" | "ade20k" | yours
+    root: str | None = None  # folder of a dataset read from files (unused for synthetic)
+    pool_size: int | None = 400  # unlabeled pool: the first N training images (None: all)
+    val_size: int | None = 100  # validation images: the first N (None: all)
+    image_size: tuple[int, int] = (64, 128)  # synthetic: rendered (H, W); every dataset: training crop
+    scale_range: tuple[float, float] = (0.75, 1.5)  # random rescale of training images
+    data_seed: int = 0  # synthetic: which scenes are generated
     # --- model
-    model: str = "small"                     # one of uaal_ext.models.MODELS
-    dropout: float = 0.1                     # rate of the dropout before the classifier (MC-Dropout samples it)
-    weights: Optional[str] = None            # local weights file to start every model from (None: random init)
+    model: str = "small"  # one of uaal_ext.models.MODELS
+    dropout: float = 0.1  # rate of the dropout before the classifier (MC-Dropout samples it)
+    weights: str | None = None  # local weights file to start every model from (None: random init)
     # --- active learning
-    methods: Tuple[str, ...] = ("random", "entropy", "mc_entropy", "noise_stability")  # registered acquisition methods
-    modes: Tuple[str, ...] = ("standard", "uaal")  # training modes compared
-    initial_fraction: float = 0.05           # random labeled share of the pool before round 1
-    budgets: Tuple[float, ...] = (0.10, 0.20)  # labeled share of the pool after rounds 1, 2, ...
-    seeds: Tuple[int, ...] = (0, 1)          # one full repetition per seed (mean +- std over them)
-    retrain: str = "scratch"                 # each round: "scratch" (fresh init) | "finetune" (previous weights)
-    reduction: str = "mean"                  # per-image aggregation of pixel scores
-    acquisition_samples: Optional[int] = None  # T of MC-Dropout / K of Noise Stability when scoring (None: 10 / 5)
+    methods: tuple[str, ...] = ("random", "entropy", "mc_entropy", "noise_stability")  # registered acquisition methods
+    modes: tuple[str, ...] = ("standard", "uaal")  # training modes compared
+    initial_fraction: float = 0.05  # random labeled share of the pool before round 1
+    budgets: tuple[float, ...] = (0.10, 0.20)  # labeled share of the pool after rounds 1, 2, ...
+    seeds: tuple[int, ...] = (0, 1)  # one full repetition per seed (mean +- std over them)
+    retrain: str = "scratch"  # each round: "scratch" (fresh init) | "finetune" (previous weights)
+    reduction: str = "mean"  # per-image aggregation of pixel scores
+    acquisition_samples: int | None = None  # T of MC-Dropout / K of Noise Stability when scoring (None: 10 / 5)
     # --- training (see uaal_ext.training.TrainConfig)
-    epochs: int = 20                         # epochs per round (ignored when iterations is set)
-    iterations: Optional[int] = None         # optimizer steps per round, whatever the labeled-set size
+    epochs: int = 20  # epochs per round (ignored when iterations is set)
+    iterations: int | None = None  # optimizer steps per round, whatever the labeled-set size
     batch_size: int = 8
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
     poly_power: float = 0.9
-    uncertainty: str = "kernel_noise"        # uaal mode: "kernel_noise" | "entropy" | "mc_dropout"
-    exponent: float = 2.0                    # uaal mode: w = 1 + alpha(t) * u ** exponent
-    alpha: float = 1.0                       # uaal mode: peak strength
-    schedule: str = "constant"               # uaal mode: one of uaal_ext.SCHEDULES
-    normalize: str = "scale"                 # uaal mode: u = U / eta (kernel noise) | U / its batch "mean" | per-image "max"
-    s_max: Optional[float] = None            # uaal mode: cap on u ** exponent (None: no cap)
-    eta: float = 0.01                        # kernel-noise size (training and Noise Stability scoring)
-    num_samples: int = 5                     # uaal mode: K kernel-noise / T MC-Dropout passes per step
-    amp: bool = True                         # float16 autocast on CUDA
-    channels_last: bool = True               # channels-last training (faster convs on CPU and GPU)
-    num_workers: int = 0                     # DataLoader workers
-    device: str = "cpu"                      # "cpu", "cuda", "cuda:1", ...
-    eval_batch_size: int = 16                # images per batch when scoring the pool and evaluating
+    uncertainty: str = "kernel_noise"  # uaal mode: "kernel_noise" | "entropy" | "mc_dropout"
+    exponent: float = 2.0  # uaal mode: w = 1 + alpha(t) * u ** exponent
+    alpha: float = 1.0  # uaal mode: peak strength
+    schedule: str = "constant"  # uaal mode: one of uaal_ext.SCHEDULES
+    normalize: str = "scale"  # uaal mode: u = U / eta (kernel noise) | U / its batch "mean" | per-image "max"
+    s_max: float | None = None  # uaal mode: cap on u ** exponent (None: no cap)
+    eta: float = 0.01  # kernel-noise size (training and Noise Stability scoring)
+    num_samples: int = 5  # uaal mode: K kernel-noise / T MC-Dropout passes per step
+    amp: bool = True  # float16 autocast on CUDA
+    channels_last: bool = True  # channels-last training (faster convs on CPU and GPU)
+    num_workers: int = 0  # DataLoader workers
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
+    eval_batch_size: int = 16  # images per batch when scoring the pool and evaluating
 
     def __post_init__(self) -> None:
         # YAML and --set give lists; keep tuples so configs compare and hash alike.
@@ -84,21 +78,30 @@ class ExperimentConfig:
                 setattr(self, key, tuple(value))
         self.validate()
 
-    def validate(self) -> "ExperimentConfig":
+    def validate(self) -> ExperimentConfig:
         """Raises ValueError naming the first bad key and what it allows; returns self."""
 
         def fail(key: str, allowed: str) -> None:
             raise ValueError(f"config key {key!r} must be {allowed}, got {getattr(self, key)!r}")
 
-        for key, allowed in (("dataset", dataset_names()), ("model", MODELS), ("retrain", RETRAIN),
-                             ("reduction", REDUCTIONS), ("uncertainty", uncertainty_source_names()),
-                             ("schedule", SCHEDULES)):
+        for key, allowed in (
+            ("dataset", dataset_names()),
+            ("model", MODELS),
+            ("retrain", RETRAIN),
+            ("reduction", REDUCTIONS),
+            ("uncertainty", uncertainty_source_names()),
+            ("schedule", SCHEDULES),
+        ):
             if getattr(self, key) not in allowed:
                 fail(key, f"one of {allowed}")
         for key, allowed in (("methods", method_names()), ("modes", MODES)):
             value = getattr(self, key)
-            if not isinstance(value, tuple) or not value or any(v not in allowed for v in value) \
-                    or len(set(value)) != len(value):
+            if (
+                not isinstance(value, tuple)
+                or not value
+                or any(v not in allowed for v in value)
+                or len(set(value)) != len(value)
+            ):
                 fail(key, f"a non-empty list of distinct values from {allowed}")
         generated = dataset_spec(self.dataset).generated
         if not generated and not isinstance(self.root, str):
@@ -108,12 +111,22 @@ class ExperimentConfig:
             if value is not None and (not is_int(value) or value < 1):
                 fail(key, "an int >= 1 or null (the whole split)")
         if generated and (self.pool_size is None or self.val_size is None):
-            fail("pool_size" if self.pool_size is None else "val_size", f"an int >= 1 for generated data ({self.dataset})")
-        if not (isinstance(self.image_size, tuple) and len(self.image_size) == 2
-                and all(is_int(v) and v >= 16 and v % 16 == 0 for v in self.image_size)):
+            fail(
+                "pool_size" if self.pool_size is None else "val_size",
+                f"an int >= 1 for generated data ({self.dataset})",
+            )
+        if not (
+            isinstance(self.image_size, tuple)
+            and len(self.image_size) == 2
+            and all(is_int(v) and v >= 16 and v % 16 == 0 for v in self.image_size)
+        ):
             fail("image_size", "[H, W], both multiples of 16")
-        if not (isinstance(self.scale_range, tuple) and len(self.scale_range) == 2
-                and all(is_number(v) for v in self.scale_range) and 0 < self.scale_range[0] <= self.scale_range[1]):
+        if not (
+            isinstance(self.scale_range, tuple)
+            and len(self.scale_range) == 2
+            and all(is_number(v) for v in self.scale_range)
+            and 0 < self.scale_range[0] <= self.scale_range[1]
+        ):
             fail("scale_range", "[low, high] with 0 < low <= high")
         if not is_int(self.data_seed) or self.data_seed < 0:
             fail("data_seed", "an int >= 0")
@@ -124,13 +137,23 @@ class ExperimentConfig:
         if not is_number(self.initial_fraction) or not 0 < self.initial_fraction < 1:
             fail("initial_fraction", "a number in (0, 1)")
         fractions = (self.initial_fraction,) + (self.budgets if isinstance(self.budgets, tuple) else ())
-        if not (isinstance(self.budgets, tuple) and self.budgets and all(is_number(b) and 0 < b <= 1 for b in self.budgets)
-                and all(a < b for a, b in zip(fractions, fractions[1:]))):
+        if not (
+            isinstance(self.budgets, tuple)
+            and self.budgets
+            and all(is_number(b) and 0 < b <= 1 for b in self.budgets)
+            and all(a < b for a, b in zip(fractions, fractions[1:]))
+        ):
             fail("budgets", "a non-empty increasing list of fractions in (initial_fraction, 1]")
-        if not (isinstance(self.seeds, tuple) and self.seeds and all(is_int(s) and 0 <= s < 2**31 for s in self.seeds)
-                and len(set(self.seeds)) == len(self.seeds)):
+        if not (
+            isinstance(self.seeds, tuple)
+            and self.seeds
+            and all(is_int(s) and 0 <= s < 2**31 for s in self.seeds)
+            and len(set(self.seeds)) == len(self.seeds)
+        ):
             fail("seeds", "a non-empty list of distinct ints in [0, 2**31)")
-        if self.acquisition_samples is not None and (not is_int(self.acquisition_samples) or self.acquisition_samples < 1):
+        if self.acquisition_samples is not None and (
+            not is_int(self.acquisition_samples) or self.acquisition_samples < 1
+        ):
             fail("acquisition_samples", "an int >= 1 or null")
         if self.iterations is not None and (not is_int(self.iterations) or self.iterations < 1):
             fail("iterations", "an int >= 1 or null (then epochs counts)")
@@ -144,22 +167,19 @@ class ExperimentConfig:
 
     def train_config(self, seed: int, epochs: int) -> TrainConfig:
         """The :class:`TrainConfig` of one round (its ``mode`` is set per run)."""
-        return TrainConfig(
-            epochs=epochs, batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,
-            weight_decay=self.weight_decay, poly_power=self.poly_power, uncertainty=self.uncertainty,
-            exponent=self.exponent, alpha=self.alpha, schedule=self.schedule, normalize=self.normalize,
-            s_max=self.s_max, eta=self.eta,
-            num_samples=self.num_samples, amp=self.amp, channels_last=self.channels_last,
-            num_workers=self.num_workers, seed=seed, device=self.device,
-        )
+        # Every TrainConfig field the experiment config has, under the same name; the per-round ones here.
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(self, f.name)}
+        ignore_index = dataset_spec(self.dataset).ignore_index
+        return TrainConfig(**{**shared, "epochs": epochs, "seed": seed, "ignore_index": ignore_index})
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML types (tuples as lists)."""
-        return {key: list(value) if isinstance(value, tuple) else value
-                for key, value in dataclasses.asdict(self).items()}
+        return {
+            key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(self).items()
+        }
 
     @classmethod
-    def from_dict(cls, values: Dict[str, Any]) -> "ExperimentConfig":
+    def from_dict(cls, values: dict[str, Any]) -> ExperimentConfig:
         """From a mapping of config keys; an unknown key raises ValueError listing the known ones."""
         if not isinstance(values, dict):
             raise ValueError(f"a config must be a mapping of keys to values, got {type(values).__name__}")
@@ -177,7 +197,7 @@ def parse_value(text: str) -> Any:
     return yaml.safe_load(text) if text.strip() else None
 
 
-def apply_overrides(values: Dict[str, Any], overrides: Iterable[str]) -> Dict[str, Any]:
+def apply_overrides(values: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """``values`` updated with ``key=value`` strings (values parsed as YAML: ``2``, ``[0, 1]``, ``null``)."""
     values = dict(values)
     for item in overrides:
@@ -188,11 +208,11 @@ def apply_overrides(values: Dict[str, Any], overrides: Iterable[str]) -> Dict[st
     return values
 
 
-def load_config(path: Optional[Union[str, os.PathLike]] = None, overrides: Iterable[str] = ()) -> ExperimentConfig:
+def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> ExperimentConfig:
     """The config of a YAML file (missing keys keep their defaults) with ``key=value`` overrides applied."""
     import yaml
 
-    values: Dict[str, Any] = {}
+    values: dict[str, Any] = {}
     if path is not None:
         try:
             with open(path, encoding="utf-8") as file:

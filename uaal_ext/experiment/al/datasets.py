@@ -4,7 +4,6 @@ and the validation split, built from the dataset table."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch.utils.data import Dataset, Subset
@@ -18,8 +17,8 @@ __all__ = ["Datasets", "build_datasets", "IndexedImages"]
 @dataclass
 class Datasets:
     pool_train: Dataset  # the pool with training augmentation (labeled subsets are taken from it)
-    pool_eval: Dataset   # the same images without augmentation (scored by the acquisition methods)
-    val: Dataset         # the validation split
+    pool_eval: Dataset  # the same images without augmentation (scored by the acquisition methods)
+    val: Dataset  # the validation split
     num_classes: int
     ignore_index: int
     class_names: tuple[str, ...]
@@ -38,7 +37,7 @@ class IndexedImages(Dataset):
         return self.dataset[index][0], index
 
 
-def _first(dataset: Dataset, size: Optional[int], key: str) -> Dataset:
+def _first(dataset: Dataset, size: int | None, key: str) -> Dataset:
     if size is None or size == len(dataset):  # type: ignore[arg-type]
         return dataset
     if size > len(dataset):  # type: ignore[arg-type]

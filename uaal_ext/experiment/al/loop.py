@@ -38,7 +38,8 @@ import math
 import os
 import time
 import zlib
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,7 +69,7 @@ from .state import (
 __all__ = ["run_experiment", "ActiveLearningLoop", "budget_sizes", "derive_seed", "load_round_model"]
 
 
-def derive_seed(seed: int, *parts: Union[int, str]) -> int:
+def derive_seed(seed: int, *parts: int | str) -> int:
     """A seed in [0, 2**63) for one purpose of one experiment seed (``parts`` name the purpose)."""
     words = [seed] + [zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts]
     return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> np.uint64(1))
@@ -108,14 +109,14 @@ def _load_round_weights(model: nn.Module, path: str) -> nn.Module:
 
 
 def load_round_model(
-    out_dir: Union[str, os.PathLike],
+    out_dir: str | os.PathLike,
     seed: int,
     mode: str,
-    method: Optional[str],
+    method: str | None,
     round_index: int = -1,
     *,
-    state: Optional[ExperimentState] = None,
-    device: Union[str, torch.device] = "cpu",
+    state: ExperimentState | None = None,
+    device: str | torch.device = "cpu",
 ) -> nn.Module:
     """The model trained in round ``round_index`` (default: the last trained) of one run, in eval mode.
 
@@ -144,9 +145,16 @@ def _result_rows(config: ExperimentConfig, run: RunState, entry: RoundState) -> 
     metrics = entry.metrics or {}
     return [
         {
-            "dataset": config.dataset, "model": config.model, "method": method, "mode": run.mode,
-            "seed": run.seed, "round": entry.round, "budget": entry.budget, "num_labeled": entry.num_labeled,
-            "miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"],
+            "dataset": config.dataset,
+            "model": config.model,
+            "method": method,
+            "mode": run.mode,
+            "seed": run.seed,
+            "round": entry.round,
+            "budget": entry.budget,
+            "num_labeled": entry.num_labeled,
+            "miou": metrics["miou"],
+            "pixel_accuracy": metrics["pixel_accuracy"],
             "mean_class_accuracy": metrics["mean_class_accuracy"],
         }
         for method in methods
@@ -158,9 +166,7 @@ class ActiveLearningLoop:
     one) and the four steps of a round (:meth:`select`, :meth:`train`, :meth:`evaluate`,
     :meth:`record`). :meth:`run` walks every round of every run."""
 
-    def __init__(
-        self, config: ExperimentConfig, out_dir: str, *, progress: bool, log: Callable[[str], None]
-    ) -> None:
+    def __init__(self, config: ExperimentConfig, out_dir: str, *, progress: bool, log: Callable[[str], None]) -> None:
         config.validate()
         self.config, self.out_dir, self.progress, self.log = config, out_dir, progress, log
         self.data = build_datasets(config)
@@ -168,28 +174,40 @@ class ActiveLearningLoop:
         self.sizes = budget_sizes(config, pool_size)
         self.fractions = (config.initial_fraction, *config.budgets)
         self.state = self._resume_or_start(pool_size)
-        self.pool_loader = DataLoader(IndexedImages(self.data.pool_eval), batch_size=config.eval_batch_size,
-                                      shuffle=False, num_workers=config.num_workers)
+        self.pool_loader = DataLoader(
+            IndexedImages(self.data.pool_eval),
+            batch_size=config.eval_batch_size,
+            shuffle=False,
+            num_workers=config.num_workers,
+        )
         rounds_per_run = 1 + len(config.methods) * len(config.budgets)
         self.total_rounds = len(config.seeds) * len(config.modes) * rounds_per_run
-        self.bar = tqdm(total=self.total_rounds, initial=self.state.rounds_done(), desc="experiment", unit="round",
-                        disable=not progress, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=self.total_rounds,
+            initial=self.state.rounds_done(),
+            desc="experiment",
+            unit="round",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
 
     def _resume_or_start(self, pool_size: int) -> ExperimentState:
         path = os.path.join(self.out_dir, STATE_FILE)
         if not os.path.exists(path):
             return ExperimentState(config=self.config.to_dict(), pool_size=pool_size, budget_sizes=self.sizes)
         state = load_state(self.out_dir)
-        details = changed_keys(state.config, self.config.to_dict(), ignore=RUNTIME_KEYS,
-                               defaults=ExperimentConfig().to_dict())
+        details = changed_keys(
+            state.config, self.config.to_dict(), ignore=RUNTIME_KEYS, defaults=ExperimentConfig().to_dict()
+        )
         if details:
             raise ValueError(
                 f"{path!r} holds an experiment with another config ({details}); "
                 f"rerun with the same config to resume, or choose another output folder"
             )
         if state.pool_size != pool_size:
-            raise ValueError(f"the state in {self.out_dir!r} is for a pool of {state.pool_size} images, "
-                             f"this one has {pool_size}")
+            raise ValueError(
+                f"the state in {self.out_dir!r} is for a pool of {state.pool_size} images, this one has {pool_size}"
+            )
         state.config = self.config.to_dict()  # device and the like may change on resume
         return state
 
@@ -214,7 +232,7 @@ class ActiveLearningLoop:
             self.save()
         return self.state
 
-    def step(self, run: RunState, r: int, previous: Optional[RoundState]) -> RoundState:
+    def step(self, run: RunState, r: int, previous: RoundState | None) -> RoundState:
         """Round ``r`` of ``run``, from wherever the state left it: select (unless recorded), train
         (unless trained), evaluate and record (unless done)."""
         entry = run.round(r)
@@ -233,11 +251,13 @@ class ActiveLearningLoop:
         if str(seed) not in self.state.initial:
             generator = torch.Generator().manual_seed(derive_seed(seed, "initial"))
             pool_size = self.state.pool_size
-            self.state.initial[str(seed)] = sorted(torch.randperm(pool_size, generator=generator)[: self.sizes[0]].tolist())
+            self.state.initial[str(seed)] = sorted(
+                torch.randperm(pool_size, generator=generator)[: self.sizes[0]].tolist()
+            )
             self.save()
         return self.state.initial[str(seed)]
 
-    def select(self, run: RunState, r: int, previous: Optional[RoundState]) -> RoundState:
+    def select(self, run: RunState, r: int, previous: RoundState | None) -> RoundState:
         """Records round ``r``'s labeled set: the initial set (round 0), else the previous round's plus
         the images the run's method picks with the previous round's model."""
         tick = time.perf_counter()
@@ -245,38 +265,63 @@ class ActiveLearningLoop:
             labeled = list(self.state.initial[str(run.seed)])
             added = list(labeled)
         else:
-            method = make_method(run.method, reduction=self.config.reduction,
-                                 num_samples=self.config.acquisition_samples, eta=self.config.eta,
-                                 seed=derive_seed(run.seed, "acquire", r))
+            method = make_method(
+                run.method,
+                reduction=self.config.reduction,
+                num_samples=self.config.acquisition_samples,
+                eta=self.config.eta,
+                seed=derive_seed(run.seed, "acquire", r),
+            )
             model: nn.Module = nn.Identity()  # a method that runs no pass needs no model
             if method.passes.runs_model:
                 model = self._round_model(run.seed, previous).to(self.config.device)
             self.bar.set_postfix_str(f"{run.key} round {r}: selecting with {run.method}")
-            added = select_from_pool(model, self.pool_loader, method, self.sizes[r] - len(previous.labeled),
-                                     exclude=previous.labeled, progress=self.progress)
+            added = select_from_pool(
+                model,
+                self.pool_loader,
+                method,
+                self.sizes[r] - len(previous.labeled),
+                exclude=previous.labeled,
+                progress=self.progress,
+            )
             labeled = sorted(previous.labeled + added)
         if len(set(labeled)) != len(labeled) or len(labeled) != self.sizes[r]:
-            raise RuntimeError(f"{run.key} round {r}: the labeled set has {len(labeled)} ids, "
-                               f"{len(set(labeled))} distinct, expected {self.sizes[r]}")
-        entry = RoundState(round=r, budget=self.fractions[r], num_labeled=len(labeled), labeled=labeled,
-                           added=added, select_seconds=time.perf_counter() - tick)
+            raise RuntimeError(
+                f"{run.key} round {r}: the labeled set has {len(labeled)} ids, "
+                f"{len(set(labeled))} distinct, expected {self.sizes[r]}"
+            )
+        entry = RoundState(
+            round=r,
+            budget=self.fractions[r],
+            num_labeled=len(labeled),
+            labeled=labeled,
+            added=added,
+            select_seconds=time.perf_counter() - tick,
+        )
         run.rounds.append(entry)
         self.save()
         return entry
 
-    def train(self, run: RunState, entry: RoundState, previous: Optional[RoundState]) -> None:
+    def train(self, run: RunState, entry: RoundState, previous: RoundState | None) -> None:
         """Trains the round's model on its labeled set (resumable from its epoch checkpoint)."""
         config, r = self.config, entry.round
         model = new_model(config, self.data.num_classes, run.seed)
         if config.retrain == "finetune" and previous is not None:
             _load_round_weights(model, os.path.join(self.out_dir, previous.checkpoint))
         epochs = epochs_for(config, entry.num_labeled)
-        train_config = dataclasses.replace(config.train_config(derive_seed(run.seed, "train", r), epochs), mode=run.mode)
+        train_config = dataclasses.replace(
+            config.train_config(derive_seed(run.seed, "train", r), epochs), mode=run.mode
+        )
         folder = os.path.join("checkpoints", run.key)
         training_checkpoint = os.path.join(self.out_dir, folder, f"round{r}.train.pt")
         self.bar.set_postfix_str(f"{run.key} round {r}: training on {entry.num_labeled} images")
-        result = train(model, Subset(self.data.pool_train, entry.labeled), train_config,
-                       checkpoint_path=training_checkpoint, progress=self.progress)
+        result = train(
+            model,
+            Subset(self.data.pool_train, entry.labeled),
+            train_config,
+            checkpoint_path=training_checkpoint,
+            progress=self.progress,
+        )
         weights = os.path.join(folder, f"round{r}.pt")
         save_weights(model, os.path.join(self.out_dir, weights))
         entry.status, entry.checkpoint, entry.epochs, entry.steps = RoundStatus.TRAINED, weights, epochs, result.steps
@@ -290,8 +335,14 @@ class ActiveLearningLoop:
         """Evaluates the round's model on the validation split, then :meth:`record`\\ s it."""
         self.bar.set_postfix_str(f"{run.key} round {entry.round}: evaluating")
         model = self._round_model(run.seed, entry)
-        metrics = evaluate(model, self.data.val, self.data.num_classes, ignore_index=self.data.ignore_index,
-                           batch_size=self.config.eval_batch_size, device=self.config.device)
+        metrics = evaluate(
+            model,
+            self.data.val,
+            self.data.num_classes,
+            ignore_index=self.data.ignore_index,
+            batch_size=self.config.eval_batch_size,
+            device=self.config.device,
+        )
         entry.metrics = metrics.as_dict()
         self.record(run, entry)
 
@@ -301,8 +352,10 @@ class ActiveLearningLoop:
         self.state.results.extend(_result_rows(self.config, run, entry))
         self.save()
         self.bar.update()
-        self.log(f"{run.key} round {entry.round}: {entry.num_labeled} labeled ({entry.budget:.0%}), "
-                 f"mIoU {entry.metrics['miou']:.4f}")
+        self.log(
+            f"{run.key} round {entry.round}: {entry.num_labeled} labeled ({entry.budget:.0%}), "
+            f"mIoU {entry.metrics['miou']:.4f}"
+        )
 
     # ---- helpers ------------------------------------------------------------------------------------
 
@@ -316,10 +369,10 @@ class ActiveLearningLoop:
 
 def run_experiment(
     config: ExperimentConfig,
-    out_dir: Union[str, os.PathLike],
+    out_dir: str | os.PathLike,
     *,
     progress: bool = True,
-    log: Optional[Callable[[str], None]] = None,
+    log: Callable[[str], None] | None = None,
 ) -> ExperimentState:
     """Runs (or resumes) the experiment of ``config`` in ``out_dir`` and returns its final state.
 
@@ -331,6 +384,8 @@ def run_experiment(
     log = log if log is not None else (tqdm.write if progress else (lambda line: None))
     loop = ActiveLearningLoop(config, out_dir, progress=progress, log=log)
     if loop.state.runs:
-        log(f"resuming {out_dir!r}: {loop.state.rounds_done()} of {loop.total_rounds} rounds done "
-            f"({loop.state.wall_time:.0f} s so far)")
+        log(
+            f"resuming {out_dir!r}: {loop.state.rounds_done()} of {loop.total_rounds} rounds done "
+            f"({loop.state.wall_time:.0f} s so far)"
+        )
     return loop.run()

@@ -19,22 +19,9 @@ import enum
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any
 
 from ..files import atomic_write
-
-__all__ = [
-    "STATE_FILE",
-    "STATE_FORMAT",
-    "INITIAL",
-    "StateError",
-    "RoundStatus",
-    "RoundState",
-    "RunState",
-    "ExperimentState",
-    "run_key",
-    "load_state",
-]
 
 STATE_FILE = "state.json"
 STATE_FORMAT = 1
@@ -49,10 +36,10 @@ class RoundStatus(str, enum.Enum):
     """How far a round has got; each status implies the ones before it."""
 
     SELECTED = "selected"  # the labeled set is recorded
-    TRAINED = "trained"    # the round's weights are saved
-    DONE = "done"          # the round's model is evaluated
+    TRAINED = "trained"  # the round's weights are saved
+    DONE = "done"  # the round's model is evaluated
 
-    def reached(self, other: "RoundStatus") -> bool:
+    def reached(self, other: RoundStatus) -> bool:
         order = list(RoundStatus)
         return order.index(self) >= order.index(other)
 
@@ -61,19 +48,19 @@ class RoundStatus(str, enum.Enum):
 class RoundState:
     """One round of one run."""
 
-    round: int                         # 0 is the initial random set
-    budget: float                      # labeled share of the pool after this round
+    round: int  # 0 is the initial random set
+    budget: float  # labeled share of the pool after this round
     num_labeled: int
-    labeled: list[int]                 # pool indices, sorted
-    added: list[int]                   # the images this round picked, in the order picked
-    select_seconds: float              # wall time of the selection
+    labeled: list[int]  # pool indices, sorted
+    added: list[int]  # the images this round picked, in the order picked
+    select_seconds: float  # wall time of the selection
     status: RoundStatus = RoundStatus.SELECTED
-    checkpoint: Optional[str] = None   # the weights file, relative to the experiment folder
-    metrics: Optional[dict[str, Any]] = None  # SegmentationMetrics.as_dict() of the validation split
-    epochs: Optional[int] = None
-    steps: Optional[int] = None
-    train_seconds: Optional[float] = None
-    final_loss: Optional[float] = None
+    checkpoint: str | None = None  # the weights file, relative to the experiment folder
+    metrics: dict[str, Any] | None = None  # SegmentationMetrics.as_dict() of the validation split
+    epochs: int | None = None
+    steps: int | None = None
+    train_seconds: float | None = None
+    final_loss: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -82,7 +69,7 @@ class RoundState:
         return {k: v for k, v in values.items() if v is not None or k in ("checkpoint", "metrics")}
 
     @classmethod
-    def from_json(cls, values: dict[str, Any]) -> "RoundState":
+    def from_json(cls, values: dict[str, Any]) -> RoundState:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in values.items() if k in known}
         values["status"] = RoundStatus(values["status"])
@@ -102,7 +89,7 @@ class RunState:
     def key(self) -> str:
         return run_key(self.seed, self.mode, None if self.method == INITIAL else self.method)
 
-    def round(self, index: int) -> Optional[RoundState]:
+    def round(self, index: int) -> RoundState | None:
         """Round ``index`` if it is recorded."""
         return next((r for r in self.rounds if r.round == index), None)
 
@@ -110,11 +97,15 @@ class RunState:
         return [r for r in self.rounds if r.status.reached(RoundStatus.TRAINED)]
 
     def to_json(self) -> dict[str, Any]:
-        return {"seed": self.seed, "mode": self.mode, "method": self.method,
-                "rounds": [r.to_json() for r in self.rounds]}
+        return {
+            "seed": self.seed,
+            "mode": self.mode,
+            "method": self.method,
+            "rounds": [r.to_json() for r in self.rounds],
+        }
 
     @classmethod
-    def from_json(cls, values: dict[str, Any]) -> "RunState":
+    def from_json(cls, values: dict[str, Any]) -> RunState:
         rounds = [RoundState.from_json(r) for r in values["rounds"]]
         return cls(seed=values["seed"], mode=values["mode"], method=values["method"], rounds=rounds)
 
@@ -123,16 +114,16 @@ class RunState:
 class ExperimentState:
     """Everything an experiment folder records (what ``state.json`` holds)."""
 
-    config: dict[str, Any]              # ExperimentConfig.to_dict() of the run
+    config: dict[str, Any]  # ExperimentConfig.to_dict() of the run
     pool_size: int
-    budget_sizes: list[int]             # labeled images after round 0, 1, ...
+    budget_sizes: list[int]  # labeled images after round 0, 1, ...
     initial: dict[str, list[int]] = field(default_factory=dict)  # seed (as a string) -> initial labeled set
-    runs: dict[str, RunState] = field(default_factory=dict)      # run_key -> run
+    runs: dict[str, RunState] = field(default_factory=dict)  # run_key -> run
     results: list[dict[str, Any]] = field(default_factory=list)  # one flat row per evaluated (run, round)
     finished: bool = False
-    wall_time: float = 0.0              # seconds, over every session that worked on it
+    wall_time: float = 0.0  # seconds, over every session that worked on it
 
-    def run(self, seed: int, mode: str, method: Optional[str]) -> RunState:
+    def run(self, seed: int, mode: str, method: str | None) -> RunState:
         """The run of ``(seed, mode, method)`` (``None``: the shared round 0), created empty if new."""
         key = run_key(seed, mode, method)
         if key not in self.runs:
@@ -156,7 +147,7 @@ class ExperimentState:
         }
 
     @classmethod
-    def from_json(cls, values: Any, path: str) -> "ExperimentState":
+    def from_json(cls, values: Any, path: str) -> ExperimentState:
         missing = [key for key in _KEYS if not isinstance(values, dict) or key not in values]
         if missing or values["format"] != STATE_FORMAT:
             found = values.get("format") if isinstance(values, dict) else None
@@ -182,7 +173,7 @@ class ExperimentState:
             wall_time=float(values.get("wall_time", 0.0)),
         )
 
-    def save(self, out_dir: Union[str, os.PathLike]) -> None:
+    def save(self, out_dir: str | os.PathLike) -> None:
         """Rewrites ``out_dir/state.json`` atomically."""
         text = json.dumps(self.to_json(), indent=1, allow_nan=True).encode()
         atomic_write(os.path.join(os.fspath(out_dir), STATE_FILE), lambda file: file.write(text))
@@ -191,12 +182,12 @@ class ExperimentState:
 _KEYS = ("format", "config", "pool_size", "budget_sizes", "initial", "runs", "results", "finished")
 
 
-def run_key(seed: int, mode: str, method: Optional[str]) -> str:
+def run_key(seed: int, mode: str, method: str | None) -> str:
     """The name of one run in the state (``method=None``: the shared round 0 of a seed and mode)."""
     return f"seed={seed}/{mode}/{method or INITIAL}"
 
 
-def load_state(out_dir: Union[str, os.PathLike]) -> ExperimentState:
+def load_state(out_dir: str | os.PathLike) -> ExperimentState:
     """The state of the experiment in ``out_dir``; StateError if it is missing, unreadable or not one."""
     path = os.path.join(os.fspath(out_dir), STATE_FILE)
     try:

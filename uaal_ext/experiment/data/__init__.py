@@ -22,15 +22,7 @@ from .cityscapes import CITYSCAPES_CLASSES, CityscapesSegmentation
 from .ade20k import ADE20K_CLASSES, ADE20KSegmentation
 
 # isort: on
-from .registry import (
-    AL_SPLITS,
-    DatasetSpec,
-    dataset_info,
-    dataset_names,
-    dataset_spec,
-    make_dataset,
-    register_dataset,
-)
+from .registry import AL_SPLITS, DatasetSpec, dataset_info, dataset_names, dataset_spec, make_dataset, register_dataset
 from .transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform, with_transform
 
 __all__ = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Optional, Union
 
 import numpy as np
 
@@ -15,23 +14,156 @@ __all__ = ["ADE20K_CLASSES", "ADE20KSegmentation"]
 
 # ADE20K SceneParsing's 150 classes in label order (label k + 1 in the annotation PNGs).
 ADE20K_CLASSES = (
-    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",
-    "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair",
-    "car", "water", "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field",
-    "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion",
-    "base", "box", "column", "signboard", "chest of drawers", "counter", "sand", "sink", "skyscraper",
-    "fireplace", "refrigerator", "grandstand", "path", "stairs", "runway", "case", "pool table",
-    "pillow", "screen door", "stairway", "river", "bridge", "bookcase", "blind", "coffee table",
-    "toilet", "flower", "book", "hill", "bench", "countertop", "stove", "palm", "kitchen island",
-    "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus", "towel", "light",
-    "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver",
-    "airplane", "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman",
-    "bottle", "buffet", "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy",
-    "washer", "plaything", "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag",
-    "minibike", "cradle", "oven", "ball", "food", "step", "tank", "trade name", "microwave", "pot",
-    "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce",
-    "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor",
-    "bulletin board", "shower", "radiator", "glass", "clock", "flag",
+    "wall",
+    "building",
+    "sky",
+    "floor",
+    "tree",
+    "ceiling",
+    "road",
+    "bed",
+    "windowpane",
+    "grass",
+    "cabinet",
+    "sidewalk",
+    "person",
+    "earth",
+    "door",
+    "table",
+    "mountain",
+    "plant",
+    "curtain",
+    "chair",
+    "car",
+    "water",
+    "painting",
+    "sofa",
+    "shelf",
+    "house",
+    "sea",
+    "mirror",
+    "rug",
+    "field",
+    "armchair",
+    "seat",
+    "fence",
+    "desk",
+    "rock",
+    "wardrobe",
+    "lamp",
+    "bathtub",
+    "railing",
+    "cushion",
+    "base",
+    "box",
+    "column",
+    "signboard",
+    "chest of drawers",
+    "counter",
+    "sand",
+    "sink",
+    "skyscraper",
+    "fireplace",
+    "refrigerator",
+    "grandstand",
+    "path",
+    "stairs",
+    "runway",
+    "case",
+    "pool table",
+    "pillow",
+    "screen door",
+    "stairway",
+    "river",
+    "bridge",
+    "bookcase",
+    "blind",
+    "coffee table",
+    "toilet",
+    "flower",
+    "book",
+    "hill",
+    "bench",
+    "countertop",
+    "stove",
+    "palm",
+    "kitchen island",
+    "computer",
+    "swivel chair",
+    "boat",
+    "bar",
+    "arcade machine",
+    "hovel",
+    "bus",
+    "towel",
+    "light",
+    "truck",
+    "tower",
+    "chandelier",
+    "awning",
+    "streetlight",
+    "booth",
+    "television receiver",
+    "airplane",
+    "dirt track",
+    "apparel",
+    "pole",
+    "land",
+    "bannister",
+    "escalator",
+    "ottoman",
+    "bottle",
+    "buffet",
+    "poster",
+    "stage",
+    "van",
+    "ship",
+    "fountain",
+    "conveyer belt",
+    "canopy",
+    "washer",
+    "plaything",
+    "swimming pool",
+    "stool",
+    "barrel",
+    "basket",
+    "waterfall",
+    "tent",
+    "bag",
+    "minibike",
+    "cradle",
+    "oven",
+    "ball",
+    "food",
+    "step",
+    "tank",
+    "trade name",
+    "microwave",
+    "pot",
+    "animal",
+    "bicycle",
+    "lake",
+    "dishwasher",
+    "screen",
+    "blanket",
+    "sculpture",
+    "hood",
+    "sconce",
+    "vase",
+    "traffic light",
+    "tray",
+    "ashcan",
+    "fan",
+    "pier",
+    "crt screen",
+    "plate",
+    "monitor",
+    "bulletin board",
+    "shower",
+    "radiator",
+    "glass",
+    "clock",
+    "flag",
 )
 
 
@@ -50,7 +182,7 @@ class ADE20KSegmentation(LabelMapDataset):
     IGNORE_INDEX = IGNORE_INDEX
     SPLITS = ("training", "validation")
 
-    def __init__(self, root: Union[str, os.PathLike], split: str = "training", transform: Optional[Transform] = None) -> None:
+    def __init__(self, root: str | os.PathLike, split: str = "training", transform: Transform | None = None) -> None:
         if split not in self.SPLITS:
             raise ValueError(f"split: expected one of {self.SPLITS}, got {split!r}")
         root = os.fspath(root)
@@ -64,9 +196,13 @@ class ADE20KSegmentation(LabelMapDataset):
         images = {os.path.splitext(n)[0]: n for n in os.listdir(image_dir) if n.lower().endswith((".jpg", ".jpeg"))}
         labels = {os.path.splitext(n)[0]: n for n in os.listdir(label_dir) if n.lower().endswith(".png")}
         for stem in sorted(images.keys() - labels.keys()):
-            raise FileNotFoundError(f"ADE20K annotation not found for {os.path.join(image_dir, images[stem])}: {os.path.join(label_dir, stem + '.png')}")
+            raise FileNotFoundError(
+                f"ADE20K annotation not found for {os.path.join(image_dir, images[stem])}: {os.path.join(label_dir, stem + '.png')}"
+            )
         for stem in sorted(labels.keys() - images.keys()):
-            raise FileNotFoundError(f"ADE20K image not found for {os.path.join(label_dir, labels[stem])}: {os.path.join(image_dir, stem + '.jpg')}")
+            raise FileNotFoundError(
+                f"ADE20K image not found for {os.path.join(label_dir, labels[stem])}: {os.path.join(image_dir, stem + '.jpg')}"
+            )
         if not images:
             raise FileNotFoundError(f"no ADE20K images (*.jpg) in {image_dir}")
         stems = sorted(images)
@@ -82,7 +218,7 @@ class ADE20KSegmentation(LabelMapDataset):
         self._valid_ids = "0..150"
 
 
-def _build(split: str, *, root: Optional[str], size: Optional[int], seed: int, image_size: tuple[int, int]):
+def _build(split: str, *, root: str | None, size: int | None, seed: int, image_size: tuple[int, int]):
     return ADE20KSegmentation(root, "validation" if split == "val" else "training")
 
 

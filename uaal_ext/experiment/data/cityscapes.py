@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Optional, Union
 
 import numpy as np
 
@@ -15,8 +14,24 @@ __all__ = ["CITYSCAPES_CLASSES", "CityscapesSegmentation"]
 
 # Cityscapes' 19 evaluation classes in train-id order (torchvision.datasets.Cityscapes.classes).
 CITYSCAPES_CLASSES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
     "bicycle",
 )
 
@@ -35,7 +50,7 @@ class CityscapesSegmentation(LabelMapDataset):
     NUM_CLASSES = len(CITYSCAPES_CLASSES)
     IGNORE_INDEX = IGNORE_INDEX
 
-    def __init__(self, root: Union[str, os.PathLike], split: str = "train", transform: Optional[Transform] = None) -> None:
+    def __init__(self, root: str | os.PathLike, split: str = "train", transform: Transform | None = None) -> None:
         from torchvision.datasets import Cityscapes
 
         root = os.fspath(root)
@@ -43,7 +58,11 @@ class CityscapesSegmentation(LabelMapDataset):
         try:
             base = Cityscapes(root, split=split, mode="fine", target_type="semantic")
         except RuntimeError as err:  # torchvision's "Dataset not found or incomplete"
-            missing = [p for p in (os.path.join(root, "leftImg8bit", split), os.path.join(root, "gtFine", split)) if not os.path.isdir(p)]
+            missing = [
+                p
+                for p in (os.path.join(root, "leftImg8bit", split), os.path.join(root, "gtFine", split))
+                if not os.path.isdir(p)
+            ]
             raise FileNotFoundError(f"Cityscapes split folder not found: {', '.join(missing) or root}") from err
         pairs = sorted(zip(base.images, (t[0] for t in base.targets)))
         if not pairs:
@@ -60,15 +79,17 @@ class CityscapesSegmentation(LabelMapDataset):
         self._table = np.full(257, IGNORE_INDEX, dtype=np.int64)
         self._valid = np.zeros(257, dtype=bool)
         self._valid[[0, 256]] = True
-        self._valid[1 : 35] = True
+        self._valid[1:35] = True
         for c in Cityscapes.classes:
             if 0 <= c.id <= 33 and 0 <= c.train_id < self.NUM_CLASSES:
                 self._table[c.id + 1] = c.train_id
         self._valid_ids = "0..33 (or -1/255)"
 
 
-def _build(split: str, *, root: Optional[str], size: Optional[int], seed: int, image_size: tuple[int, int]):
+def _build(split: str, *, root: str | None, size: int | None, seed: int, image_size: tuple[int, int]):
     return CityscapesSegmentation(root, "val" if split == "val" else "train")
 
 
-register_dataset(DatasetSpec(name="cityscapes", class_names=CITYSCAPES_CLASSES, build=_build, display_name="CityScapes"))
+register_dataset(
+    DatasetSpec(name="cityscapes", class_names=CITYSCAPES_CLASSES, build=_build, display_name="CityScapes")
+)

@@ -80,8 +80,10 @@ class LabelMapDataset(Dataset):
         image = open_rgb(self.images[index])
         label = self.load_label(index)
         if (image.height, image.width) != tuple(label.shape):
-            raise ValueError(f"{self.labels[index]}: label size {tuple(label.shape)} differs from image "
-                             f"{self.images[index]} ({image.height}, {image.width})")
+            raise ValueError(
+                f"{self.labels[index]}: label size {tuple(label.shape)} differs from image "
+                f"{self.images[index]} ({image.height}, {image.width})"
+            )
         return self.transform(image, label)
 
     def __repr__(self) -> str:

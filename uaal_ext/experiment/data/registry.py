@@ -13,22 +13,13 @@ training split and ``"val"`` the official validation split, since their test lab
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 from torch.utils.data import Dataset
 
+from ..._registry import Registry
 from .transforms import IGNORE_INDEX, Transform, with_transform
-
-__all__ = [
-    "AL_SPLITS",
-    "DatasetSpec",
-    "register_dataset",
-    "dataset_spec",
-    "dataset_names",
-    "dataset_info",
-    "make_dataset",
-]
 
 AL_SPLITS = ("train", "pool", "val")
 
@@ -41,13 +32,13 @@ Builder = Callable[..., Dataset]
 class DatasetSpec:
     """How to build one dataset, and what the driver needs to know about it."""
 
-    name: str                          # the config value, e.g. "cityscapes"
-    class_names: tuple[str, ...]       # in label order; their number is the model's output channels
-    build: Builder                     # build(split, *, root, size, seed, image_size) -> Dataset
-    display_name: str = ""             # for tables and figure titles (default: name)
-    ignore_index: int = IGNORE_INDEX   # label value of pixels that count for nothing
-    generated: bool = False            # items are generated (needs a size, no root), else read from `root`
-    eval_size_divisor: int = 16        # evaluation pads image sides up to multiples of this (output stride)
+    name: str  # the config value, e.g. "cityscapes"
+    class_names: tuple[str, ...]  # in label order; their number is the model's output channels
+    build: Builder  # build(split, *, root, size, seed, image_size) -> Dataset
+    display_name: str = ""  # for tables and figure titles (default: name)
+    ignore_index: int = IGNORE_INDEX  # label value of pixels that count for nothing
+    generated: bool = False  # items are generated (needs a size, no root), else read from `root`
+    eval_size_divisor: int = 16  # evaluation pads image sides up to multiples of this (output stride)
 
     @property
     def num_classes(self) -> int:
@@ -58,33 +49,27 @@ class DatasetSpec:
         return self.display_name or self.name
 
 
-_DATASETS: dict[str, DatasetSpec] = {}
+#: Every dataset by name.
+DATASETS: Registry[DatasetSpec] = Registry("dataset", "name")
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
     """Adds ``spec`` to the table under ``spec.name`` and returns it; a taken name raises ValueError."""
     if not isinstance(spec, DatasetSpec):
         raise TypeError(f"register_dataset takes a DatasetSpec, got {type(spec).__name__}")
-    if not spec.name.isidentifier():
-        raise ValueError(f"a dataset name must be an identifier such as 'cityscapes', got {spec.name!r}")
-    if spec.name in _DATASETS and _DATASETS[spec.name] != spec:
-        raise ValueError(f"a dataset named {spec.name!r} is registered already")
     if not spec.class_names:
         raise ValueError(f"dataset {spec.name!r} needs at least one class name")
-    _DATASETS[spec.name] = spec
-    return spec
+    return DATASETS.add(spec.name, spec)
 
 
 def dataset_names() -> tuple[str, ...]:
     """The registered datasets, in registration order."""
-    return tuple(_DATASETS)
+    return DATASETS.names()
 
 
 def dataset_spec(name: object) -> DatasetSpec:
     """The spec registered as ``name``; ValueError listing the names otherwise."""
-    if not isinstance(name, str) or name not in _DATASETS:
-        raise ValueError(f"name: unknown dataset {name!r}; expected one of {dataset_names()}")
-    return _DATASETS[name]
+    return DATASETS.get(name)
 
 
 def dataset_info(name: str) -> tuple[int, int, tuple[str, ...]]:
@@ -97,11 +82,11 @@ def make_dataset(
     name: str,
     split: str,
     *,
-    root: Optional[str] = None,
-    size: Optional[int] = None,
+    root: str | None = None,
+    size: int | None = None,
     seed: int = 0,
     image_size: tuple[int, int] = (64, 128),
-    transform: Optional[Transform] = None,
+    transform: Transform | None = None,
 ) -> Dataset:
     """Dataset ``name`` for the active-learning split ``split`` (``"train"``, ``"pool"`` or ``"val"``).
 

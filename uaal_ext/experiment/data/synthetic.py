@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import numpy as np
 import torch
@@ -16,9 +15,7 @@ from .transforms import IGNORE_INDEX, Transform, default_transform
 
 __all__ = ["SYNTHETIC_CLASSES", "SyntheticScenes"]
 
-SYNTHETIC_CLASSES = (
-    "road", "sidewalk", "building", "vegetation", "terrain", "sky", "pole", "sign", "person", "car",
-)
+SYNTHETIC_CLASSES = ("road", "sidewalk", "building", "vegetation", "terrain", "sky", "pole", "sign", "person", "car")
 
 ROAD, SIDEWALK, BUILDING, VEGETATION, TERRAIN, SKY, POLE, SIGN, PERSON, CAR = range(len(SYNTHETIC_CLASSES))
 _SPLIT_CODES = {"train": 0, "pool": 1, "val": 2}
@@ -38,8 +35,15 @@ _BUILDING_PALETTE = torch.tensor(
     [[0.50, 0.50, 0.50], [0.70, 0.62, 0.50], [0.55, 0.30, 0.22], [0.80, 0.80, 0.78], [0.32, 0.32, 0.35]]
 )
 _CAR_PALETTE = torch.tensor(
-    [[0.08, 0.08, 0.09], [0.85, 0.85, 0.86], [0.45, 0.46, 0.48], [0.65, 0.66, 0.68], [0.60, 0.10, 0.10],
-     [0.15, 0.22, 0.50], [0.30, 0.40, 0.25]]
+    [
+        [0.08, 0.08, 0.09],
+        [0.85, 0.85, 0.86],
+        [0.45, 0.46, 0.48],
+        [0.65, 0.66, 0.68],
+        [0.60, 0.10, 0.10],
+        [0.15, 0.22, 0.50],
+        [0.30, 0.40, 0.25],
+    ]
 )
 _SIGN_PALETTE = torch.tensor([[0.80, 0.10, 0.10], [0.10, 0.25, 0.70], [0.90, 0.75, 0.10], [0.90, 0.90, 0.90]])
 
@@ -77,7 +81,7 @@ class _Scene:
         coarse = torch.randn(1, 1, gh, gw, generator=self.g)
         return F.interpolate(coarse, size=(self.h, self.w), mode="bilinear", align_corners=False)[0, 0]
 
-    def paint(self, mask: Tensor, cls: int, colour: Tensor, texture: Optional[Tensor] = None) -> None:
+    def paint(self, mask: Tensor, cls: int, colour: Tensor, texture: Tensor | None = None) -> None:
         """Sets ``mask`` (H, W) to class ``cls`` and colour (3,) [+ texture (H, W) added to every channel]."""
         fill = colour.view(3, 1, 1).expand(3, self.h, self.w)
         if texture is not None:
@@ -142,7 +146,9 @@ def _render_scene(g: torch.Generator, height: int, width: int) -> tuple[Tensor, 
             cy = horizon - s.uniform(0.1, 0.35) * H
             crown = torch.zeros(height, width, dtype=torch.bool)
             for _ in range(3):
-                crown |= s.ellipse(cy + s.uniform(-0.5, 0.5) * r, cx + s.uniform(-0.7, 0.7) * r, r, r * s.uniform(0.8, 1.3))
+                crown |= s.ellipse(
+                    cy + s.uniform(-0.5, 0.5) * r, cx + s.uniform(-0.7, 0.7) * r, r, r * s.uniform(0.8, 1.3)
+                )
             trunk_w = max(2.0, 0.25 * r)
             trunk = s.box(cy, horizon + 1, cx - trunk_w / 2, cx + trunk_w / 2)
             s.paint(trunk, VEGETATION, s.jitter(torch.tensor([0.30, 0.22, 0.15]), 0.15))
@@ -157,18 +163,28 @@ def _render_scene(g: torch.Generator, height: int, width: int) -> tuple[Tensor, 
     walk = W * s.uniform(0.08, 0.2) * depth + 0.5  # sidewalk width per row
     ground = s.y >= horizon
     tiles = (((s.x % 6) < 1) | ((s.y % 4) < 1)).float()  # paving joints
-    s.paint(ground.expand(height, width), SIDEWALK, s.jitter(torch.tensor([0.52, 0.50, 0.46]), 0.12),
-            0.04 * s.smooth_noise(2) - 0.05 * tiles)
+    s.paint(
+        ground.expand(height, width),
+        SIDEWALK,
+        s.jitter(torch.tensor([0.52, 0.50, 0.46]), 0.12),
+        0.04 * s.smooth_noise(2) - 0.05 * tiles,
+    )
     offset = s.x - axis  # (H, W) signed distance from the road axis
     for side in (-1.0, 1.0):
         if s.chance(_P_TERRAIN_SIDE):
             verge = ground & (side * offset > half_road + walk)
             s.paint(verge, TERRAIN, s.jitter(torch.tensor([0.38, 0.42, 0.22]), 0.15), 0.07 * s.smooth_noise(2))
     road = ground & (offset.abs() <= half_road)
-    s.paint(road, ROAD, s.jitter(torch.tensor([0.36, 0.36, 0.38]), 0.15),
-            0.04 * torch.randn(height, width, generator=s.g) + 0.05 * s.smooth_noise(6))
+    s.paint(
+        road,
+        ROAD,
+        s.jitter(torch.tensor([0.36, 0.36, 0.38]), 0.15),
+        0.04 * torch.randn(height, width, generator=s.g) + 0.05 * s.smooth_noise(6),
+    )
     dashes = torch.sin(12.0 * torch.log1p((s.y - horizon).clamp(min=0))) > 0.2
-    s.recolour(road & (offset.abs() < 0.05 * half_road + 0.3) & dashes, s.jitter(torch.tensor([0.85, 0.85, 0.80]), 0.05))
+    s.recolour(
+        road & (offset.abs() < 0.05 * half_road + 0.3) & dashes, s.jitter(torch.tensor([0.85, 0.85, 0.80]), 0.05)
+    )
 
     # Objects stand on the ground at a row y0; drawn far (small y0) to near.
     def row_geometry(y0: float) -> tuple[float, float, float, float]:
@@ -177,11 +193,17 @@ def _render_scene(g: torch.Generator, height: int, width: int) -> tuple[Tensor, 
 
     objects: list[tuple[float, int, float]] = []  # (y0, class, side or lane offset)
     if s.chance(_P_CARS):
-        objects += [(s.uniform(horizon + 0.12 * (H - horizon), H), CAR, s.uniform(-0.6, 0.6)) for _ in range(s.integer(1, 3))]
+        objects += [
+            (s.uniform(horizon + 0.12 * (H - horizon), H), CAR, s.uniform(-0.6, 0.6)) for _ in range(s.integer(1, 3))
+        ]
     if s.chance(_P_PEOPLE):
-        objects += [(s.uniform(horizon + 0.15 * (H - horizon), H), PERSON, s.uniform(-1, 1)) for _ in range(s.integer(1, 3))]
+        objects += [
+            (s.uniform(horizon + 0.15 * (H - horizon), H), PERSON, s.uniform(-1, 1)) for _ in range(s.integer(1, 3))
+        ]
     if s.chance(_P_POLES):
-        objects += [(s.uniform(horizon + 0.1 * (H - horizon), H), POLE, s.uniform(-1, 1)) for _ in range(s.integer(1, 2))]
+        objects += [
+            (s.uniform(horizon + 0.1 * (H - horizon), H), POLE, s.uniform(-1, 1)) for _ in range(s.integer(1, 2))
+        ]
     objects.sort(key=lambda o: o[0])
     for y0, cls, where in objects:
         f, centre, half, side_w = row_geometry(min(y0, H - 1))
@@ -204,9 +226,15 @@ def _render_scene(g: torch.Generator, height: int, width: int) -> tuple[Tensor, 
             w = max(2.0, 0.28 * h)
             clothes = s.jitter(torch.rand(3, generator=s.g) * 0.85, 0.1)
             s.paint(s.box(y0 - 0.82 * h, y0 - 0.45 * h, cx - w / 2, cx + w / 2), PERSON, clothes)
-            s.paint(s.box(y0 - 0.45 * h, y0, cx - 0.4 * w, cx + 0.4 * w), PERSON, s.jitter(torch.tensor([0.15, 0.15, 0.25]), 0.3))
+            s.paint(
+                s.box(y0 - 0.45 * h, y0, cx - 0.4 * w, cx + 0.4 * w),
+                PERSON,
+                s.jitter(torch.tensor([0.15, 0.15, 0.25]), 0.3),
+            )
             head = max(1.0, 0.1 * h)
-            s.paint(s.ellipse(y0 - 0.82 * h - head, cx, head, head), PERSON, s.jitter(torch.tensor([0.78, 0.60, 0.50]), 0.2))
+            s.paint(
+                s.ellipse(y0 - 0.82 * h - head, cx, head, head), PERSON, s.jitter(torch.tensor([0.78, 0.60, 0.50]), 0.2)
+            )
         else:  # a pole, perhaps carrying a sign
             cx = centre + side * (half + side_w * s.uniform(0.6, 1.0))
             h = f * 0.8 * H + 0.25 * H
@@ -245,8 +273,14 @@ def _render_scene(g: torch.Generator, height: int, width: int) -> tuple[Tensor, 
     border[:, :-1] |= label[:, :-1] != label[:, 1:]
     border[:-1, :] |= label[:-1, :] != label[1:, :]
     label = label.masked_fill(border, IGNORE_INDEX)
-    info = {"difficulty": difficulty, "noise_std": noise_std, "blur_sigma": blur if blur > 0.2 else 0.0,
-            "contrast": contrast, "gain": gain, "clutter": float(clutter)}
+    info = {
+        "difficulty": difficulty,
+        "noise_std": noise_std,
+        "blur_sigma": blur if blur > 0.2 else 0.0,
+        "contrast": contrast,
+        "gain": gain,
+        "clutter": float(clutter),
+    }
     return image.float(), label, info
 
 
@@ -261,7 +295,7 @@ def _gaussian_blur(image: Tensor, sigma: float) -> Tensor:
     kernel = kernel / kernel.sum()
     _, h, w = image.shape
     # Replicate-pad by concatenation and sum sliced views, one tap at a time: every op stays
-    # elementwise at the image's size (gather-based indexing was 10x slower on a busy 2-core box).
+    # elementwise at the image's size (gather-based indexing is far slower on the CPU).
     taps = kernel.tolist()
     padded = torch.cat([image[:, :, :1].expand(-1, -1, radius), image, image[:, :, -1:].expand(-1, -1, radius)], dim=2)
     across = sum(k * padded[:, :, i : i + w] for i, k in enumerate(taps))
@@ -300,11 +334,11 @@ class SyntheticScenes(Dataset):
     def __init__(
         self,
         split: str = "train",
-        size: Optional[int] = None,
+        size: int | None = None,
         *,
         seed: int = 0,
         image_size: tuple[int, int] = (64, 128),
-        transform: Optional[Transform] = None,
+        transform: Transform | None = None,
         cache: bool = False,
     ) -> None:
         if split not in _SPLIT_CODES:
@@ -323,7 +357,7 @@ class SyntheticScenes(Dataset):
         self.transform = default_transform(transform)
         # Rendered scenes kept by index when asked: an active-learning run revisits the same pool
         # many times (a few MB per 100 small images). Views made by with_transform share the dict.
-        self._renders: Optional[dict[int, tuple[Tensor, Tensor]]] = {} if cache else None
+        self._renders: dict[int, tuple[Tensor, Tensor]] | None = {} if cache else None
 
     def __len__(self) -> int:
         return self.size
@@ -374,7 +408,7 @@ class SyntheticScenes(Dataset):
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
-def _build(split: str, *, root: Optional[str], size: Optional[int], seed: int, image_size: tuple[int, int]):
+def _build(split: str, *, root: str | None, size: int | None, seed: int, image_size: tuple[int, int]):
     # The driver reads the same scenes in every round: render each once.
     return SyntheticScenes(split, size, seed=seed, image_size=image_size, cache=True)
 

@@ -19,9 +19,9 @@ workers; this module never reseeds anything.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -31,22 +31,11 @@ from torch.utils.data import Dataset
 
 from ..._validation import check_int
 
-__all__ = [
-    "IGNORE_INDEX",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "Transform",
-    "EvalTransform",
-    "TrainTransform",
-    "default_transform",
-    "with_transform",
-]
-
 IGNORE_INDEX = 255  # label of pixels that count for nothing (borders, void, padding)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-ImageLike = Union[Tensor, np.ndarray, Any]  # Any: a PIL image
+ImageLike = Union[Tensor, np.ndarray, Any]  # noqa: UP007  (a runtime alias; Any: a PIL image)
 Transform = Callable[[Any, Any], tuple[Tensor, Tensor]]
 
 
@@ -110,7 +99,7 @@ class EvalTransform:
     def __post_init__(self) -> None:
         check_int("size_divisor", self.size_divisor, low=1)
 
-    def __call__(self, image: ImageLike, label: Any, generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
+    def __call__(self, image: ImageLike, label: Any, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         image_t, label_t = _image_to_float(image), _label_to_long(label)
         _check_pair(image_t, label_t)
         image_t = _normalize(image_t, self.mean, self.std)
@@ -150,7 +139,7 @@ class TrainTransform:
         if not 0 < lo <= hi:
             raise ValueError(f"scale_range: expected 0 < low <= high, got {self.scale_range}")
 
-    def __call__(self, image: ImageLike, label: Any, generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
+    def __call__(self, image: ImageLike, label: Any, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         image_t, label_t = _image_to_float(image), _label_to_long(label)
         _check_pair(image_t, label_t)
         image_t = _normalize(image_t, self.mean, self.std)
@@ -182,11 +171,11 @@ class TrainTransform:
         return image_t.contiguous(), label_t.contiguous()
 
 
-def _default_transform(transform: Optional[Transform]) -> Transform:
+def _default_transform(transform: Transform | None) -> Transform:
     return EvalTransform() if transform is None else transform
 
 
-def default_transform(transform: Optional[Transform]) -> Transform:
+def default_transform(transform: Transform | None) -> Transform:
     return EvalTransform() if transform is None else transform
 
 
