@@ -35,27 +35,7 @@ STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
 # The standard Cityscapes label id -> train id table (cityscapesScripts' labels.py), written out
 # here so the loader is checked against the published numbers, not against itself.
-CITYSCAPES_TRAIN_IDS = {
-    7: 0,
-    8: 1,
-    11: 2,
-    12: 3,
-    13: 4,
-    17: 5,
-    19: 6,
-    20: 7,
-    21: 8,
-    22: 9,
-    23: 10,
-    24: 11,
-    25: 12,
-    26: 13,
-    27: 14,
-    28: 15,
-    31: 16,
-    32: 17,
-    33: 18,
-}
+CITYSCAPES_TRAIN_IDS = dict(zip([7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33], range(19)))
 
 
 def _denormalize(image):

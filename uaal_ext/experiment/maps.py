@@ -6,7 +6,7 @@ standard training (top row) and with UAAL training (bottom row)::
     maps = {(method, mode): uncertainty_map(model_of[method, mode], images, method) for ...}
     draw_uncertainty_maps(images, labels, maps, "figures/maps.png", class_names=SYNTHETIC_CLASSES)
 
-or straight from an experiment folder (:func:`uaal_ext.al.run_experiment`)::
+or straight from an experiment folder (:func:`uaal_ext.experiment.al.run_experiment`)::
 
     experiment_maps("runs/demo", "runs/demo/maps.png", images=(0, 1))
 
@@ -328,7 +328,7 @@ def experiment_maps(
 ) -> str:
     """Draws the uncertainty maps of validation images for every method and mode of an experiment.
 
-    Loads the state of ``out_dir`` (:func:`uaal_ext.al.load_state`), its config and validation
+    Loads the state of ``out_dir`` (:func:`uaal_ext.experiment.al.load_state`), its config and validation
     split; for each method (default: the experiment's methods except ``"random"``) and each training
     mode of the experiment, the model of round ``round_index`` (default: the last trained round) of
     seed ``seed`` (default: the config's first) maps the validation images ``images`` with

@@ -140,9 +140,9 @@ def find_experiments(paths: Sequence[PathLike]) -> list[str]:
 
 
 def load_experiments(paths: Sequence[PathLike]) -> list[Experiment]:
-    """The experiments of :func:`find_experiments` (``paths``), read with :func:`uaal_ext.al.load_state`.
+    """The experiments of :func:`find_experiments` (``paths``), read with :func:`uaal_ext.experiment.al.load_state`.
 
-    A state file that cannot be read raises :class:`uaal_ext.al.StateError`; so does a result row
+    A state file that cannot be read raises :class:`uaal_ext.experiment.al.StateError`; so does a result row
     without the keys a report needs.
     """
     experiments = []

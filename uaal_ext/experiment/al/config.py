@@ -36,7 +36,7 @@ class ExperimentConfig:
     scale_range: tuple[float, float] = (0.75, 1.5)  # random rescale of training images
     data_seed: int = 0  # synthetic: which scenes are generated
     # --- model
-    model: str = "small"  # one of uaal_ext.models.MODELS
+    model: str = "small"  # one of uaal_ext.experiment.models.MODELS
     dropout: float = 0.1  # rate of the dropout before the classifier (MC-Dropout samples it)
     weights: str | None = None  # local weights file to start every model from (None: random init)
     # --- active learning
@@ -48,7 +48,7 @@ class ExperimentConfig:
     retrain: str = "scratch"  # each round: "scratch" (fresh init) | "finetune" (previous weights)
     reduction: str = "mean"  # per-image aggregation of pixel scores
     acquisition_samples: int | None = None  # T of MC-Dropout / K of Noise Stability when scoring (None: 10 / 5)
-    # --- training (see uaal_ext.training.TrainConfig)
+    # --- training (see uaal_ext.experiment.training.TrainConfig)
     epochs: int = 20  # epochs per round (ignored when iterations is set)
     iterations: int | None = None  # optimizer steps per round, whatever the labeled-set size
     batch_size: int = 8
