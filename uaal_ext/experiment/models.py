@@ -138,7 +138,9 @@ def classifier_dropout(model: nn.Module) -> nn.Module:
     head = getattr(model, "segmentation_head", None)
     dropout = getattr(head, "dropout", None)
     if not isinstance(dropout, nn.Dropout):
-        raise ValueError(f"{type(model).__name__} was not built by uaal_ext.experiment.models.build_model (no head dropout)")
+        raise ValueError(
+            f"{type(model).__name__} was not built by uaal_ext.experiment.models.build_model (no head dropout)"
+        )
     return dropout
 
 
