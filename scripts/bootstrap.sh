@@ -18,7 +18,7 @@ python -m pip install --quiet --upgrade pip
 # torch 2.14.1 is the CUDA 13.0 build the CUDA kernels compile against (nvcc 13.0).
 python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1" numpy pillow \
   "segmentation-models-pytorch>=0.5" tqdm pyyaml matplotlib \
-  "scikit-build-core>=0.10" "cmake>=3.26" ninja "pytest>=8" scipy torchmetrics \
+  "scikit-build-core>=0.10" "cmake>=3.26" ninja "pytest>=8" scipy scikit-learn torchmetrics \
   "ruff==0.17.6" "clang-format==23.1.5"
 
 echo "[bootstrap] building uaal_ext (a few minutes with the CUDA kernels)"

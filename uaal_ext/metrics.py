@@ -28,7 +28,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["ConfusionMatrix", "SegmentationMetrics"]
+from ._validation import check_int
+
+__all__ = ["ConfusionMatrix", "SegmentationMetrics", "UncertaintyQuality", "QualityMetrics"]
 
 
 @dataclass(frozen=True)
@@ -198,3 +200,183 @@ class ConfusionMatrix:
 def _nanmean(values: Tensor) -> float:
     kept = values[~values.isnan()]
     return float(kept.mean()) if kept.numel() else math.nan
+
+
+# ---------------------------------------------------------------------------------------------------
+# How well a model's uncertainty finds its own errors
+
+
+@dataclass(frozen=True)
+class QualityMetrics:
+    """What :meth:`UncertaintyQuality.compute` returns (NaN where a metric is undefined)."""
+
+    auroc: float  # P(uncertainty of an error > that of a correct pixel), ties counted half
+    aupr: float  # average precision with errors as the positive class
+    ece: float  # expected calibration error of the confidence (15 equal-width bins); NaN without confidence
+    error_rate: float  # errors / counted pixels
+    num_pixels: int  # counted pixels (valid label, finite uncertainty)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"auroc": self.auroc, "aupr": self.aupr, "ece": self.ece, "error_rate": self.error_rate,
+                "num_pixels": self.num_pixels}  # fmt: skip
+
+
+class UncertaintyQuality:
+    """Judges a per-pixel uncertainty map as a detector of the model's own errors, in bounded memory.
+
+    A pixel is an *error* when its prediction differs from its label; the uncertainty should be
+    higher there. ``auroc`` is the probability that a random error pixel is more uncertain than a
+    random correct one (ties count half; what ``sklearn.metrics.roc_auc_score`` gives with errors as
+    the positive class); ``aupr`` the average precision of the same ranking
+    (``sklearn.metrics.average_precision_score``). When the top softmax probability ``confidence``
+    is given, ``ece`` is the top-label expected calibration error over 15 equal-width bins,
+    ``sum_b (n_b / n) |accuracy_b - mean confidence_b|``.
+
+    Memory does not grow with the pixels seen: every update adds to two histograms of the
+    uncertainty (errors, correct pixels) over a fixed binning, kept on the inputs' device. The
+    binning is logarithmic in ``|u|`` from ``1e-6`` to ``1e6`` (and symmetric for negative scores),
+    ``num_bins`` bins in all, so any scale of uncertainty (entropy in nats, sigma / eta, a
+    probability) is resolved to a fixed relative precision; values beyond ``1e6`` share the end
+    bins. The metrics are then exact for the binned values, which differ from the raw ones only
+    where two pixels fall in one bin.
+
+    Args:
+        ignore_index: label value of pixels that are not counted.
+        num_bins: histogram bins for the uncertainty (default 2**16: about 0.1% relative resolution).
+        calibration_bins: equal-width confidence bins of the ECE.
+    """
+
+    _SPAN = 1e-6  # |u| below this is resolved linearly, above it logarithmically
+    _LIMIT = math.log1p(1e6 / 1e-6)  # log1p(|u| / span) at |u| = 1e6
+
+    def __init__(self, ignore_index: int = 255, num_bins: int = 2**16, calibration_bins: int = 15) -> None:
+        self.ignore_index = check_int("ignore_index", ignore_index)
+        self.num_bins = check_int("num_bins", num_bins, low=2)
+        self.calibration_bins = check_int("calibration_bins", calibration_bins, low=1)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forgets every count (and the device)."""
+        self._histogram: Tensor | None = None  # (2, num_bins) int64: row 0 errors, row 1 correct pixels
+        self._calibration: Tensor | None = None  # (3, calibration_bins) float64: count, sum confidence, sum correct
+        self.num_nan = 0  # pixels left out for a NaN uncertainty
+
+    def update(self, uncertainty: Tensor, prediction: Tensor, label: Tensor, confidence: Tensor | None = None) -> None:
+        """Counts one batch: all of ``(N, *spatial)`` on one device; ``prediction`` and ``label`` integer."""
+        self._check(uncertainty, prediction, label, confidence)
+        valid = label != self.ignore_index
+        finite = ~uncertainty.isnan()
+        self.num_nan += int((valid & ~finite).sum())
+        counted = valid & finite
+        correct = (prediction == label) & counted
+        histogram = self._accumulator("_histogram", (2, self.num_bins), torch.int64, uncertainty.device)
+        bins = self._bins(uncertainty.detach())
+        cells = torch.where(counted, bins + self.num_bins * correct.long(), 2 * self.num_bins)
+        histogram += torch.bincount(cells.reshape(-1), minlength=2 * self.num_bins + 1)[:-1].view(2, self.num_bins)
+        if confidence is not None:
+            calibration = self._accumulator(
+                "_calibration", (3, self.calibration_bins), torch.float64, uncertainty.device
+            )
+            conf = confidence.detach().double()[counted]
+            index = (conf * self.calibration_bins).long().clamp(0, self.calibration_bins - 1)
+            for row, values in enumerate((torch.ones_like(conf), conf, correct[counted].double())):
+                calibration[row].index_add_(0, index, values)
+
+    def merge(self, other: UncertaintyQuality) -> UncertaintyQuality:
+        """Adds ``other``'s counts (another worker's, another split's) into this one; returns self."""
+        if not isinstance(other, UncertaintyQuality) or (other.num_bins, other.calibration_bins) != (
+            self.num_bins, self.calibration_bins,
+        ):  # fmt: skip
+            raise ValueError("other must be an UncertaintyQuality with the same num_bins and calibration_bins")
+        for name in ("_histogram", "_calibration"):
+            theirs = getattr(other, name)
+            if theirs is not None:
+                mine = getattr(self, name)
+                setattr(self, name, theirs.clone() if mine is None else mine + theirs.to(mine.device))
+        self.num_nan += other.num_nan
+        return self
+
+    def compute(self) -> QualityMetrics:
+        """The metrics of everything counted since the last reset."""
+        if self._histogram is None:
+            errors = correct = torch.zeros(self.num_bins, dtype=torch.float64)
+        else:
+            errors, correct = self._histogram.double().cpu()
+        num_errors, num_correct = float(errors.sum()), float(correct.sum())
+        total = num_errors + num_correct
+        return QualityMetrics(
+            auroc=_binned_auroc(errors, correct, num_errors, num_correct),
+            aupr=_binned_average_precision(errors, correct, num_errors),
+            ece=self._ece(total),
+            error_rate=num_errors / total if total else math.nan,
+            num_pixels=int(total),
+        )
+
+    # ---- helpers -------------------------------------------------------------------------------
+
+    def _bins(self, uncertainty: Tensor) -> Tensor:
+        """Bin index of each value: uniform in sign(u) * log1p(|u| / span) over [-limit, limit]."""
+        u = uncertainty.double()
+        squashed = torch.sign(u) * torch.log1p(u.abs() / self._SPAN)
+        position = (squashed / self._LIMIT + 1) * 0.5 * self.num_bins  # [-limit, limit] -> [0, num_bins]
+        return position.floor().clamp(0, self.num_bins - 1).long()
+
+    def _accumulator(self, name: str, shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> Tensor:
+        current = getattr(self, name)
+        if current is None:
+            current = torch.zeros(shape, dtype=dtype, device=device)
+            setattr(self, name, current)
+        elif current.device != device:
+            raise ValueError(f"inputs are on {device} but this UncertaintyQuality accumulates on {current.device}")
+        return current
+
+    def _ece(self, total: float) -> float:
+        if self._calibration is None or total == 0:
+            return math.nan
+        count, confidence, correct = self._calibration.cpu()
+        filled = count > 0
+        gaps = (correct[filled] / count[filled] - confidence[filled] / count[filled]).abs()
+        return float((count[filled] / count.sum() * gaps).sum())
+
+    def _check(self, uncertainty: object, prediction: object, label: object, confidence: object) -> None:
+        for name, value, floating in (("uncertainty", uncertainty, True), ("prediction", prediction, False),
+                                      ("label", label, False), ("confidence", confidence, True)):  # fmt: skip
+            if value is None and name == "confidence":
+                continue
+            if not isinstance(value, Tensor):
+                raise TypeError(f"{name} must be a Tensor (N, *spatial), got {type(value).__name__}")
+            if value.is_floating_point() != floating or value.dtype == torch.bool or value.is_complex():
+                kind = "floating-point" if floating else "integer"
+                raise TypeError(f"{name} must be a {kind} tensor, got dtype {value.dtype}")
+            if value.shape != uncertainty.shape:  # type: ignore[union-attr]
+                raise ValueError(
+                    f"{name} must have the shape of uncertainty {tuple(uncertainty.shape)}, got {tuple(value.shape)}"  # type: ignore[union-attr]
+                )
+            if value.device != uncertainty.device:  # type: ignore[union-attr]
+                raise ValueError(f"{name} is on {value.device} but uncertainty on {uncertainty.device}")  # type: ignore[union-attr]
+
+    def __repr__(self) -> str:
+        return (
+            f"UncertaintyQuality(ignore_index={self.ignore_index}, num_bins={self.num_bins}, "
+            f"calibration_bins={self.calibration_bins})"
+        )
+
+
+def _binned_auroc(errors: Tensor, correct: Tensor, num_errors: float, num_correct: float) -> float:
+    """P(u_error > u_correct) + P(equal) / 2 over pairs, with u known up to its bin."""
+    if num_errors == 0 or num_correct == 0:
+        return math.nan
+    correct_below = torch.cumsum(correct, 0) - correct  # correct pixels in lower bins
+    wins = (errors * (correct_below + 0.5 * correct)).sum()
+    return float(wins / (num_errors * num_correct))
+
+
+def _binned_average_precision(errors: Tensor, correct: Tensor, num_errors: float) -> float:
+    """sum_n (R_n - R_(n-1)) P_n over thresholds at each occupied bin, from the most uncertain down."""
+    if num_errors == 0:
+        return math.nan
+    true_positives = torch.cumsum(errors.flip(0), 0)
+    flagged = true_positives + torch.cumsum(correct.flip(0), 0)
+    recall_gain = errors.flip(0) / num_errors
+    precision = torch.where(flagged > 0, true_positives / flagged.clamp(min=1), torch.zeros_like(flagged))
+    return float((recall_gain * precision).sum())
