@@ -188,11 +188,12 @@ def test_main_table_lists_every_budget(tmp_path, seed):
 def test_write_report_files(tmp_path, seed):
     rows = _write_experiment(tmp_path / "exp", np.random.default_rng(seed), seeds=(0, 1))
     written = report.write_report([tmp_path / "exp"], tmp_path / "out")
-    assert set(written) == {"report", "summary", "runs", "miou_vs_budget_synthetic_small"}
+    assert set(written) == {"report", "summary", "paired", "runs", "miou_vs_budget_synthetic_small"}
 
     with open(written["summary"], newline="") as file:
         summary = list(csv.DictReader(file))
     assert len(summary) == len(METHODS) * len(MODES) * (1 + len(BUDGETS))
+    assert {line["metric"] for line in summary} == {"miou"}
     for line in summary:
         mean, std, n = _expected(rows, line["method"], line["mode"], float(line["budget"]))
         assert float(line["mean"]) == pytest.approx(mean, rel=1e-12)  # fractions, full precision
@@ -326,3 +327,85 @@ def test_corrupt_state_raises_state_error(tmp_path, seed):
     (tmp_path / "bad" / "state.json").write_text(json.dumps(state))
     with pytest.raises(StateError, match=r"row 4 .*\['miou'\]"):
         report.load_experiments([tmp_path / "bad"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Paired differences, uncertainty quality, selection cost
+
+
+def test_paired_differences_match_a_hand_computation(tmp_path, seed):
+    import scipy.stats
+
+    rows = _write_experiment(tmp_path / "exp", np.random.default_rng(seed), seeds=(0, 1, 2, 3))
+    written = report.write_report([tmp_path / "exp"], tmp_path / "out")
+    with open(written["paired"], newline="") as file:
+        paired = {(r["comparison"], r["method"], r["mode"], float(r["budget"])): r for r in csv.DictReader(file)}
+
+    def value(method, mode, budget, seed):
+        (row,) = [r for r in rows if (r["method"], r["mode"], r["budget"], r["seed"]) == (method, mode, budget, seed)
+                  and r["round"] > 0]  # fmt: skip
+        return row["miou"]
+
+    for comparison, method, mode, other_method, other_mode in (
+        ("uaal - standard", "entropy", "uaal", "entropy", "standard"),
+        ("mc_entropy - random", "mc_entropy", "standard", "random", "standard"),
+    ):
+        for budget in BUDGETS:
+            diffs = np.array([value(method, mode, budget, s) - value(other_method, other_mode, budget, s)
+                              for s in range(4)])  # fmt: skip
+            half = scipy.stats.t.ppf(0.975, 3) * diffs.std(ddof=1) / 2
+            got = paired[(comparison, method, mode, budget)]
+            assert float(got["mean"]) == pytest.approx(diffs.mean(), abs=1e-12)
+            assert float(got["low"]) == pytest.approx(diffs.mean() - half, abs=1e-4)
+            assert float(got["high"]) == pytest.approx(diffs.mean() + half, abs=1e-4)
+            assert int(got["n"]) == 4 and (got["excludes_zero"] == "True") == (
+                diffs.mean() - half > 0 or diffs.mean() + half < 0
+            )
+    # Round 0 is compared between modes (it differs with UAAL training), never between methods.
+    assert ("uaal - standard", "random", "uaal", INITIAL) in paired
+    assert not any(key[0].endswith("- random") and key[3] == INITIAL for key in paired)
+    text = open(written["report"], encoding="utf-8").read()
+    assert "## Paired differences" in text and "methods against Random" in text
+
+
+def test_a_clear_difference_is_bold_and_noise_is_not(tmp_path):
+    rng = np.random.default_rng(0)
+    _write_experiment(tmp_path / "exp", rng, seeds=(0, 1, 2))
+    state_path = tmp_path / "exp" / "state.json"
+    state = json.loads(state_path.read_text())
+    for row in state["results"]:  # UAAL + entropy 5 points above standard in every seed; the rest noise
+        if row["round"] > 0:
+            row["miou"] = (
+                0.5 + 0.01 * row["seed"] + (0.05 if (row["method"], row["mode"]) == ("entropy", "uaal") else 0)
+            )
+    state_path.write_text(json.dumps(state))
+    comparisons = report.paired_comparisons(report.seed_cells(report.load_experiments([tmp_path / "exp"])))
+    by_key = {(c["comparison"], c["method"], c["budget"]): c for c in comparisons}
+    entropy = by_key[("uaal - standard", "entropy", BUDGETS[0])]
+    assert entropy["mean"] == pytest.approx(0.05) and entropy["excludes_zero"]
+    assert by_key[("uaal - standard", "random", BUDGETS[0])]["mean"] == pytest.approx(0.0)
+    assert not by_key[("uaal - standard", "random", BUDGETS[0])]["excludes_zero"]
+    markdown = report.paired_markdown(comparisons)
+    assert "**+5.00 [+5.00, +5.00]**" in markdown
+
+
+def test_quality_columns_get_tables_figures_and_pairs(tmp_path, seed):
+    rows = _write_experiment(tmp_path / "exp", np.random.default_rng(seed), seeds=(0, 1))
+    state_path = tmp_path / "exp" / "state.json"
+    state = json.loads(state_path.read_text())
+    for i, row in enumerate(state["results"]):
+        row["entropy_auroc"] = 0.6 + 0.001 * i
+        if row["round"] > 0:
+            row["select_ms_per_image"] = {"random": 0.01, "entropy": 2.0, "mc_entropy": 11.0}[row["method"]]
+            row["select_forwards_per_image"] = {"random": 0, "entropy": 1, "mc_entropy": 5}[row["method"]]
+    state_path.write_text(json.dumps(state))
+    written = report.write_report([tmp_path / "exp"], tmp_path / "out")
+    assert "entropy_auroc_vs_budget_synthetic_small" in written
+    text = open(written["report"], encoding="utf-8").read()
+    assert "## AUROC of entropy as an error detector" in text and "0.6" in text
+    assert "| MC-Dropout | 5 | 11 |" in text  # forward passes and ms per pool image
+    with open(written["summary"], newline="") as file:
+        assert {line["metric"] for line in csv.DictReader(file)} == {"miou", "entropy_auroc"}
+    with open(written["runs"], newline="") as file:
+        assert "entropy_auroc" in next(csv.DictReader(file))
+    assert len(rows) == len(state["results"])

@@ -22,7 +22,7 @@ Conventions (those of the Cityscapes/ADE20K evaluation scripts and torchmetrics'
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -44,10 +44,12 @@ class SegmentationMetrics:
     per_class_accuracy: Tensor  # (C,) float64 recall, NaN where a class has no target pixel
     confusion_matrix: Tensor  # (C, C) int64, rows = target, columns = prediction
     num_pixels: int  # valid pixels counted
+    # How well each uncertainty source finds the model's errors (evaluate(quality_sources=...)), by name.
+    uncertainty_quality: dict[str, QualityMetrics] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain Python values (NaN for excluded classes) for JSON reports."""
-        return {
+        values = {
             "miou": self.miou,
             "per_class_iou": self.per_class_iou.tolist(),
             "pixel_accuracy": self.pixel_accuracy,
@@ -55,6 +57,9 @@ class SegmentationMetrics:
             "per_class_accuracy": self.per_class_accuracy.tolist(),
             "num_pixels": self.num_pixels,
         }
+        if self.uncertainty_quality:
+            values["uncertainty_quality"] = {name: q.as_dict() for name, q in self.uncertainty_quality.items()}
+        return values
 
 
 class ConfusionMatrix:

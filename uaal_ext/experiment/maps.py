@@ -30,10 +30,9 @@ from tqdm.auto import tqdm
 from .._validation import check_int
 from ..acquisition import PassRunner, make_method, method_class, method_names
 from ..uncertainty import eval_mode, model_device
-from .al import ExperimentConfig, ExperimentState, build_datasets, load_round_model, load_state, run_key
+from .al import AL_MODES, ExperimentConfig, ExperimentState, build_datasets, load_round_model, load_state, run_key
 from .data import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from .report import MODE_NAMES, dataset_title, method_title, model_title, unique_in_order
-from .training import MODES
 
 __all__ = ["map_methods", "uncertainty_map", "draw_uncertainty_maps", "experiment_maps"]
 
@@ -206,7 +205,7 @@ def draw_uncertainty_maps(
         checked[key] = value.double().numpy()
     methods = unique_in_order([method for method, _ in checked])
     present = unique_in_order([mode for _, mode in checked])
-    modes = [m for m in MODES if m in present] + [m for m in present if m not in MODES]
+    modes = [m for m in AL_MODES if m in present] + [m for m in present if m not in AL_MODES]
     valid_labels = labels[labels != IGNORE_INDEX]
     num_classes = max(
         len(class_names) if class_names is not None else 0,

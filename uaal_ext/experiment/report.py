@@ -24,11 +24,21 @@ from typing import Any, Union
 
 import numpy as np
 
-from ..acquisition import method_class
 from .al import StateError, load_state
 from .al.state import STATE_FILE
-from .data import dataset_spec
-from .models import MODEL_NAMES
+from .comparisons import Cell, costs_markdown, paired_comparisons, paired_markdown, selection_costs
+from .naming import (
+    MIOU,
+    MODE_NAMES,
+    Metric,
+    column_name,
+    dataset_title,
+    method_title,
+    model_title,
+    percent,
+    quality_metric,
+    unique_in_order,
+)
 
 __all__ = [
     "MODE_NAMES",
@@ -47,33 +57,6 @@ __all__ = [
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-MODE_NAMES: dict[str, str] = {"standard": "standard", "uaal": "UAAL"}
-
-
-def method_title(name: str) -> str:
-    """How tables and figures name an acquisition method: its registered display name."""
-    try:
-        return method_class(name).display_name
-    except ValueError:  # an experiment's method that this process has not registered
-        return name
-
-
-def dataset_title(name: str) -> str:
-    try:
-        return dataset_spec(name).title
-    except ValueError:
-        return name
-
-
-def model_title(name: str) -> str:
-    return MODEL_NAMES.get(name, name)
-
-
-def unique_in_order(values: Iterable[Any]) -> list[Any]:
-    """The distinct values in the order they first appear."""
-    return list(dict.fromkeys(values))
-
 
 # Config keys that never make experiments different variants: where and how fast they ran, which
 # seeds (experiments with other seeds of the same config pool them), which methods and modes (rows
@@ -213,64 +196,65 @@ def _variant_order(experiments: Sequence[Experiment]) -> list[str]:
 # Summary
 
 
-def summarize(experiments: Sequence[Experiment]) -> list[dict[str, Any]]:
-    """mIoU over seeds: one row per (dataset, model, variant, method, mode, budget), round 0 included.
+def _orders(experiments: Sequence[Experiment]) -> dict[str, list[Any]]:
+    """The order tables and figures list datasets, models, methods and modes in (first seen, and
+    the configs' own order for methods and modes)."""
+    rows = [row for e in experiments for row in e.rows]
+    return {
+        "dataset": unique_in_order(row["dataset"] for row in rows),
+        "model": unique_in_order(row["model"] for row in rows),
+        "method": unique_in_order([m for e in experiments for m in e.config.get("methods", ())] + [r["method"] for r in rows]),
+        "mode": unique_in_order([m for e in experiments for m in e.config.get("modes", ())] + [r["mode"] for r in rows]),
+    }  # fmt: skip
 
-    Each row has those keys plus ``round``, ``mean``, ``std`` (sample std, ddof=1; 0.0 for one
-    seed) and ``n`` (seeds), mIoU as a fraction. Rows are ordered by dataset and model (first
-    seen), variant (by value), method and mode (as the configs list them), then budget. The same
-    seed of the same cell in two experiments raises ValueError (a copied folder would count twice).
-    """
+
+def seed_cells(experiments: Sequence[Experiment], metric: str = "miou") -> dict[Cell, dict[int, float]]:
+    """``{(dataset, model, variant, method, mode, round, budget): {seed: value of metric}}`` in the
+    order of :func:`summarize`; rows without ``metric`` (an older run, a source not evaluated) are
+    left out. The same seed of the same cell in two experiments raises ValueError (a copied folder
+    would count twice)."""
     labels = variant_labels(experiments)
     variant_rank = {label: rank for rank, label in enumerate(_variant_order(experiments))}
-    methods = unique_in_order(
-        [m for e in experiments for m in e.config.get("methods", ())]
-        + [row["method"] for e in experiments for row in e.rows]
-    )
-    modes = unique_in_order(
-        [m for e in experiments for m in e.config.get("modes", ())]
-        + [row["mode"] for e in experiments for row in e.rows]
-    )
-    datasets = unique_in_order(row["dataset"] for e in experiments for row in e.rows)
-    models = unique_in_order(row["model"] for e in experiments for row in e.rows)
-
-    cells: dict[tuple[Any, ...], list[float]] = {}
+    orders = _orders(experiments)
+    cells: dict[Cell, dict[int, float]] = {}
     seen_in: dict[tuple[Any, ...], str] = {}
     for experiment, label in zip(experiments, labels):
         for row in experiment.rows:
             cell = (row["dataset"], row["model"], label, row["method"], row["mode"], row["round"], row["budget"])
-            seed_key = cell + (row["seed"],)
-            if seed_key in seen_in:
+            if cell + (row["seed"],) in seen_in:
                 raise ValueError(
                     f"seed {row['seed']} of {row['method']}/{row['mode']} round {row['round']} appears in both "
-                    f"{seen_in[seed_key]!r} and {experiment.path!r}; report each experiment once"
+                    f"{seen_in[cell + (row['seed'],)]!r} and {experiment.path!r}; report each experiment once"
                 )
-            seen_in[seed_key] = experiment.path
-            cells.setdefault(cell, []).append(float(row["miou"]))
+            seen_in[cell + (row["seed"],)] = experiment.path
+            value = row.get(metric)
+            if value is None and metric.startswith("selector_"):
+                value = row.get(metric.removeprefix("selector_"))  # the run's selector is its evaluated model
+            if value is not None:
+                cells.setdefault(cell, {})[row["seed"]] = float(value)
 
-    def order(cell: tuple[Any, ...]) -> tuple[Any, ...]:
+    def order(cell: Cell) -> tuple[Any, ...]:
         dataset, model, label, method, mode, round_index, budget = cell
-        return (
-            datasets.index(dataset),
-            models.index(model),
-            variant_rank[label],
-            methods.index(method),
-            modes.index(mode),
-            budget,
-            round_index,
-        )
+        return (orders["dataset"].index(dataset), orders["model"].index(model), variant_rank[label],
+                orders["method"].index(method), orders["mode"].index(mode), budget, round_index)  # fmt: skip
 
+    return {cell: cells[cell] for cell in sorted(cells, key=order)}
+
+
+def summarize(experiments: Sequence[Experiment], metric: str = "miou") -> list[dict[str, Any]]:
+    """``metric`` (default mIoU, as a fraction) over seeds: one row per (dataset, model, variant,
+    method, mode, budget), round 0 included, with ``mean``, ``std`` (sample std, ddof=1; 0.0 for
+    one seed) and ``n`` (seeds). Rows are ordered by dataset and model (first seen), variant (by
+    value), method and mode (as the configs list them), then budget."""
     summary = []
-    for cell in sorted(cells, key=order):
-        values = np.asarray(cells[cell], dtype=np.float64)
-        summary.append(
-            {
-                **dict(zip(("dataset", "model", "variant", "method", "mode", "round", "budget"), cell)),
-                "mean": float(values.mean()),
-                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                "n": len(values),
-            }
-        )
+    for cell, by_seed in seed_cells(experiments, metric).items():
+        values = np.asarray(list(by_seed.values()), dtype=np.float64)
+        summary.append({
+            **dict(zip(("dataset", "model", "variant", "method", "mode", "round", "budget"), cell)),
+            "mean": float(values.mean()),
+            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            "n": len(values),
+        })  # fmt: skip
     return summary
 
 
@@ -278,17 +262,8 @@ def summarize(experiments: Sequence[Experiment]) -> list[dict[str, Any]]:
 # Tables
 
 
-def _percent(fraction: float) -> str:
-    return f"{fraction * 100:g}%"  # 0.1 -> "10%" (:g hides 10.000000000000002)
-
-
-def _cell_text(row: dict[str, Any]) -> str:
-    return f"{row['mean'] * 100:.2f}±{row['std'] * 100:.2f}"
-
-
-def _column_name(model: str, variant: str) -> str:
-    name = model_title(model)
-    return f"{name}, {variant}" if variant else name
+def _cell_text(row: dict[str, Any], metric: Metric = MIOU) -> str:
+    return f"{row['mean'] * metric.scale:.{metric.digits}f}±{row['std'] * metric.scale:.{metric.digits}f}"
 
 
 def _seeds_note(counts: Iterable[int]) -> str:
@@ -300,19 +275,19 @@ def _seeds_note(counts: Iterable[int]) -> str:
     return f"{counts[0]} to {counts[-1]} seeds (per cell: the n of summary.csv)"
 
 
-def markdown_tables(summary: Sequence[dict[str, Any]]) -> str:
+def markdown_tables(summary: Sequence[dict[str, Any]], metric: Metric = MIOU, heading: str = "## ") -> str:
     """One Markdown table per dataset, shaped like the paper's Table 7.
 
     Rows: (method, training mode) in the order of ``summary`` (the configs' order), the method
     named on its first row only. Columns: budget x model x variant, ``"name (B = 10%)"``; round 0
-    (the shared initial set) is left out. Cells: mIoU in percent, ``"67.95±1.81"``; the best mean
-    of each column in bold, ties (equal to the shown precision) all bold; ``–`` where a cell has
-    no runs. The seeds count follows each table.
+    (the shared initial set) is left out unless it is all there is. Cells: the metric (mIoU in
+    percent, ``"67.95±1.81"``); the best mean of each column in bold, ties (equal to the shown
+    precision) all bold; ``–`` where a cell has no runs. The seeds count follows each table.
     """
     blocks = []
     for dataset in unique_in_order(row["dataset"] for row in summary):
         rows = [row for row in summary if row["dataset"] == dataset]
-        trained = [row for row in rows if row["round"] != 0]
+        trained = [row for row in rows if row["round"] != 0] or rows  # a training study has round 0 only
         budgets = sorted({row["budget"] for row in trained})
         columns = [
             (budget, model, variant)
@@ -327,14 +302,14 @@ def markdown_tables(summary: Sequence[dict[str, Any]]) -> str:
         best = {}
         for column in columns:
             shown = [
-                round(row["mean"] * 100, 2)
+                round(row["mean"] * metric.scale, metric.digits)
                 for (method, mode, *rest), row in by_cell.items()
                 if tuple(rest) == column and not math.isnan(row["mean"])
             ]
             best[column] = max(shown) if shown else None
 
         header = ["Data selection method", "Training method"] + [
-            f"{_column_name(model, variant)} (B = {_percent(budget)})" for budget, model, variant in columns
+            f"{column_name(model, variant)} (B = {percent(budget)})" for budget, model, variant in columns
         ]
         table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         previous_method = None
@@ -345,20 +320,20 @@ def markdown_tables(summary: Sequence[dict[str, Any]]) -> str:
                 row = by_cell.get((method, mode) + column)
                 if row is None:
                     cells.append(_MISSING)
-                elif best[column] is not None and round(row["mean"] * 100, 2) == best[column]:
-                    cells.append(f"**{_cell_text(row)}**")
+                elif best[column] is not None and round(row["mean"] * metric.scale, metric.digits) == best[column]:
+                    cells.append(f"**{_cell_text(row, metric)}**")
                 else:
-                    cells.append(_cell_text(row))
+                    cells.append(_cell_text(row, metric))
             table.append("| " + " | ".join(cells) + " |")
 
-        initial = ", ".join(_percent(b) for b in sorted({row["budget"] for row in rows if row["round"] == 0}))
+        initial = ", ".join(percent(b) for b in sorted({row["budget"] for row in rows if row["round"] == 0}))
         note = (
-            f"mIoU (%) on the validation split, mean ± std over {_seeds_note(row['n'] for row in trained)}; "
+            f"{metric.label} on the validation split, mean ± std over {_seeds_note(row['n'] for row in trained)}; "
             f"best per column in bold."
         )
-        if initial:
+        if initial and any(row["round"] != 0 for row in trained):
             note += f" Every method starts from the same random {initial} of the pool (round 0, not shown)."
-        blocks.append(f"## {dataset_title(dataset)}\n\n" + "\n".join(table) + f"\n\n{note}\n")
+        blocks.append(f"{heading}{dataset_title(dataset)}\n\n" + "\n".join(table) + f"\n\n{note}\n")
     return "\n".join(blocks) if blocks else "No results yet.\n"
 
 
@@ -370,7 +345,7 @@ def main_table(summary: Sequence[dict[str, Any]]) -> str:
         rows = [row for row in summary if (row["dataset"], row["model"], row["variant"]) == group]
         dataset, model, variant = group
         budgets = unique_in_order(sorted((row["budget"], row["round"]) for row in rows))
-        header = ["method", "mode"] + [_percent(b) + (" (initial)" if r == 0 else "") for b, r in budgets]
+        header = ["method", "mode"] + [percent(b) + (" (initial)" if r == 0 else "") for b, r in budgets]
         by_cell = {(row["method"], row["mode"], row["budget"], row["round"]): row for row in rows}
         table = [header]
         for method, mode in unique_in_order((row["method"], row["mode"]) for row in rows):
@@ -381,7 +356,7 @@ def main_table(summary: Sequence[dict[str, Any]]) -> str:
             )
         widths = [max(len(line[i]) for line in table) for i in range(len(header))]
         title = (
-            f"{dataset_title(dataset)} / {_column_name(model, variant)}: mIoU (%), "
+            f"{dataset_title(dataset)} / {column_name(model, variant)}: mIoU (%), "
             f"mean±std over {_seeds_note(row['n'] for row in rows)}"
         )
         text = [title] + ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table]
@@ -398,47 +373,44 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=+-]+", "_", text).strip("_")
 
 
-def _figure_name(dataset: str, model: str, variant: str) -> str:
-    parts = ["miou_vs_budget", _slug(dataset), _slug(model)] + ([_slug(variant)] if variant else [])
+def _figure_name(dataset: str, model: str, variant: str, metric: Metric = MIOU) -> str:
+    stem = "miou" if metric.key == "miou" else _slug(metric.key)
+    parts = [f"{stem}_vs_budget", _slug(dataset), _slug(model)] + ([_slug(variant)] if variant else [])
     return "_".join(parts) + ".png"
 
 
-def _plot(rows: Sequence[dict[str, Any]], title: str, path: str) -> None:
-    """mIoU (%) against the labeled share of the pool (%), a line and a std band per (method, mode)."""
+def _plot(rows: Sequence[dict[str, Any]], title: str, path: str, metric: Metric = MIOU) -> None:
+    """``metric`` against the labeled share of the pool (%), a line and a std band per (method, mode)."""
     # Agg canvas on a bare Figure: renders headless without switching the process-wide backend
     # (matplotlib.use would change it for a notebook that imports this), and pyplot never holds
     # the figure, so nothing stays open after saving.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(6.4, 4.4))
+    lines = unique_in_order((row["method"], row["mode"]) for row in rows)
+    figure = Figure(figsize=(6.4, 4.6 + 0.22 * ((len(lines) + 1) // 2)), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     methods = unique_in_order(row["method"] for row in rows)
-    for method, mode in unique_in_order((row["method"], row["mode"]) for row in rows):
-        line = sorted(
-            (row for row in rows if (row["method"], row["mode"]) == (method, mode)), key=lambda row: row["budget"]
-        )
+    modes = unique_in_order(row["mode"] for row in rows)
+    styles = ["--", "-", ":", "-."]  # one per training mode, standard dashed
+    for method, mode in lines:
+        line = sorted((r for r in rows if (r["method"], r["mode"]) == (method, mode)), key=lambda r: r["budget"])
         x = np.array([row["budget"] * 100 for row in line])
-        mean = np.array([row["mean"] * 100 for row in line])
-        std = np.array([row["std"] * 100 for row in line])
-        color = f"C{methods.index(method) % 10}"  # one colour per method, both modes
-        axes.plot(
-            x,
-            mean,
-            color=color,
-            linestyle="-" if mode == "uaal" else "--",
-            marker="o",
-            markersize=4,
-            label=f"{method_title(method)} ({MODE_NAMES.get(mode, mode)})",
-        )
+        mean = np.array([row["mean"] * metric.scale for row in line])
+        std = np.array([row["std"] * metric.scale for row in line])
+        color = f"C{methods.index(method) % 10}"  # one colour per method, every mode
+        axes.plot(x, mean, color=color, linestyle=styles[modes.index(mode) % len(styles)], marker="o", markersize=4,
+                  label=f"{method_title(method)} ({MODE_NAMES.get(mode, mode)})")  # fmt: skip
         axes.fill_between(x, mean - std, mean + std, color=color, alpha=0.12, linewidth=0)
+    budgets = sorted({row["budget"] * 100 for row in rows})
+    axes.set_xticks(budgets, [f"{b:g}" for b in budgets])  # the budgets themselves, not round numbers
     axes.set_xlabel("labeled fraction of the pool (%)")
-    axes.set_ylabel("mIoU (%)")
+    axes.set_ylabel(metric.label)
     axes.set_title(title)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
+    # Below the axes, where it covers no line and no band.
+    figure.legend(loc="outside lower center", ncols=2, fontsize="small", frameon=False)
     figure.savefig(path, dpi=120)
 
 
@@ -462,47 +434,70 @@ def _progress(experiment: Experiment) -> str:
     return f"{done} of {total} rounds evaluated"
 
 
+def _quality_metrics(experiments: Sequence[Experiment]) -> list[Metric]:
+    """The uncertainty-quality columns the runs recorded (the evaluated model's, then a selector's)."""
+    keys = unique_in_order(key for e in experiments for row in e.rows for key in row if key.endswith("_auroc"))
+    return [
+        quality_metric(key.removeprefix("selector_")[: -len("_auroc")], key.startswith("selector_")) for key in keys
+    ]
+
+
+def _write_csv(path: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)  # floats as repr: full precision
+
+
 def write_report(paths: Sequence[PathLike], out_dir: PathLike) -> dict[str, str]:
     """Writes the report of the experiments at or below ``paths`` into ``out_dir``.
 
-    Files: ``report.md`` (tables, figures, one line per experiment), ``summary.csv``
-    (:func:`summarize`'s rows, mIoU as fractions), ``runs.csv`` (every per-seed row with its
-    experiment folder and variant) and ``miou_vs_budget_<dataset>_<model>[_<variant>].png`` per
-    dataset, model and variant. Returns ``{name: path}`` of what was written ("report",
-    "summary", "runs", and each figure's file name without ``.png``).
+    Files: ``report.md`` (tables, paired differences, uncertainty quality, selection costs,
+    figures, one line per experiment), ``summary.csv`` (:func:`summarize`'s rows for mIoU and
+    every recorded quality metric, as fractions), ``paired.csv`` (every paired difference),
+    ``runs.csv`` (every per-seed row with its experiment folder and variant) and
+    ``<metric>_vs_budget_<dataset>_<model>[_<variant>].png`` per metric, dataset, model and variant.
+    Returns ``{name: path}`` of what was written ("report", "summary", "paired", "runs", and each
+    figure's file name without ``.png``).
     """
     experiments = load_experiments(paths)
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    summary = summarize(experiments)
     labels = variant_labels(experiments)
+    metrics = [MIOU, *_quality_metrics(experiments)]
+    summaries = {metric.key: summarize(experiments, metric.key) for metric in metrics}
+    comparisons = {metric.key: paired_comparisons(seed_cells(experiments, metric.key)) for metric in metrics}
     written: dict[str, str] = {}
 
     written["summary"] = os.path.join(out_dir, "summary.csv")
-    with open(written["summary"], "w", newline="", encoding="utf-8") as file:
-        writer = csv.DictWriter(file, fieldnames=_SUMMARY_COLUMNS)
-        writer.writeheader()
-        writer.writerows(summary)  # floats as repr: full precision
-
+    _write_csv(written["summary"], [{"metric": key, **row} for key, rows in summaries.items() for row in rows],
+               ("metric",) + _SUMMARY_COLUMNS)  # fmt: skip
+    written["paired"] = os.path.join(out_dir, "paired.csv")
+    _write_csv(written["paired"], [{"metric": key, **row} for key, rows in comparisons.items() for row in rows],
+               ("metric", "dataset", "model", "variant", "method", "mode", "round", "budget", "comparison", "mean",
+                "low", "high", "n", "excludes_zero"))  # fmt: skip
     written["runs"] = os.path.join(out_dir, "runs.csv")
-    with open(written["runs"], "w", newline="", encoding="utf-8") as file:
-        writer = csv.DictWriter(file, fieldnames=("experiment", "variant") + _ROW_KEYS, extrasaction="ignore")
-        writer.writeheader()
-        for experiment, label in zip(experiments, labels):
-            for row in experiment.rows:
-                writer.writerow({"experiment": experiment.path, "variant": label, **row})
+    all_rows = [
+        {"experiment": e.path, "variant": label, **row} for e, label in zip(experiments, labels) for row in e.rows
+    ]
+    extra = unique_in_order(key for row in all_rows for key in row if key not in _ROW_KEYS)
+    _write_csv(
+        written["runs"],
+        all_rows,
+        ("experiment", "variant", *_ROW_KEYS, *[k for k in extra if k != "experiment" and k != "variant"]),
+    )
 
     figures = []
-    for dataset, model, variant in unique_in_order((row["dataset"], row["model"], row["variant"]) for row in summary):
-        name = _figure_name(dataset, model, variant)
-        title = f"{dataset_title(dataset)}, {_column_name(model, variant)}"
-        _plot(
-            [row for row in summary if (row["dataset"], row["model"], row["variant"]) == (dataset, model, variant)],
-            title,
-            os.path.join(out_dir, name),
-        )
-        written[name[: -len(".png")]] = os.path.join(out_dir, name)
-        figures.append((title, name))
+    for metric in metrics:
+        summary = summaries[metric.key]
+        for group in unique_in_order((row["dataset"], row["model"], row["variant"]) for row in summary):
+            dataset, model, variant = group
+            name = _figure_name(dataset, model, variant, metric)
+            title = f"{dataset_title(dataset)}, {column_name(model, variant)}"
+            rows = [row for row in summary if (row["dataset"], row["model"], row["variant"]) == group]
+            _plot(rows, title, os.path.join(out_dir, name), metric)
+            written[name[: -len(".png")]] = os.path.join(out_dir, name)
+            figures.append((metric, title, name))
 
     unfinished = sum(not e.finished for e in experiments)
     text = ["# Active-learning report", ""]
@@ -511,8 +506,12 @@ def write_report(paths: Sequence[PathLike], out_dir: PathLike) -> dict[str, str]
         text += [f"{count}, **{unfinished} unfinished**: their cells hold the rounds evaluated so far.", ""]
     else:
         text += [f"{count}, all finished.", ""]
-    text += [markdown_tables(summary), "## mIoU against budget", ""]
-    text += [f"![{title}]({name})\n" for title, name in figures]
+    text += [markdown_tables(summaries["miou"]), "## Paired differences", "", paired_markdown(comparisons["miou"])]
+    for metric in metrics[1:]:
+        text += [f"## {metric.label}", "", markdown_tables(summaries[metric.key], metric, heading="### ")]
+        text += [paired_markdown(comparisons[metric.key], metric, heading="#### ")]
+    text += ["## Selection cost", "", costs_markdown(selection_costs(all_rows))]
+    text += ["## Figures", ""] + [f"![{metric.label}: {title}]({name})\n" for metric, title, name in figures]
     text += ["## Experiments", ""]
     for experiment, label in zip(experiments, labels):
         details = ["finished" if experiment.finished else f"unfinished ({_progress(experiment)})"]

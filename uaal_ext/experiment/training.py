@@ -40,6 +40,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +52,7 @@ from tqdm import tqdm
 
 from .._validation import changed_keys, check_int, is_int, is_number
 from ..loss import NORMALIZE_MODES, UAALLoss
-from ..metrics import ConfusionMatrix, SegmentationMetrics
+from ..metrics import ConfusionMatrix, SegmentationMetrics, UncertaintyQuality
 from ..schedules import SCHEDULES
 from ..uncertainty import UncertaintySource, record_dropout, uncertainty_source_class, uncertainty_source_names
 from .files import atomic_write
@@ -91,6 +92,7 @@ class TrainConfig:
     schedule: str = "constant"  # uaal mode: alpha(t) over training, one of uaal_ext.SCHEDULES
     normalize: str = "scale"  # uaal mode: u = U / scale ("scale": eta, log C, 1), or U / its "mean" / per-image "max"
     s_max: float | None = None  # uaal mode: cap on u ** exponent (None: no cap)
+    normalize_by_weight: bool = False  # uaal mode: the mean divides by sum(c_y * w), so weighting adds no step size
     eta: float = 0.01  # kernel noise: relative weight-noise size, also its uncertainty scale
     num_samples: int = 5  # kernel noise: K perturbed passes; mc_dropout: T stochastic passes
     ignore_index: int = 255  # label value of unlabeled pixels
@@ -133,7 +135,7 @@ class TrainConfig:
             fail("eta", "a finite number > 0 (it divides sigma)")
         if not is_int(self.ignore_index):
             fail("ignore_index", "an int")
-        for key in ("amp", "channels_last"):
+        for key in ("amp", "channels_last", "normalize_by_weight"):
             if not isinstance(getattr(self, key), bool):
                 fail(key, "True or False")
         if not is_int(self.num_workers) or self.num_workers < 0:
@@ -161,7 +163,7 @@ class CheckpointError(RuntimeError):
 
 
 # The TrainConfig fields UAALLoss takes under the same name.
-_LOSS_OPTIONS = ("ignore_index", "alpha", "exponent", "schedule", "normalize", "s_max")
+_LOSS_OPTIONS = ("ignore_index", "alpha", "exponent", "schedule", "normalize", "s_max", "normalize_by_weight")
 
 
 def make_criterion(config: TrainConfig) -> tuple[UAALLoss, UncertaintySource | None]:
@@ -353,27 +355,56 @@ def evaluate(
     batch_size: int = 8,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    quality_sources: Sequence[str | UncertaintySource] = (),
+    eta: float = 0.01,
+    num_samples: int = 5,
+    seed: int = 0,
 ) -> SegmentationMetrics:
-    """mIoU, per-class IoU and accuracies of ``model``'s argmax predictions on ``dataset``.
+    """mIoU, per-class IoU and accuracies of ``model``'s argmax predictions on ``dataset``, and how
+    well each of ``quality_sources`` finds the model's errors.
+
+    ``quality_sources``: uncertainty sources (registered names, or sources already built) whose maps
+    are judged as detectors of the model's own errors (:class:`uaal_ext.metrics.UncertaintyQuality`:
+    AUROC, AUPR, and the ECE of the softmax confidence); names are built with ``eta``,
+    ``num_samples`` and ``seed`` as training builds them. Every source measures the eval-mode model
+    whose predictions are scored. The results are in ``metrics.uncertainty_quality[name]``.
 
     Runs in eval mode under ``torch.no_grad`` and restores every module's training flag afterwards.
     """
     check_int("evaluate: num_classes", num_classes, low=1)
     check_int("evaluate: batch_size", batch_size, low=1)
+    sources = {}
+    for item in quality_sources:
+        source = (
+            item
+            if isinstance(item, UncertaintySource)
+            else uncertainty_source_class(item).for_training(eta=eta, num_samples=num_samples, seed=seed)
+        )
+        sources[source.name] = source
     device = torch.device(device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda")
     confusion = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
+    qualities = {name: UncertaintyQuality(ignore_index=ignore_index) for name in sources}
     modes = {m: m.training for m in model.modules()}
     model.to(device).eval()
     try:
         with torch.no_grad():
             for images, labels in tqdm(loader, disable=not progress, desc="evaluate", dynamic_ncols=True):
-                logits = model(images.to(device, non_blocking=True))  # (N, C, H, W)
-                confusion.update(logits.argmax(dim=1), labels.to(device, non_blocking=True))
+                images = images.to(device, non_blocking=True)
+                labels = labels.to(device, non_blocking=True)
+                logits = model(images)  # (N, C, H, W)
+                prediction = logits.argmax(dim=1)
+                confusion.update(prediction, labels)
+                if sources:
+                    confidence = torch.softmax(logits.float(), dim=1).amax(dim=1)
+                    for name, source in sources.items():
+                        _, uncertainty = source(model, images, clean_logits=logits)
+                        qualities[name].update(uncertainty, prediction, labels, confidence)
     finally:
         for m, training in modes.items():
             m.training = training
-    return confusion.compute()
+    metrics = confusion.compute()
+    return dataclasses.replace(metrics, uncertainty_quality={name: q.compute() for name, q in qualities.items()})
 
 
 # ---------------------------------------------------------------------------------------------------

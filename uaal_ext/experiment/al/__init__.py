@@ -2,13 +2,14 @@
 (:mod:`.state`: ``RunState``, ``RoundState``, the file's name and format), the experiment's splits
 (:mod:`.datasets`) and the loop (:mod:`.loop`)."""
 
-from .config import RETRAIN, RUNTIME_KEYS, ExperimentConfig, apply_overrides, load_config, parse_value
+from .config import AL_MODES, RETRAIN, RUNTIME_KEYS, ExperimentConfig, apply_overrides, load_config, parse_value
 from .datasets import Datasets, build_datasets
 from .loop import ActiveLearningLoop, budget_sizes, derive_seed, load_round_model, run_experiment
 from .state import ExperimentState, RoundStatus, StateError, load_state, run_key
 
 __all__ = [
     "ExperimentConfig",
+    "AL_MODES",
     "RETRAIN",
     "RUNTIME_KEYS",
     "load_config",

@@ -15,11 +15,16 @@ from ...schedules import SCHEDULES
 from ...uncertainty import uncertainty_source_names
 from ..data import dataset_names, dataset_spec
 from ..models import MODELS
-from ..training import MODES, RUNTIME_FIELDS, TrainConfig
+from ..training import RUNTIME_FIELDS, TrainConfig
 
-__all__ = ["ExperimentConfig", "RETRAIN", "RUNTIME_KEYS", "load_config", "apply_overrides", "parse_value"]
+__all__ = ["ExperimentConfig", "AL_MODES", "RETRAIN", "RUNTIME_KEYS", "load_config", "apply_overrides", "parse_value"]
 
 RETRAIN = ("scratch", "finetune")
+#: The training modes an experiment compares, as (how the selector trains, how the evaluated model --
+#: the learner -- trains). The selector is the model whose uncertainty picks the next round's images.
+#: "uaal_select" isolates what UAAL training does for selection: a UAAL-trained model selects, a
+#: standard-trained one learns from what it selected and is evaluated.
+AL_MODES = {"standard": ("standard", "standard"), "uaal": ("uaal", "uaal"), "uaal_select": ("uaal", "standard")}
 #: Config keys that say where and how fast an experiment runs, not what it computes: a resumed run
 #: may change them.
 RUNTIME_KEYS = (*RUNTIME_FIELDS, "eval_batch_size")
@@ -41,13 +46,14 @@ class ExperimentConfig:
     weights: str | None = None  # local weights file to start every model from (None: random init)
     # --- active learning
     methods: tuple[str, ...] = ("random", "entropy", "mc_entropy", "noise_stability")  # registered acquisition methods
-    modes: tuple[str, ...] = ("standard", "uaal")  # training modes compared
+    modes: tuple[str, ...] = ("standard", "uaal")  # training modes compared: "standard" | "uaal" | "uaal_select"
     initial_fraction: float = 0.05  # random labeled share of the pool before round 1
-    budgets: tuple[float, ...] = (0.10, 0.20)  # labeled share of the pool after rounds 1, 2, ...
+    budgets: tuple[float, ...] = (0.10, 0.20)  # labeled share after rounds 1, 2, ... ([]: train round 0 only)
     seeds: tuple[int, ...] = (0, 1)  # one full repetition per seed (mean +- std over them)
     retrain: str = "scratch"  # each round: "scratch" (fresh init) | "finetune" (previous weights)
     reduction: str = "mean"  # per-image aggregation of pixel scores
     acquisition_samples: int | None = None  # T of MC-Dropout / K of Noise Stability when scoring (None: 10 / 5)
+    quality_sources: tuple[str, ...] = ("entropy",)  # uncertainty maps judged as error detectors at each evaluation
     # --- training (see uaal_ext.experiment.training.TrainConfig)
     epochs: int = 20  # epochs per round (ignored when iterations is set)
     iterations: int | None = None  # optimizer steps per round, whatever the labeled-set size
@@ -62,6 +68,7 @@ class ExperimentConfig:
     schedule: str = "constant"  # uaal mode: one of uaal_ext.SCHEDULES
     normalize: str = "scale"  # uaal mode: u = U / eta (kernel noise) | U / its batch "mean" | per-image "max"
     s_max: float | None = None  # uaal mode: cap on u ** exponent (None: no cap)
+    normalize_by_weight: bool = False  # uaal mode: the mean divides by sum(w), so weighting adds no step size
     eta: float = 0.01  # kernel-noise size (training and Noise Stability scoring)
     num_samples: int = 5  # uaal mode: K kernel-noise / T MC-Dropout passes per step
     amp: bool = True  # float16 autocast on CUDA
@@ -72,7 +79,7 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         # YAML and --set give lists; keep tuples so configs compare and hash alike.
-        for key in ("image_size", "scale_range", "methods", "modes", "budgets", "seeds"):
+        for key in ("image_size", "scale_range", "methods", "modes", "budgets", "seeds", "quality_sources"):
             value = getattr(self, key)
             if isinstance(value, list):
                 setattr(self, key, tuple(value))
@@ -94,7 +101,7 @@ class ExperimentConfig:
         ):
             if getattr(self, key) not in allowed:
                 fail(key, f"one of {allowed}")
-        for key, allowed in (("methods", method_names()), ("modes", MODES)):
+        for key, allowed in (("methods", method_names()), ("modes", tuple(AL_MODES))):
             value = getattr(self, key)
             if (
                 not isinstance(value, tuple)
@@ -139,11 +146,13 @@ class ExperimentConfig:
         fractions = (self.initial_fraction,) + (self.budgets if isinstance(self.budgets, tuple) else ())
         if not (
             isinstance(self.budgets, tuple)
-            and self.budgets
             and all(is_number(b) and 0 < b <= 1 for b in self.budgets)
             and all(a < b for a, b in zip(fractions, fractions[1:]))
         ):
-            fail("budgets", "a non-empty increasing list of fractions in (initial_fraction, 1]")
+            fail("budgets", "an increasing list of fractions in (initial_fraction, 1] ([]: round 0 only)")
+        sources = uncertainty_source_names()
+        if not isinstance(self.quality_sources, tuple) or any(s not in sources for s in self.quality_sources):
+            fail("quality_sources", f"a list of values from {sources}")
         if not (
             isinstance(self.seeds, tuple)
             and self.seeds

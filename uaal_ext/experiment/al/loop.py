@@ -52,7 +52,7 @@ from ...acquisition import make_method, select_from_pool
 from ..data import dataset_spec
 from ..models import build_model, load_weights, save_weights
 from ..training import evaluate, train
-from .config import RUNTIME_KEYS, ExperimentConfig
+from .config import AL_MODES, RUNTIME_KEYS, ExperimentConfig
 from .datasets import IndexedImages, build_datasets
 from .state import (
     INITIAL,
@@ -117,10 +117,13 @@ def load_round_model(
     *,
     state: ExperimentState | None = None,
     device: str | torch.device = "cpu",
+    selector: bool = False,
 ) -> nn.Module:
     """The model trained in round ``round_index`` (default: the last trained) of one run, in eval mode.
 
-    ``method=None`` (or round 0) is the shared initial model of the seed and mode.
+    ``method=None`` (or round 0) is the shared initial model of the seed and mode. ``selector``: in
+    a mode whose selector and learner differ (``"uaal_select"``), the model that selected rather than
+    the one evaluated.
     """
     out_dir = os.fspath(out_dir)
     state = load_state(out_dir) if state is None else state
@@ -135,7 +138,7 @@ def load_round_model(
     if not trained:
         raise ValueError(f"run {key!r} of {out_dir!r} has no trained round {round_index}")
     model = new_model(config, dataset_spec(config.dataset).num_classes, seed)
-    model = _load_round_weights(model, os.path.join(out_dir, trained[-1].checkpoint))
+    model = _load_round_weights(model, os.path.join(out_dir, trained[-1].selector_weights(selector)))
     return model.to(device).eval()
 
 
@@ -143,22 +146,27 @@ def _result_rows(config: ExperimentConfig, run: RunState, entry: RoundState) -> 
     """The report rows of an evaluated round: one per method (round 0 is every method's start)."""
     methods = config.methods if run.method == INITIAL else (run.method,)
     metrics = entry.metrics or {}
-    return [
-        {
-            "dataset": config.dataset,
-            "model": config.model,
-            "method": method,
-            "mode": run.mode,
-            "seed": run.seed,
-            "round": entry.round,
-            "budget": entry.budget,
-            "num_labeled": entry.num_labeled,
-            "miou": metrics["miou"],
-            "pixel_accuracy": metrics["pixel_accuracy"],
-            "mean_class_accuracy": metrics["mean_class_accuracy"],
-        }
-        for method in methods
-    ]
+    row: dict[str, Any] = {
+        "dataset": config.dataset,
+        "model": config.model,
+        "mode": run.mode,
+        "seed": run.seed,
+        "round": entry.round,
+        "budget": entry.budget,
+        "num_labeled": entry.num_labeled,
+        "miou": metrics["miou"],
+        "pixel_accuracy": metrics["pixel_accuracy"],
+        "mean_class_accuracy": metrics["mean_class_accuracy"],
+    }
+    for prefix, measured in (("", metrics), ("selector_", entry.selector_metrics or {})):
+        for source, quality in measured.get("uncertainty_quality", {}).items():
+            row[f"{prefix}{source}_auroc"] = quality["auroc"]
+            row[f"{prefix}{source}_aupr"] = quality["aupr"]
+            row[f"{prefix}ece"] = quality["ece"]  # the softmax's, whichever source
+    if entry.select_images:
+        row["select_ms_per_image"] = 1000 * entry.select_seconds / entry.select_images
+        row["select_forwards_per_image"] = (entry.select_forwards or 0) / entry.select_images
+    return [{"method": method, **row} for method in methods]
 
 
 class ActiveLearningLoop:
@@ -221,7 +229,7 @@ class ActiveLearningLoop:
                 self.initial_set(seed)
                 for mode in self.config.modes:
                     start = self.step(self.state.run(seed, mode, None), 0, previous=None)
-                    for method in self.config.methods:
+                    for method in self.config.methods if self.config.budgets else ():  # []: round 0 only
                         run, previous = self.state.run(seed, mode, method), start
                         for r in range(1, len(self.config.budgets) + 1):
                             previous = self.step(run, r, previous)
@@ -261,6 +269,7 @@ class ActiveLearningLoop:
         """Records round ``r``'s labeled set: the initial set (round 0), else the previous round's plus
         the images the run's method picks with the previous round's model."""
         tick = time.perf_counter()
+        cost: dict[str, int] = {}
         if previous is None:
             labeled = list(self.state.initial[str(run.seed)])
             added = list(labeled)
@@ -274,7 +283,7 @@ class ActiveLearningLoop:
             )
             model: nn.Module = nn.Identity()  # a method that runs no pass needs no model
             if method.passes.runs_model:
-                model = self._round_model(run.seed, previous).to(self.config.device)
+                model = self._round_model(run.seed, previous, selector=True).to(self.config.device)
             self.bar.set_postfix_str(f"{run.key} round {r}: selecting with {run.method}")
             added = select_from_pool(
                 model,
@@ -285,6 +294,8 @@ class ActiveLearningLoop:
                 progress=self.progress,
             )
             labeled = sorted(previous.labeled + added)
+            scored = self.state.pool_size - len(previous.labeled)  # every unlabeled image (k-center: all)
+            cost = {"select_images": scored, "select_forwards": scored * method.forwards_per_image()}
         if len(set(labeled)) != len(labeled) or len(labeled) != self.sizes[r]:
             raise RuntimeError(
                 f"{run.key} round {r}: the labeled set has {len(labeled)} ids, "
@@ -297,54 +308,81 @@ class ActiveLearningLoop:
             labeled=labeled,
             added=added,
             select_seconds=time.perf_counter() - tick,
+            **cost,
         )
         run.rounds.append(entry)
         self.save()
         return entry
 
     def train(self, run: RunState, entry: RoundState, previous: RoundState | None) -> None:
-        """Trains the round's model on its labeled set (resumable from its epoch checkpoint)."""
+        """Trains the round's models on its labeled set (each resumable from its epoch checkpoint):
+        the learner, and the selector too when the mode's selector trains another way."""
+        r = entry.round
+        selector_mode, learner_mode = AL_MODES[run.mode]
+        folder = os.path.join("checkpoints", run.key)
+        self.bar.set_postfix_str(f"{run.key} round {r}: training on {entry.num_labeled} images")
+        weights, epochs, result = self._train_model(run, entry, previous, learner_mode, folder, "")
+        entry.checkpoint, entry.epochs, entry.steps = weights, epochs, result.steps
+        entry.train_seconds = result.wall_time
+        entry.final_loss = result.losses[-1] if result.losses else None
+        if selector_mode != learner_mode:
+            self.bar.set_postfix_str(f"{run.key} round {r}: training the selector ({selector_mode})")
+            entry.selector_checkpoint, _, result = self._train_model(
+                run, entry, previous, selector_mode, folder, ".selector"
+            )
+            entry.train_seconds += result.wall_time
+        entry.status = RoundStatus.TRAINED
+        self.save()
+        for suffix in ("", ".selector"):  # the weights files have what later rounds need
+            training_checkpoint = os.path.join(self.out_dir, folder, f"round{r}{suffix}.train.pt")
+            if os.path.exists(training_checkpoint):
+                os.remove(training_checkpoint)
+
+    def _train_model(
+        self, run: RunState, entry: RoundState, previous: RoundState | None, mode: str, folder: str, suffix: str
+    ):
+        """One model of the round trained in ``mode``; returns its weights file, epochs and TrainResult."""
         config, r = self.config, entry.round
         model = new_model(config, self.data.num_classes, run.seed)
         if config.retrain == "finetune" and previous is not None:
-            _load_round_weights(model, os.path.join(self.out_dir, previous.checkpoint))
+            _load_round_weights(model, os.path.join(self.out_dir, previous.selector_weights(bool(suffix))))
         epochs = epochs_for(config, entry.num_labeled)
-        train_config = dataclasses.replace(
-            config.train_config(derive_seed(run.seed, "train", r), epochs), mode=run.mode
-        )
-        folder = os.path.join("checkpoints", run.key)
-        training_checkpoint = os.path.join(self.out_dir, folder, f"round{r}.train.pt")
-        self.bar.set_postfix_str(f"{run.key} round {r}: training on {entry.num_labeled} images")
+        train_config = dataclasses.replace(config.train_config(derive_seed(run.seed, "train", r), epochs), mode=mode)
         result = train(
             model,
             Subset(self.data.pool_train, entry.labeled),
             train_config,
-            checkpoint_path=training_checkpoint,
+            checkpoint_path=os.path.join(self.out_dir, folder, f"round{r}{suffix}.train.pt"),
             progress=self.progress,
         )
-        weights = os.path.join(folder, f"round{r}.pt")
+        weights = os.path.join(folder, f"round{r}{suffix}.pt")
         save_weights(model, os.path.join(self.out_dir, weights))
-        entry.status, entry.checkpoint, entry.epochs, entry.steps = RoundStatus.TRAINED, weights, epochs, result.steps
-        entry.train_seconds = result.wall_time
-        entry.final_loss = result.losses[-1] if result.losses else None
-        self.save()
-        if os.path.exists(training_checkpoint):
-            os.remove(training_checkpoint)  # the weights file has what later rounds need
+        return weights, epochs, result
 
     def evaluate(self, run: RunState, entry: RoundState) -> None:
-        """Evaluates the round's model on the validation split, then :meth:`record`\\ s it."""
+        r"""Evaluates the round's model (and a separate selector) on the validation split: mIoU and how
+        well each of ``quality_sources`` finds the model's errors; then :meth:`record`\ s it."""
         self.bar.set_postfix_str(f"{run.key} round {entry.round}: evaluating")
-        model = self._round_model(run.seed, entry)
+        entry.metrics = self._evaluate(run, entry, selector=False)
+        if entry.selector_checkpoint is not None:
+            entry.selector_metrics = self._evaluate(run, entry, selector=True)
+        self.record(run, entry)
+
+    def _evaluate(self, run: RunState, entry: RoundState, selector: bool) -> dict[str, Any]:
+        config = self.config
         metrics = evaluate(
-            model,
+            self._round_model(run.seed, entry, selector=selector),
             self.data.val,
             self.data.num_classes,
             ignore_index=self.data.ignore_index,
-            batch_size=self.config.eval_batch_size,
-            device=self.config.device,
+            batch_size=config.eval_batch_size,
+            device=config.device,
+            quality_sources=config.quality_sources,
+            eta=config.eta,
+            num_samples=config.num_samples,
+            seed=derive_seed(run.seed, "quality", entry.round),
         )
-        entry.metrics = metrics.as_dict()
-        self.record(run, entry)
+        return metrics.as_dict()
 
     def record(self, run: RunState, entry: RoundState) -> None:
         """Marks the round done, adds its report rows and saves the state."""
@@ -359,9 +397,9 @@ class ActiveLearningLoop:
 
     # ---- helpers ------------------------------------------------------------------------------------
 
-    def _round_model(self, seed: int, entry: RoundState) -> nn.Module:
+    def _round_model(self, seed: int, entry: RoundState, selector: bool = False) -> nn.Module:
         model = new_model(self.config, self.data.num_classes, seed)
-        return _load_round_weights(model, os.path.join(self.out_dir, entry.checkpoint))
+        return _load_round_weights(model, os.path.join(self.out_dir, entry.selector_weights(selector)))
 
     def save(self) -> None:
         self.state.save(self.out_dir)

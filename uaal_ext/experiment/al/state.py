@@ -59,8 +59,17 @@ class RoundState:
     metrics: dict[str, Any] | None = None  # SegmentationMetrics.as_dict() of the validation split
     epochs: int | None = None
     steps: int | None = None
-    train_seconds: float | None = None
+    train_seconds: float | None = None  # every model the round trained
     final_loss: float | None = None
+    select_images: int | None = None  # pool images the selection ran its passes on
+    select_forwards: int | None = None  # forward passes it ran over them
+    # Modes whose selector trains another way than the evaluated model (learner): the selector's.
+    selector_checkpoint: str | None = None
+    selector_metrics: dict[str, Any] | None = None
+
+    def selector_weights(self, selector: bool = True) -> str:
+        """The weights that select the next round's images (``selector``), or the evaluated ones."""
+        return self.selector_checkpoint if selector and self.selector_checkpoint else self.checkpoint
 
     def to_json(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
