@@ -478,3 +478,67 @@ def test_cli_help_and_info(capsys):
     assert main(["info"]) == 0
     info = capsys.readouterr().out
     assert "kernels" in info and "cpu" in info and torch.__version__ in info
+
+
+# ---------------------------------------------------------------------------------------------------
+# Modes, uncertainty quality, selection cost, training-only experiments
+
+
+def test_uaal_select_mode_selects_with_the_uaal_model_and_evaluates_the_standard_one(tmp_path, monkeypatch):
+    trained_modes = []
+    original = al_loop.train
+
+    def spy(model, dataset, config, **kwargs):
+        trained_modes.append((os.path.basename(kwargs["checkpoint_path"]), config.mode))
+        return original(model, dataset, config, **kwargs)
+
+    monkeypatch.setattr(al_loop, "train", spy)
+    config = tiny_config(methods=("entropy",), modes=("uaal_select",), seeds=(0,), budgets=(0.1,))
+    state = run_experiment(config, tmp_path, progress=False)
+    assert trained_modes == [("round0.train.pt", "standard"), ("round0.selector.train.pt", "uaal"),
+                             ("round1.train.pt", "standard"), ("round1.selector.train.pt", "uaal")]  # fmt: skip
+    first = state.runs[run_key(0, "uaal_select", None)].round(0)
+    assert first.selector_checkpoint.endswith("round0.selector.pt") and first.selector_metrics["miou"] >= 0
+    # Round 1's picks are the top-entropy images of the UAAL selector, not of the standard learner.
+    loader = torch.utils.data.DataLoader(al.datasets.IndexedImages(al.build_datasets(config).pool_eval), batch_size=8)
+    k = state.budget_sizes[1] - len(first.labeled)
+    selector = al.load_round_model(tmp_path, 0, "uaal_select", None, 0, selector=True)
+    learner = al.load_round_model(tmp_path, 0, "uaal_select", None, 0)
+    by_selector = select_from_pool(selector, loader, "entropy", k, exclude=first.labeled, progress=False)
+    by_learner = select_from_pool(learner, loader, "entropy", k, exclude=first.labeled, progress=False)
+    assert state.runs[run_key(0, "uaal_select", "entropy")].round(1).added == by_selector != by_learner
+    row = [r for r in state.results if r["round"] == 1][0]
+    assert {"entropy_auroc", "selector_entropy_auroc", "ece", "selector_ece"} <= set(row)
+
+
+def test_quality_and_selection_cost_are_recorded(tmp_path):
+    config = tiny_config(methods=("random", "mc_entropy"), modes=("standard",), seeds=(0,), budgets=(0.1,),
+                         quality_sources=("entropy", "mc_dropout"))  # fmt: skip
+    state = run_experiment(config, tmp_path, progress=False)
+    for method, forwards in (("random", 0), ("mc_entropy", config.acquisition_samples)):
+        entry = state.runs[run_key(0, "standard", method)].round(1)
+        assert entry.select_images == config.pool_size - state.budget_sizes[0]
+        assert entry.select_forwards == forwards * entry.select_images
+        quality = entry.metrics["uncertainty_quality"]
+        assert set(quality) == {"entropy", "mc_dropout"} and 0 <= quality["entropy"]["auroc"] <= 1
+        (row,) = [r for r in state.results if r["method"] == method and r["round"] == 1]
+        assert row["select_forwards_per_image"] == forwards and row["select_ms_per_image"] > 0
+        assert row["entropy_auroc"] == quality["entropy"]["auroc"] and "mc_dropout_auroc" in row
+
+
+def test_an_experiment_without_budgets_trains_round_zero_only(tmp_path):
+    config = tiny_config(
+        methods=("random",), modes=("standard", "uaal"), seeds=(0, 1), budgets=(), initial_fraction=0.1
+    )
+    state = run_experiment(config, tmp_path, progress=False)
+    assert sorted(state.runs) == [run_key(s, m, None) for s in (0, 1) for m in ("standard", "uaal")]
+    assert len(state.results) == 4 and state.finished
+
+
+def test_dataset_options_reach_the_dataset(tmp_path):
+    config = tiny_config(dataset_options={"frames_per_scene": 4, "rare_scale": 0.5})
+    data = al.build_datasets(config)
+    assert data.pool_eval.frames_per_scene == 4 and data.val.frames_per_scene == 1
+    assert data.pool_eval.rare_scale == data.val.rare_scale == 0.5
+    with pytest.raises(ValueError, match="'dataset_options'.*frames_per_scene"):
+        tiny_config(dataset_options={"frames": 4})

@@ -582,3 +582,32 @@ def test_make_dataset_and_info(tmp_path):
     _ade20k(tmp_path / "ade", splits=("training", "validation"), stems=("x",))
     assert make_dataset("ade20k", "pool", root=tmp_path / "ade").split == "training"
     assert make_dataset("ade20k", "val", root=tmp_path / "ade").split == "validation"
+
+
+def test_frames_of_one_scene_are_near_duplicates():
+    pool = SyntheticScenes("pool", 24, frames_per_scene=4)
+    (first, first_label), (second, second_label) = pool.raw(0), pool.raw(1)
+    other, _ = pool.raw(4)  # the next scene
+    coarse = torch.nn.functional.avg_pool2d  # a shift of a few pixels barely moves 16x16 cell means
+
+    def distance(a, b):
+        return (coarse(a[None], 16) - coarse(b[None], 16)).abs().mean()
+
+    assert distance(first, second) < 0.5 * distance(first, other)
+    # The revealed edge of a shifted frame is ignored.
+    assert (second_label == IGNORE_INDEX).float().mean() > (first_label == IGNORE_INDEX).float().mean()
+    assert pool.raw(1)[0].equal(second) and SyntheticScenes("pool", 24, frames_per_scene=4).raw(1)[0].equal(second)
+    assert SyntheticScenes("pool", 24).raw(0)[0].equal(first)  # frame 0 is the plain scene
+
+
+def test_rare_scale_makes_people_and_signs_rarer():
+    _, common = SyntheticScenes("train", 120).class_frequencies()
+    _, rare = SyntheticScenes("train", 120, rare_scale=0.2).class_frequencies()
+    person, sign = SYNTHETIC_CLASSES.index("person"), SYNTHETIC_CLASSES.index("sign")
+    assert rare[person] < 0.5 * common[person] and rare[sign] < common[sign]
+    with pytest.raises(ValueError, match="rare_scale"):
+        SyntheticScenes("train", 2, rare_scale=1.5)
+    with pytest.raises(ValueError, match="frames_per_scene"):
+        SyntheticScenes("train", 2, frames_per_scene=0)
+    with pytest.raises(ValueError, match="takes the options"):
+        make_dataset("cityscapes", "val", root="/nowhere", frames_per_scene=2)

@@ -5,15 +5,17 @@
 # otherwise); UAAL_EXT_DISABLE_CUDA=1 builds the CPU kernels only, which is quicker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$SECONDS
+say() { echo "[bootstrap $((SECONDS - started))s] $*"; }
 
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
-  echo "[bootstrap] creating .venv with $($PYTHON --version)"
+  say "creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
 . .venv/bin/activate
 
-echo "[bootstrap] installing dependencies"
+say "installing dependencies (torch and its CUDA libraries: about 1-2 minutes on a fresh machine)"
 python -m pip install --quiet --upgrade pip
 # torch 2.14.1 is the CUDA 13.0 build the CUDA kernels compile against (nvcc 13.0).
 python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1" numpy pillow \
@@ -21,7 +23,21 @@ python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1" numpy pillow
   "scikit-build-core>=0.10" "cmake>=3.26" ninja "pytest>=8" scipy scikit-learn torchmetrics \
   "ruff==0.17.6" "clang-format==23.1.5"
 
-echo "[bootstrap] building uaal_ext (a few minutes with the CUDA kernels)"
+say "building uaal_ext (the CUDA kernels take a few minutes on 2 cores; ninja's [done/total] follows)"
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
-python -m pip install --quiet --no-build-isolation --no-deps -e .
+# Verbose build, filtered live to ninja's progress lines, so the minutes of compiling show how far
+# they are without pages of compiler command lines; the whole log is shown if the build fails.
+log=$(mktemp)
+set +e
+python -m pip install -v --no-build-isolation --no-deps -e . 2>&1 | tee "$log" \
+  | grep --line-buffered -E '^ *\[[0-9]+/[0-9]+\] ' | sed -u -E 's#^ *(\[[0-9]+/[0-9]+\]) .*(csrc/[^ ]+)\.o$#  \1 \2#; s#^ *(\[[0-9]+/[0-9]+\]) (Linking [A-Z]+ [a-z]+ library).*#  \1 \2#'
+status=${PIPESTATUS[0]}
+set -e
+if [ "$status" -ne 0 ]; then
+  cat "$log"
+  say "build failed (the full log is above)"
+  exit 1
+fi
+rm -f "$log"
 python -c "import uaal_ext, json; print('[bootstrap] built:', json.dumps(uaal_ext.build_info()))"
+say "done"

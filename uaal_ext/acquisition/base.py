@@ -103,6 +103,7 @@ class AcquisitionMethod:
 
     name: ClassVar[str] = ""  # registry key and config value, e.g. "entropy"
     display_name: ClassVar[str] = ""  # for tables and figures, e.g. "Entropy"
+    map_label: ClassVar[str] = ""  # what its pixel map measures, for colour bars (default: display_name)
     passes: ClassVar[Passes] = Passes()  # what the model must run for every pool image
     default_samples: ClassVar[int] = 1  # T or K when num_samples is None
     has_pixel_map: ClassVar[bool] = True  # False: scores whole images (random)
@@ -183,6 +184,7 @@ def register_method(cls: type[AcquisitionMethod]) -> type[AcquisitionMethod]:
         raise TypeError(f"{cls.__name__}.passes must be a Passes(...), got {cls.passes!r}")
     METHODS.add(cls.name, cls)
     cls.display_name = cls.display_name or cls.name
+    cls.map_label = cls.map_label or cls.display_name
     return cls
 
 

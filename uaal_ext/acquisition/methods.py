@@ -74,6 +74,7 @@ class Entropy(_PixelKernelMethod):
     """Softmax entropy of one clean pass."""
 
     name, display_name, passes = "entropy", "Entropy", Passes(clean=True)
+    map_label = "softmax entropy (nats)"
 
 
 @register_method
@@ -81,6 +82,7 @@ class Margin(_PixelKernelMethod):
     """One minus the gap between the two most probable classes."""
 
     name, display_name, passes = "margin", "Margin", Passes(clean=True)
+    map_label = "1 - (p top1 - p top2)"
 
 
 @register_method
@@ -88,6 +90,7 @@ class LeastConfidence(_PixelKernelMethod):
     """One minus the top class probability."""
 
     name, display_name, passes = "least_confidence", "Least confidence", Passes(clean=True)
+    map_label = "1 - p top1"
 
 
 @register_method
@@ -95,6 +98,7 @@ class MCEntropy(_PixelKernelMethod):
     """The entropy of the mean of T MC-Dropout predictions (the "MC-Dropout" method of the tables)."""
 
     name, display_name, passes, default_samples = "mc_entropy", "MC-Dropout", Passes(mc_dropout=True), 10
+    map_label = "entropy of the MC-Dropout mean (nats)"
 
 
 @register_method
@@ -102,6 +106,7 @@ class BALD(_PixelKernelMethod):
     """Mutual information between the prediction and the dropout masks, over T samples (>= 0)."""
 
     name, display_name, passes, default_samples = "bald", "BALD", Passes(mc_dropout=True), 10
+    map_label = "mutual information (nats)"
 
 
 @register_method
@@ -110,6 +115,7 @@ class NoiseStability(AcquisitionMethod):
 
     name = "noise_stability"
     display_name = "Noise Stability"
+    map_label = "mean ||p_k - p|| / ||p|| (K kernel-noise passes)"
     passes = Passes(clean=True, kernel_noise=True)
     default_samples = 5
 

@@ -48,6 +48,13 @@ def map_methods() -> tuple[str, ...]:
     return tuple(name for name in method_names() if method_class(name).has_pixel_map)
 
 
+def _map_label(method: str) -> str:
+    try:
+        return method_class(method).map_label
+    except ValueError:  # a map drawn for a name this process has not registered
+        return method
+
+
 def _check_map_method(method: object) -> str:
     if not method_class(method).has_pixel_map:
         raise ValueError(
@@ -284,6 +291,7 @@ def draw_uncertainty_maps(
                 extend="max" if clipped[method] else "neither",
             )
             bar.ax.tick_params(labelsize="small")
+            bar.set_label(_map_label(method), fontsize="small")  # what the colours measure
     if class_names is not None:
         shown = sorted(int(c) for c in torch.unique(valid_labels).tolist())
         handles = [Patch(color=colors[c], label=class_names[c] if c < len(class_names) else str(c)) for c in shown]

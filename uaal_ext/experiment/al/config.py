@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..._validation import is_int, is_number
@@ -40,6 +40,9 @@ class ExperimentConfig:
     image_size: tuple[int, int] = (64, 128)  # synthetic: rendered (H, W); every dataset: training crop
     scale_range: tuple[float, float] = (0.75, 1.5)  # random rescale of training images
     data_seed: int = 0  # synthetic: which scenes are generated
+    dataset_options: dict = field(
+        default_factory=dict
+    )  # the dataset's own, e.g. {frames_per_scene: 8, rare_scale: 0.3}
     # --- model
     model: str = "small"  # one of uaal_ext.experiment.models.MODELS
     dropout: float = 0.1  # rate of the dropout before the classifier (MC-Dropout samples it)
@@ -110,7 +113,10 @@ class ExperimentConfig:
                 or len(set(value)) != len(value)
             ):
                 fail(key, f"a non-empty list of distinct values from {allowed}")
-        generated = dataset_spec(self.dataset).generated
+        spec = dataset_spec(self.dataset)
+        generated = spec.generated
+        if not isinstance(self.dataset_options, dict) or set(self.dataset_options) - set(spec.options):
+            fail("dataset_options", f"a mapping of the options {self.dataset} takes, {list(spec.options)}")
         if not generated and not isinstance(self.root, str):
             fail("root", f"the folder of the {self.dataset} dataset (a path string)")
         for key in ("pool_size", "val_size"):

@@ -53,7 +53,7 @@ def build_datasets(config: ExperimentConfig) -> Datasets:
         crop_size=config.image_size, scale_range=config.scale_range, ignore_index=spec.ignore_index
     )
     eval_transform = EvalTransform(size_divisor=spec.eval_size_divisor, ignore_index=spec.ignore_index)
-    options = dict(root=config.root, seed=config.data_seed, image_size=config.image_size)
+    options = dict(root=config.root, seed=config.data_seed, image_size=config.image_size, **config.dataset_options)
     pool = spec.build("pool", size=config.pool_size, **options)
     val = spec.build("val", size=config.val_size, **options)
     return Datasets(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch.utils.data import Dataset
 
@@ -34,11 +35,12 @@ class DatasetSpec:
 
     name: str  # the config value, e.g. "cityscapes"
     class_names: tuple[str, ...]  # in label order; their number is the model's output channels
-    build: Builder  # build(split, *, root, size, seed, image_size) -> Dataset
+    build: Builder  # build(split, *, root, size, seed, image_size, **options) -> Dataset
     display_name: str = ""  # for tables and figure titles (default: name)
     ignore_index: int = IGNORE_INDEX  # label value of pixels that count for nothing
     generated: bool = False  # items are generated (needs a size, no root), else read from `root`
     eval_size_divisor: int = 16  # evaluation pads image sides up to multiples of this (output stride)
+    options: tuple[str, ...] = ()  # extra keyword options the builder takes (config key dataset_options)
 
     @property
     def num_classes(self) -> int:
@@ -87,17 +89,22 @@ def make_dataset(
     seed: int = 0,
     image_size: tuple[int, int] = (64, 128),
     transform: Transform | None = None,
+    **options: Any,
 ) -> Dataset:
     """Dataset ``name`` for the active-learning split ``split`` (``"train"``, ``"pool"`` or ``"val"``).
 
     Generated datasets (synthetic) use ``size`` (None: their default), ``seed`` and ``image_size``
     and ignore ``root``; the others need ``root`` and return the whole split. ``transform`` replaces
-    the default :class:`~.transforms.EvalTransform`.
+    the default :class:`~.transforms.EvalTransform`; ``options`` are the dataset's own
+    (:attr:`DatasetSpec.options`, e.g. the synthetic scenes' ``frames_per_scene``).
     """
     spec = dataset_spec(name)
     if split not in AL_SPLITS:
         raise ValueError(f"split: expected one of {AL_SPLITS}, got {split!r}")
     if not spec.generated and root is None:
         raise ValueError(f"root: dataset {name!r} needs the folder it is stored in, got None")
-    dataset = spec.build(split, root=root, size=size, seed=seed, image_size=image_size)
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise ValueError(f"dataset {name!r} takes the options {list(spec.options)}, not {unknown}")
+    dataset = spec.build(split, root=root, size=size, seed=seed, image_size=image_size, **options)
     return dataset if transform is None else with_transform(dataset, transform)

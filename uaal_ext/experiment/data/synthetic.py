@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..._validation import check_int, check_number
 from .registry import DatasetSpec, register_dataset
 from .transforms import IGNORE_INDEX, Transform, default_transform
 
@@ -100,7 +101,9 @@ class _Scene:
         return ((self.y - cy) / ry) ** 2 + ((self.x - cx) / rx) ** 2 <= 1.0
 
 
-def _render_scene(g: torch.Generator, height: int, width: int) -> tuple[Tensor, Tensor, dict[str, float]]:
+def _render_scene(
+    g: torch.Generator, height: int, width: int, rare_scale: float = 1.0
+) -> tuple[Tensor, Tensor, dict[str, float]]:
     """One street scene: image float32 (3, H, W) in [0, 1], label int64 (H, W), and its parameters.
 
     Layout: sky; a skyline of buildings and trees standing on the horizon; below it the ground
@@ -109,6 +112,7 @@ def _render_scene(g: torch.Generator, height: int, width: int) -> tuple[Tensor, 
     sizes that grow towards the bottom. Colours come from overlapping per-class distributions with
     textures and colour-only distractors; a per-image difficulty in [0, 1] sets noise, blur, contrast
     loss and clutter. Label boundaries (a pixel differing from its right or lower neighbour) are 255.
+    ``rare_scale`` multiplies how often people and signs appear (the rarest classes).
     """
     s = _Scene(g, height, width)
     H, W = float(height), float(width)
@@ -196,7 +200,7 @@ def _render_scene(g: torch.Generator, height: int, width: int) -> tuple[Tensor, 
         objects += [
             (s.uniform(horizon + 0.12 * (H - horizon), H), CAR, s.uniform(-0.6, 0.6)) for _ in range(s.integer(1, 3))
         ]
-    if s.chance(_P_PEOPLE):
+    if s.chance(_P_PEOPLE * rare_scale):
         objects += [
             (s.uniform(horizon + 0.15 * (H - horizon), H), PERSON, s.uniform(-1, 1)) for _ in range(s.integer(1, 3))
         ]
@@ -241,7 +245,7 @@ def _render_scene(g: torch.Generator, height: int, width: int) -> tuple[Tensor, 
             w = max(2.0, 3.0 * f)
             top = y0 - h
             s.paint(s.box(top, y0, cx - w / 2, cx + w / 2), POLE, s.jitter(torch.tensor([0.35, 0.35, 0.36]), 0.2))
-            if s.chance(_P_SIGN_PER_POLE):
+            if s.chance(_P_SIGN_PER_POLE * rare_scale):
                 r = max(2.0, 0.12 * f * H + 1.5)
                 plate = s.ellipse(top + r, cx, r, r) if s.chance(0.5) else s.box(top, top + 2 * r, cx - r, cx + r)
                 colour = s.jitter(_SIGN_PALETTE[s.integer(0, len(_SIGN_PALETTE) - 1)], 0.1)
@@ -284,6 +288,22 @@ def _render_scene(g: torch.Generator, height: int, width: int) -> tuple[Tensor, 
     return image.float(), label, info
 
 
+def _next_frame(image: Tensor, label: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Another frame of the same scene, as a camera a moment later sees it: shifted by a few pixels
+    (the revealed border repeats the edge in the image and is ignored in the label), a slightly
+    different exposure, fresh sensor noise."""
+    _, h, w = image.shape
+    dy = int(torch.randint(-max(1, h // 20), max(1, h // 20) + 1, (1,), generator=g))
+    dx = int(torch.randint(-max(1, w // 20), max(1, w // 20) + 1, (1,), generator=g))
+    pad = (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0))  # left, right, top, bottom
+    top, left = max(-dy, 0), max(-dx, 0)
+    shifted = F.pad(image[None], pad, mode="replicate")[0, :, top : top + h, left : left + w]
+    moved = F.pad(label, pad, value=IGNORE_INDEX)[top : top + h, left : left + w]
+    gain = 1.0 + 0.05 * (2 * float(torch.rand((), generator=g)) - 1)
+    noise = 0.01 * torch.randn(shifted.shape, generator=g)
+    return (shifted * gain + noise).clamp(0.0, 1.0), moved
+
+
 def _gaussian_blur(image: Tensor, sigma: float) -> Tensor:
     """Separable Gaussian blur of (3, H, W), borders replicated.
 
@@ -320,6 +340,10 @@ class SyntheticScenes(Dataset):
     The splits ``"train"``, ``"pool"`` and ``"val"`` use different seed streams (disjoint sets).
     A 64x128 item takes a few milliseconds.
 
+    Like driving data: ``frames_per_scene`` > 1 makes consecutive items frames of one scene (near
+    duplicates: shifted by a few pixels, another exposure, fresh noise), and ``rare_scale`` < 1 makes
+    people and signs rarer.
+
     Items: ``transform(image, label)``, image float32 (3, H, W) in [0, 1], label int64 (H, W); the
     default transform :class:`EvalTransform` normalises with the ImageNet mean and std. With
     ``cache=True`` each scene is rendered once and kept (the transform still runs on every access).
@@ -340,6 +364,8 @@ class SyntheticScenes(Dataset):
         image_size: tuple[int, int] = (64, 128),
         transform: Transform | None = None,
         cache: bool = False,
+        frames_per_scene: int = 1,
+        rare_scale: float = 1.0,
     ) -> None:
         if split not in _SPLIT_CODES:
             raise ValueError(f"split: expected one of {self.SPLITS}, got {split!r}")
@@ -354,6 +380,8 @@ class SyntheticScenes(Dataset):
             raise ValueError(f"image_size: expected (H, W) with both >= 16, got {image_size}")
         self.split, self.size, self.seed = split, size, seed
         self.image_size: tuple[int, int] = image_size  # type: ignore[assignment]
+        self.frames_per_scene = check_int("frames_per_scene", frames_per_scene, low=1)
+        self.rare_scale = check_number("rare_scale", rare_scale, low=0.0, high=1.0)
         self.transform = default_transform(transform)
         # Rendered scenes kept by index when asked: an active-learning run revisits the same pool
         # many times (a few MB per 100 small images). Views made by with_transform share the dict.
@@ -362,25 +390,32 @@ class SyntheticScenes(Dataset):
     def __len__(self) -> int:
         return self.size
 
-    def _generator(self, index: int) -> torch.Generator:
+    def _generator(self, index: int, *stream: int) -> torch.Generator:
+        words = [self.seed, _SPLIT_CODES[self.split], index, *stream]
+        return torch.Generator().manual_seed(int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0]))
+
+    def _scene(self, index: int) -> int:
+        """The scene item ``index`` is a frame of (frames of one scene are consecutive items)."""
         if not -self.size <= index < self.size:
             raise IndexError(f"index {index} out of range for a {self.split!r} split of {self.size} items")
-        index %= self.size
-        state = np.random.SeedSequence([self.seed, _SPLIT_CODES[self.split], index]).generate_state(1, np.uint64)
-        return torch.Generator().manual_seed(int(state[0]))
+        return (index % self.size) // self.frames_per_scene
 
     def raw(self, index: int) -> tuple[Tensor, Tensor]:
         """Item ``index`` before the transform: image float32 (3, H, W) in [0, 1], label int64 (H, W)."""
         if self._renders is not None and index in self._renders:
             return self._renders[index]
-        image, label, _ = _render_scene(self._generator(index), *self.image_size)
+        scene = self._scene(index)
+        image, label, _ = _render_scene(self._generator(scene), *self.image_size, rare_scale=self.rare_scale)
+        frame = index % self.size % self.frames_per_scene
+        if frame:  # a near-duplicate of the scene's first frame
+            image, label = _next_frame(image, label, self._generator(scene, frame))
         if self._renders is not None:
             self._renders[index] = (image, label)
         return image, label
 
     def scene_info(self, index: int) -> dict[str, float]:
-        """The drawn parameters of item ``index``: difficulty, noise_std, blur_sigma, contrast, gain, clutter."""
-        return _render_scene(self._generator(index), *self.image_size)[2]
+        """The drawn parameters of item ``index``'s scene: difficulty, noise_std, blur_sigma, contrast, gain, clutter."""
+        return _render_scene(self._generator(self._scene(index)), *self.image_size, rare_scale=self.rare_scale)[2]
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         image, label = self.raw(index)
@@ -402,15 +437,31 @@ class SyntheticScenes(Dataset):
         return pixels / pixels.sum().clamp(min=1), images / max(1, len(self))
 
     def extra_repr(self) -> str:
-        return f"split={self.split!r}, size={self.size}, seed={self.seed}, image_size={self.image_size}"
+        return (
+            f"split={self.split!r}, size={self.size}, seed={self.seed}, image_size={self.image_size}, "
+            f"frames_per_scene={self.frames_per_scene}, rare_scale={self.rare_scale}"
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
-def _build(split: str, *, root: str | None, size: int | None, seed: int, image_size: tuple[int, int]):
-    # The driver reads the same scenes in every round: render each once.
-    return SyntheticScenes(split, size, seed=seed, image_size=image_size, cache=True)
+def _build(
+    split: str,
+    *,
+    root: str | None,
+    size: int | None,
+    seed: int,
+    image_size: tuple[int, int],
+    frames_per_scene: int = 1,
+    rare_scale: float = 1.0,
+):
+    # The driver reads the same scenes in every round: render each once. Validation scenes are all
+    # distinct: near-duplicates are what a pool has, not what a model is judged on.
+    frames = 1 if split == "val" else frames_per_scene
+    return SyntheticScenes(
+        split, size, seed=seed, image_size=image_size, cache=True, frames_per_scene=frames, rare_scale=rare_scale
+    )
 
 
 register_dataset(
@@ -421,5 +472,6 @@ register_dataset(
         display_name="Synthetic",
         generated=True,
         eval_size_divisor=1,  # rendered at the configured size, a multiple of the output stride
+        options=("frames_per_scene", "rare_scale"),
     )
 )
