@@ -8,17 +8,21 @@ Methods, all timed in one run (rounds interleaved so drift hits every method ali
   uaal_ext                  uaal_ext.uaal_cross_entropy (for logits that need a gradient: the fused
                             loss + gradient op, whose "fwd" already holds the gradient)
   uaal_ext (two-pass)       the same loss through the separate forward and backward ops: the path
-                            of reduction="none" and normalize_by_weight
+                            of reduction="none"
+  uaal_ext (by weight)      uaal_ext.uaal_cross_entropy with normalize_by_weight=True (the mean divided
+                            by sum c_y w): the fused op after a pre-pass over the logits for that sum
   eager reference           `uaal_loss_eager` below: log_softmax, entropy from it, detached weights, nll
   torch.compile(reference)  torch.compile of that same function (compiled and warmed up first)
   F.cross_entropy           plain eager F.cross_entropy (same ignore_index, mean), no UAAL weighting
 
-Correctness is checked before timing (uaal_ext against the eager reference, loss and gradient).
+Correctness is checked before timing (uaal_ext, and uaal_ext (by weight) against the eager reference
+with the same normalisation, loss and gradient).
 "fwd" is a training-mode forward (logits require grad, graph discarded); "fwd+bwd" adds
 backward() of the mean loss. Peak extra memory of fwd+bwd is measured in a fresh subprocess per
 method (see `measure_memory`). The floor is the bytes-moved floor at the copy bandwidth measured in
 the same run: forward reads the logits once (L bytes), backward reads them once and writes the
-gradient once (fwd+bwd = 3L); the per-pixel target/weights are left out of the floor.
+gradient once (fwd+bwd = 3L); the by-weight row's entropy pre-pass reads them once more (fwd 2L,
+fwd+bwd 4L); the per-pixel target/weights are left out of the floor.
 
     python benchmarks/bench_loss.py              # full run -> benchmarks/results/loss_cpu.md
     python benchmarks/bench_loss.py --quick      # smoke run, small shapes, seconds
@@ -71,8 +75,21 @@ BAR_VS_CE = 4.0  # fwd+bwd speed-up over eager F.cross_entropy
 BAR_FLOOR = 2.0  # fwd+bwd time / bytes-moved floor
 BAR_MEMORY = 1.1  # peak extra memory of fwd+bwd, in units of the logits' size
 
-METHODS = ["uaal_ext", "uaal_ext (two-pass)", "eager reference", "torch.compile(reference)", "F.cross_entropy"]
+BY_WEIGHT = "uaal_ext (by weight)"
+METHODS = [
+    "uaal_ext",
+    "uaal_ext (two-pass)",
+    BY_WEIGHT,
+    "eager reference",
+    "torch.compile(reference)",
+    "F.cross_entropy",
+]
 OURS = "uaal_ext"
+# Reads (and writes) of the logits' size in the bytes-moved floor, fwd and fwd+bwd; the by-weight
+# mean needs its denominator sum c_y w before the gradient pass, and with the entropy weight that
+# takes one more read of the logits.
+FLOOR_LOGITS = {BY_WEIGHT: (2, 4)}
+DEFAULT_FLOOR_LOGITS = (1, 3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,9 +101,11 @@ def uaal_loss_eager(
     ignore_index: int = IGNORE_INDEX,
     alpha: float = ALPHA,
     exponent: float = EXPONENT,
+    normalize_by_weight: bool = False,
 ) -> torch.Tensor:
     """Mean UAAL loss, default uncertainty: w_i = 1 + alpha * (H_i / log C)^exponent (docs/math.md#uncertainty-weight).
 
+    Divided by the number of valid pixels, or with ``normalize_by_weight`` by the sum of their w_i.
     Finite logits only (exp(-inf) * -inf is NaN here; the project's reference handles it).
     """
     num_classes = logits.shape[1]
@@ -95,7 +114,13 @@ def uaal_loss_eager(
         entropy = -(logp.exp() * logp).sum(1)  # (N, *spatial)
         w = 1.0 + alpha * (entropy / math.log(num_classes)).pow(exponent)
     nll = F.nll_loss(logp, target, ignore_index=ignore_index, reduction="none")  # 0 when ignored
-    return (w * nll).sum() / (target != ignore_index).sum()
+    valid = target != ignore_index
+    denominator = torch.where(valid, w, 0.0).sum() if normalize_by_weight else valid.sum()
+    return (w * nll).sum() / denominator
+
+
+def uaal_loss_eager_by_weight(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return uaal_loss_eager(logits, target, normalize_by_weight=True)
 
 
 def plain_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -106,6 +131,14 @@ def uaal_ext_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     import uaal_ext
 
     return uaal_ext.uaal_cross_entropy(logits, target, ignore_index=IGNORE_INDEX, alpha=ALPHA, exponent=EXPONENT)
+
+
+def uaal_ext_by_weight_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    import uaal_ext
+
+    return uaal_ext.uaal_cross_entropy(
+        logits, target, ignore_index=IGNORE_INDEX, alpha=ALPHA, exponent=EXPONENT, normalize_by_weight=True
+    )
 
 
 def uaal_ext_two_pass_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -124,6 +157,10 @@ def get_method(name: str):
         return uaal_ext_loss
     if name == "uaal_ext (two-pass)":
         return uaal_ext_two_pass_loss
+    if name == BY_WEIGHT:
+        import uaal_ext  # noqa: F401  (fail here, loudly, if the extension is not importable)
+
+        return uaal_ext_by_weight_loss
     if name == "eager reference":
         return uaal_loss_eager
     if name == "torch.compile(reference)":
@@ -302,18 +339,24 @@ def check_baseline_against_reference(log) -> None:
     for shape in [(3, 19, 7, 11), (2, 150, 5, 9)]:
         x, t = make_inputs(shape, seed=1)
         x = x.detach().double()
-        ref = uaal_cross_entropy_reference(x, t, ignore_index=IGNORE_INDEX, alpha=ALPHA, exponent=EXPONENT)
-        ours = uaal_loss_eager(x, t)
-        torch.testing.assert_close(ours, ref.to(ours.dtype), rtol=1e-10, atol=0)
-    log("- eager baseline vs uaal_ext.ops.reference (float64, small shapes): OK")
+        for normalize_by_weight in (False, True):
+            ref = uaal_cross_entropy_reference(
+                x, t, ignore_index=IGNORE_INDEX, alpha=ALPHA, exponent=EXPONENT, normalize_by_weight=normalize_by_weight
+            )
+            ours = uaal_loss_eager(x, t, normalize_by_weight=normalize_by_weight)
+            torch.testing.assert_close(ours, ref.to(ours.dtype), rtol=1e-10, atol=0)
+    log("- eager baseline (and its by-weight mean) vs uaal_ext.ops.reference (float64, small shapes): OK")
 
 
 def check_correctness(methods: dict, x, t, log) -> None:
-    ref_loss, ref_grad = _loss_and_grad(methods["eager reference"], x, t)
-    grad_atol = 1e-4 * ref_grad.abs().max().item()
-    for name in (OURS, "torch.compile(reference)"):
+    references = {"eager reference": _loss_and_grad(methods["eager reference"], x, t)}
+    if BY_WEIGHT in methods:
+        references["eager reference (by weight)"] = _loss_and_grad(uaal_loss_eager_by_weight, x, t)
+    for name in (OURS, BY_WEIGHT, "torch.compile(reference)"):
         if name not in methods:
             continue
+        ref_loss, ref_grad = references["eager reference (by weight)" if name == BY_WEIGHT else "eager reference"]
+        grad_atol = 1e-4 * ref_grad.abs().max().item()
         loss, grad = _loss_and_grad(methods[name], x, t)
         torch.testing.assert_close(
             loss, ref_loss, rtol=1e-4, atol=0, msg=lambda m: f"{name} loss vs eager reference: {m}"
@@ -322,7 +365,8 @@ def check_correctness(methods: dict, x, t, log) -> None:
             grad, ref_grad, rtol=1e-4, atol=grad_atol, msg=lambda m: f"{name} gradient vs eager reference: {m}"
         )
         log(
-            f"- {name} vs eager reference: loss {loss.item():.6f} vs {ref_loss.item():.6f}, "
+            f"- {name} vs eager reference{' (by weight)' if name == BY_WEIGHT else ''}: "
+            f"loss {loss.item():.6f} vs {ref_loss.item():.6f}, "
             f"max |grad diff| {(grad - ref_grad).abs().max().item():.2e} "
             f"(max |grad| {ref_grad.abs().max().item():.2e}): OK"
         )
@@ -461,7 +505,8 @@ def main(argv=None) -> int:
     )
     log(
         "- floor: forward reads the logits once (L bytes), backward reads them once and writes the "
-        "gradient once: fwd L/bw, fwd+bwd 3L/bw (targets and per-pixel tensors left out)"
+        "gradient once: fwd L/bw, fwd+bwd 3L/bw (targets and per-pixel tensors left out); "
+        f"{BY_WEIGHT}: its entropy pre-pass reads the logits once more: fwd 2L/bw, fwd+bwd 4L/bw"
     )
     log()
     log("## Correctness (before timing)")
@@ -496,7 +541,6 @@ def main(argv=None) -> int:
         )
         x.grad = None
         logits_bytes = x.numel() * x.element_size()
-        floor_fwd, floor_fb = logits_bytes / bw, 3 * logits_bytes / bw
         med = {n: {k: statistics.median(v) for k, v in d.items()} for n, d in times.items()}
         del x, t, methods
         gc.collect()
@@ -513,6 +557,8 @@ def main(argv=None) -> int:
                 if m.get("how", "").startswith("failed"):
                     print(f"  {m['how']}", file=sys.stderr)
             ours = med.get(OURS)
+            reads_fwd, reads_fwd_bwd = FLOOR_LOGITS.get(name, DEFAULT_FLOOR_LOGITS)
+            floor_fwd, floor_fb = reads_fwd * logits_bytes / bw, reads_fwd_bwd * logits_bytes / bw
             rows.append(
                 {
                     "shape": label,

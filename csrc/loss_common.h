@@ -98,8 +98,10 @@ inline PreparedCrossEntropy prepare_cross_entropy(const at::Tensor& input, const
 
 // ---- op bodies, shared by the backends ---------------------------------------------------------
 // Launcher::cross_entropy_forward(problem, options) -> Tensor (3,) {sum w l, sum c_y, sum c_y w}
-// (writing the gradient too when problem.grad_input is set), Launcher::target_weight_total(prepared,
-// options) -> 0-dim sum of c_y over valid pixels,
+// (writing the gradient too when problem.grad_input is set, and per-pixel outputs only where their
+// pointers are set), Launcher::target_weight_total(prepared, options) -> 0-dim sum of c_y over valid
+// pixels, Launcher::map_weight_total(prepared, options) -> 0-dim sum of c_y w over valid pixels with w
+// from the uncertainty map (reads the targets and the map only),
 // Launcher::cross_entropy_backward(problem), ::pixel_entropy_forward(problem),
 // ::pixel_entropy_backward(problem); Launcher::empty(sizes, options) and ::empty_like(tensor)
 // allocate the outputs (at::empty_like's layout); Launcher::Guard(input) makes input's device current.
@@ -153,33 +155,68 @@ at::Tensor cross_entropy_backward_op(const at::Tensor& grad, const at::Tensor& i
   return grad_input;
 }
 
+// The reduction of cross_entropy_forward_backward (its `mode` argument, csrc/ops.cpp). The values
+// index the forward's sums {sum w l, sum c_y, sum c_y w}: a mean divides by sums[mode].
+enum class FusedReduction : int64_t { kSum = 0, kMean = 1, kMeanByWeight = 2 };
+
+inline FusedReduction fused_reduction(int64_t mode) {
+  TORCH_CHECK_VALUE(mode >= 0 && mode <= 2,
+                    "cross_entropy_forward_backward: mode must be 0 (sum), 1 (mean over sum c_y) or 2 (mean over "
+                    "sum c_y w), got ",
+                    mode);
+  return static_cast<FusedReduction>(mode);
+}
+
+// The denominator of a mean, needed before the first gradient is written, so computed by a pre-pass:
+// sum c_y needs only the targets, and so does sum c_y w when w = 1 (alpha = 0); with a given map,
+// w needs the targets and the map (C times fewer bytes than the logits); with the entropy default,
+// w needs the logits: the forward kernel again, writing nothing per pixel and keeping only its sums
+// (one more read of the logits, no write).
+template <typename Launcher>
+at::Tensor mean_denominator(const PreparedCrossEntropy& prep, const at::TensorOptions& options, bool by_weight) {
+  const CrossEntropyProblem& pr = prep.problem;
+  if (!by_weight || pr.source == UncertaintySource::kNone) return Launcher::target_weight_total(prep, options);
+  if (pr.source == UncertaintySource::kMap) return Launcher::map_weight_total(prep, options);
+  CrossEntropyProblem sums_only = pr;
+  sums_only.log_normalizer = nullptr;
+  sums_only.pixel_loss = nullptr;
+  sums_only.grad = nullptr;
+  sums_only.grad_input = nullptr;
+  // sum c_y w does not depend on the label smoothing: the variant without it does less work per logit.
+  sums_only.label_smoothing = 0.0;
+  return Launcher::cross_entropy_forward(sums_only, options).select(0, 2);
+}
+
 // The loss and its gradient in one pass over the logits, for the common training call (scalar
 // reduction, logits that need a gradient): the gradient is written while the block is still in
 // cache and autograd returns it as it is when the incoming gradient is 1. Traffic: one read of the
-// logits and one write of the gradient, against two reads and a write for forward + backward.
+// logits and one write of the gradient, against two reads and a write for forward + backward (the
+// by-weight mean of the entropy weight reads the logits once more in its pre-pass).
 template <typename Launcher>
 std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_backward_op(const at::Tensor& input, const at::Tensor& target,
                                                                      const std::optional<at::Tensor>& uncertainty,
                                                                      const std::optional<at::Tensor>& weight,
                                                                      int64_t ignore_index, double label_smoothing,
                                                                      double alpha, double exponent, double inv_scale,
-                                                                     double s_max, bool mean) {
+                                                                     double s_max, int64_t mode) {
+  const FusedReduction reduction = fused_reduction(mode);
   typename Launcher::Guard guard(input);
   PreparedCrossEntropy prep = prepare_cross_entropy(input, target, uncertainty, weight,
                                                     {ignore_index, label_smoothing, alpha, exponent, inv_scale, s_max});
   const auto options = input.options().dtype(accumulation_type(input.scalar_type()));
   at::Tensor grad_input = Launcher::empty_like(prep.input);
   TORCH_INTERNAL_ASSERT(make_geometry(prep.input, grad_input, prep.problem.geometry));
-  // The gradient of the mean needs its denominator before the first pixel is written: a cheap
-  // pre-pass over the targets (C times fewer bytes than the logits).
+  const bool mean = reduction != FusedReduction::kSum;
   const at::Tensor grad_scale =
-      mean ? at::reciprocal(Launcher::target_weight_total(prep, options)) : at::ones({}, options);
+      mean ? at::reciprocal(mean_denominator<Launcher>(prep, options, reduction == FusedReduction::kMeanByWeight))
+           : at::ones({}, options);
   CrossEntropyProblem& pr = prep.problem;
   pr.grad = grad_scale.data_ptr();
   pr.grad_stride = 0;
   pr.grad_input = grad_input.data_ptr();
   at::Tensor totals = Launcher::cross_entropy_forward(pr, options);
-  at::Tensor loss = mean ? totals.select(0, 0) / totals.select(0, 1) : totals.select(0, 0).clone();
+  at::Tensor loss =
+      mean ? totals.select(0, 0) / totals.select(0, static_cast<int64_t>(reduction)) : totals.select(0, 0).clone();
   return {loss, grad_input};
 }
 

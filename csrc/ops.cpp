@@ -63,12 +63,18 @@ TORCH_LIBRARY(uaal_ext, m) {
       "cross_entropy_backward(Tensor grad, Tensor input, Tensor target, Tensor log_normalizer, Tensor? uncertainty, "
       "Tensor? weight, int ignore_index, float label_smoothing, float alpha, float exponent, "
       "float inv_scale, float s_max) -> Tensor");
-  // The reduced loss (sum, or with `mean` the sum divided by sum c_y) and its gradient with respect
-  // to `input`, in one pass over the logits: for training steps whose incoming gradient is a scalar.
+  // The reduced loss and its gradient with respect to `input`, in one pass over the logits: for
+  // training steps whose incoming gradient is a scalar. `mode` is the reduction: 0 the sum over valid
+  // pixels of w_i l_i; 1 that sum divided by sum c_y (reduction "mean"); 2 divided by sum c_y w_i
+  // instead (reduction "mean" with normalize_by_weight). The gradient is divided by the same sum,
+  // which a pre-pass computes before the gradient is written (the loss divides by the main pass's
+  // own sum: equal up to rounding): from the targets (mode 1, and mode 2 with alpha = 0), the
+  // targets and `uncertainty` (mode 2 with a map), or the logits' entropy (mode 2 without a map:
+  // one more read of the logits).
   m.def(
       "cross_entropy_forward_backward(Tensor input, Tensor target, Tensor? uncertainty, Tensor? weight, "
       "int ignore_index, float label_smoothing, float alpha, float exponent, float inv_scale, float s_max, "
-      "bool mean) -> (Tensor loss, Tensor grad_input)");
+      "int mode) -> (Tensor loss, Tensor grad_input)");
   // Softmax entropy over dim 1 per pixel, optionally divided by log C (docs/math.md#entropy).
   m.def("pixel_entropy(Tensor input, bool normalized) -> Tensor");
   m.def("pixel_entropy_backward(Tensor grad, Tensor input, bool normalized) -> Tensor");

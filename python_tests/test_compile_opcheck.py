@@ -187,11 +187,15 @@ def test_opcheck_pixel_entropy_backward(seed):
 class TinySegmenter(nn.Module):
     """A one-conv "segmenter" trained with UAALLoss: enough to put the loss inside a graph."""
 
-    def __init__(self, num_classes, normalize):
+    def __init__(self, num_classes, normalize, normalize_by_weight=False):
         super().__init__()
         self.head = nn.Conv2d(3, num_classes, 3, padding=1)
         self.loss = uaal_ext.UAALLoss(
-            weight=torch.rand(num_classes) + 0.5, label_smoothing=0.1, alpha=1.5, normalize=normalize
+            weight=torch.rand(num_classes) + 0.5,
+            label_smoothing=0.1,
+            alpha=1.5,
+            normalize=normalize,
+            normalize_by_weight=normalize_by_weight,
         )
 
     def forward(self, image, target, uncertainty=None):
@@ -200,12 +204,18 @@ class TinySegmenter(nn.Module):
 
 
 @pytest.mark.parametrize(
-    "backend,normalize,use_uncertainty",
-    [("aot_eager", "scale", False), ("aot_eager", "max", True), ("inductor", "scale", False)],
+    "backend,normalize,use_uncertainty,normalize_by_weight",
+    [
+        ("aot_eager", "scale", False, False),
+        ("aot_eager", "max", True, False),
+        ("inductor", "scale", False, False),
+        # the fused op with the by-weight denominator (entropy pre-pass)
+        ("aot_eager", "scale", False, True),
+    ],
 )
-def test_compile_fullgraph(backend, normalize, use_uncertainty, seed):
+def test_compile_fullgraph(backend, normalize, use_uncertainty, normalize_by_weight, seed):
     torch._dynamo.reset()
-    model = TinySegmenter(5, normalize)
+    model = TinySegmenter(5, normalize, normalize_by_weight)
     image = torch.randn(2, 3, 6, 7)
     target = random_target((2, 6, 7), 5, ignore_index=-100)
     uncertainty = torch.rand(2, 6, 7) if use_uncertainty else None

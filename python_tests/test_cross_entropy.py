@@ -156,6 +156,56 @@ def test_uncertainty_weighting(device, dtype, exponent, s_max, uncertainty_scale
     )
 
 
+# normalize_by_weight=True for logits that need a gradient runs the fused op with its pre-pass for
+# the denominator sum c_y w: the entropy of the logits (no map) or the map, read through every dtype
+# and layout.
+BY_WEIGHT_LAYOUTS = [(2, "contiguous"), (2, "channels_last"), (3, "channels_last"), (2, "sliced"), (1, "transposed")]
+
+
+@pytest.mark.parametrize("use_uncertainty", [False, True])
+@pytest.mark.parametrize("ndim,layout", BY_WEIGHT_LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_normalize_by_weight_dtypes_and_layouts(device, dtype, ndim, layout, use_uncertainty, seed):
+    _check(
+        device,
+        dtype,
+        (2,) + SPATIAL_SHAPES[ndim],
+        NUM_CLASSES,
+        layout=layout,
+        use_weight=True,
+        use_uncertainty=use_uncertainty,
+        ignore_index=-100,
+        reduction="mean",
+        label_smoothing=0.1,
+        alpha=2.0,
+        normalize_by_weight=True,
+    )
+
+
+@pytest.mark.parametrize("use_uncertainty", [False, True])
+@pytest.mark.parametrize(
+    "shape", [(1,), (1, 1, 1), (3, 1), (1, 7, 13)], ids=["one-row", "single-pixel", "1-wide", "7x13"]
+)
+@pytest.mark.parametrize("num_classes", [1, 2, 150])
+def test_normalize_by_weight_odd_sizes(num_classes, shape, use_uncertainty, seed):
+    _check(
+        "cpu",
+        torch.float32,
+        shape,
+        num_classes,
+        target_dtype=torch.int32,
+        use_weight=True,
+        use_uncertainty=use_uncertainty,
+        ignore_index=-100,
+        ignore_frac=0.1,
+        reduction="mean",
+        label_smoothing=0.05,
+        alpha=1.0,
+        normalize_by_weight=True,
+    )
+
+
 @pytest.mark.parametrize("target_dtype", TARGET_DTYPES)
 @pytest.mark.parametrize(
     "shape",
@@ -370,11 +420,16 @@ def test_float32_accuracy_with_a_common_logit_offset(offset, seed):
 # --- threads and inputs ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("reduction", ["none", "mean"])
-def test_thread_count_does_not_change_results(reduction, seed):
+@pytest.mark.parametrize(
+    "reduction,normalize_by_weight,use_uncertainty",
+    [("none", False, False), ("mean", False, False), ("mean", True, False), ("mean", True, True)],
+    ids=["none", "mean", "mean-by-weight", "mean-by-weight-map"],
+)
+def test_thread_count_does_not_change_results(reduction, normalize_by_weight, use_uncertainty, seed):
     x = random_logits((2, 19, 64, 96)).float()
     target = random_target((2, 64, 96), 19, ignore_index=-100, ignore_frac=0.1)
     weight = torch.rand(19) + 0.5
+    uncertainty = torch.rand(2, 64, 96) if use_uncertainty else None
     results = []
     previous = torch.get_num_threads()
     try:
@@ -382,7 +437,14 @@ def test_thread_count_does_not_change_results(reduction, seed):
             torch.set_num_threads(threads)
             xg = x.clone().requires_grad_()
             out = uaal_ext.uaal_cross_entropy(
-                xg, target, weight=weight, reduction=reduction, label_smoothing=0.1, alpha=2.0
+                xg,
+                target,
+                uncertainty,
+                weight=weight,
+                reduction=reduction,
+                label_smoothing=0.1,
+                alpha=2.0,
+                normalize_by_weight=normalize_by_weight,
             )
             out.backward(torch.ones_like(out))
             results.append((out.detach(), xg.grad))
@@ -426,9 +488,17 @@ def test_inputs_are_not_modified(use_uncertainty, seed):
         dict(reduction="sum", label_smoothing=0.2, ignore_index=1),
         dict(reduction="none", weight=True, label_smoothing=0.1),
         dict(reduction="mean", weight=True, ignore_index=-100, normalize_by_weight=True),
+        dict(reduction="mean", label_smoothing=0.1, exponent=3.5, s_max=0.8, normalize_by_weight=True),
         dict(reduction="none", exponent=3.5, s_max=0.8, uncertainty_scale=0.5),
     ],
-    ids=["mean", "sum-ls-ignore", "none-weight-ls", "mean-normalize-by-weight", "none-exponent-cap"],
+    ids=[
+        "mean",
+        "sum-ls-ignore",
+        "none-weight-ls",
+        "mean-normalize-by-weight",
+        "mean-normalize-by-weight-ls-cap",
+        "none-exponent-cap",
+    ],
 )
 @pytest.mark.parametrize("device", DEVICES)
 def test_gradcheck(device, kwargs, seed):

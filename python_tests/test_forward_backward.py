@@ -1,47 +1,65 @@
 """The fused loss + gradient op (cross_entropy_forward_backward), used for scalar reductions of logits
-that require a gradient: its contract, opcheck, and autograd around it (incoming gradients other
-than 1, retained graphs, accumulation into .grad)."""
+that require a gradient: its contract in each mode (sum, mean, mean by weight), opcheck, and autograd
+around it (incoming gradients other than 1, retained graphs, accumulation into .grad)."""
 
 import math
 
 import pytest
 import torch
-from testing import DEVICES, assert_close, random_logits, random_target
+from testing import DEVICES, assert_close, assert_raises_naming, random_logits, random_target
 
 import uaal_ext
 from uaal_ext.ops.reference import uaal_cross_entropy_reference
 
 ops = torch.ops.uaal_ext
 INF = float("inf")
+# The op's `mode` (csrc/ops.cpp): the reduction and normalize_by_weight of uaal_cross_entropy.
+SUM, MEAN, MEAN_BY_WEIGHT = 0, 1, 2
+MODE_REDUCTIONS = {SUM: ("sum", False), MEAN: ("mean", False), MEAN_BY_WEIGHT: ("mean", True)}
 
 
-def _args(device, dtype=torch.float32, mean=True, weight=False, smoothing=0.0, uncertainty=False, shape=(2, 5, 7)):
+def _args(
+    device,
+    dtype=torch.float32,
+    mode=MEAN,
+    weight=False,
+    smoothing=0.0,
+    uncertainty=False,
+    shape=(2, 5, 7),
+    alpha=0.7,
+    ignore_frac=0.2,
+):
     num_classes = 6
     x = random_logits((shape[0], num_classes) + shape[1:]).to(device, dtype)
-    target = random_target(shape, num_classes, ignore_index=255).to(device)
-    u = torch.rand(shape, dtype=torch.float64).to(device, dtype) if uncertainty else None
+    target = random_target(shape, num_classes, ignore_index=255, ignore_frac=ignore_frac).to(device)
+    u = (torch.rand(shape, dtype=torch.float64) * 2).to(device, dtype) if uncertainty else None
     c = (torch.rand(num_classes, dtype=torch.float64) + 0.5).to(device, dtype) if weight else None
     inv_scale = 1.0 if uncertainty else 1.0 / math.log(num_classes)
-    return [x, target, u, c, 255, smoothing, 0.7, 2.0, inv_scale, INF, mean]
+    return [x, target, u, c, 255, smoothing, alpha, 2.0, inv_scale, INF, mode]
 
 
 CASES = [
     dict(),
-    dict(mean=False),
+    dict(mode=SUM),
     dict(weight=True, smoothing=0.1),
     dict(uncertainty=True, dtype=torch.float64),
     dict(dtype=torch.bfloat16, weight=True),
+    # mean by weight: the denominator sum c_y w from each pre-pass (entropy of the logits, the map,
+    # the targets alone when alpha = 0)
+    dict(mode=MEAN_BY_WEIGHT, weight=True, smoothing=0.1),
+    dict(mode=MEAN_BY_WEIGHT, uncertainty=True, weight=True, dtype=torch.float64),
+    dict(mode=MEAN_BY_WEIGHT, uncertainty=True, smoothing=0.1, dtype=torch.float16),
+    dict(mode=MEAN_BY_WEIGHT, alpha=0.0, weight=True, shape=(3, 11)),
+]
+CASE_IDS = ["mean", "sum", "weighted-smoothed", "map-f64", "bf16"] + [
+    f"by-weight-{name}" for name in ("entropy", "map-f64", "map-f16", "alpha0")
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=["mean", "sum", "weighted-smoothed", "map-f64", "bf16"])
-@pytest.mark.parametrize("device", DEVICES)
-def test_loss_and_gradient_match_reference(device, case, seed):
-    args = _args(device, **case)
-    loss, grad_input = ops.cross_entropy_forward_backward(*args)
-    x, target, u, c, ignore_index, eps, alpha, exponent, inv_scale, s_max, mean = args
-    x64 = x.double().requires_grad_()
-    expected = uaal_cross_entropy_reference(
+def _reference(args, x64):
+    x, target, u, c, ignore_index, eps, alpha, exponent, inv_scale, s_max, mode = args
+    reduction, normalize_by_weight = MODE_REDUCTIONS[mode]
+    return uaal_cross_entropy_reference(
         x64,
         target,
         u.double() if u is not None else None,
@@ -51,8 +69,19 @@ def test_loss_and_gradient_match_reference(device, case, seed):
         alpha=alpha,
         exponent=exponent,
         uncertainty_scale=1.0 / inv_scale,
-        reduction="mean" if mean else "sum",
+        reduction=reduction,
+        normalize_by_weight=normalize_by_weight,
     )
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("device", DEVICES)
+def test_loss_and_gradient_match_reference(device, case, seed):
+    args = _args(device, **case)
+    loss, grad_input = ops.cross_entropy_forward_backward(*args)
+    x = args[0]
+    x64 = x.double().requires_grad_()
+    expected = _reference(args, x64)
     expected.backward()
     assert loss.shape == () and grad_input.shape == x.shape and grad_input.dtype == x.dtype
     assert_close(loss, expected, x.dtype)
@@ -67,15 +96,55 @@ def test_opcheck(seed):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_training_calls_take_the_fused_path_and_skip_the_backward_op(device, seed):
+def test_mean_by_weight_over_no_valid_pixel_is_nan(device, seed):
+    """0 / 0 as PyTorch's mean gives it, with a zero gradient: no valid pixel, or no pixel at all."""
+    for shape, ignore_frac in [((2, 4, 3), 1.0), ((0, 4, 3), 0.0)]:
+        for uncertainty in (False, True):
+            args = _args(device, mode=MEAN_BY_WEIGHT, uncertainty=uncertainty, shape=shape, ignore_frac=ignore_frac)
+            loss, grad_input = ops.cross_entropy_forward_backward(*args)
+            assert torch.isnan(loss)
+            assert torch.equal(grad_input, torch.zeros_like(grad_input))
+
+
+@pytest.mark.parametrize("mode", [-1, 3])
+def test_bad_mode_is_named(mode):
+    args = _args("cpu", mode=mode)
+    assert_raises_naming(lambda: ops.cross_entropy_forward_backward(*args), ValueError, "mode", shown=[str(mode)])
+
+
+TRAINING_CALLS = {
+    "mean": dict(alpha=1.0),
+    "by-weight-entropy": dict(alpha=1.0, normalize_by_weight=True, label_smoothing=0.1),
+    "by-weight-map": dict(alpha=1.0, normalize_by_weight=True, uncertainty=True),
+    "by-weight-alpha0": dict(normalize_by_weight=True, weight=True),
+}
+
+
+@pytest.mark.parametrize("call", list(TRAINING_CALLS))
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_calls_take_the_fused_path_and_skip_the_backward_op(device, call, seed):
+    """A training call (logits that need a gradient, a scalar reduction) runs the fused op in the
+    forward and no backward op: a silent fallback to the two-op path fails here."""
     x = random_logits((2, 5, 4, 3)).float().to(device).requires_grad_()
-    y = random_target((2, 4, 3), 5).to(device)
-    loss = uaal_ext.uaal_cross_entropy(x, y, alpha=1.0)
+    y = random_target((2, 4, 3), 5, ignore_index=-100).to(device)
+    kwargs = dict(TRAINING_CALLS[call])
+    u = torch.rand(2, 4, 3, device=device) if kwargs.pop("uncertainty", False) else None
+    if kwargs.pop("weight", False):
+        kwargs["weight"] = torch.rand(5, device=device) + 0.5
+    with torch.autograd.profiler.profile() as prof:
+        loss = uaal_ext.uaal_cross_entropy(x, y, u, **kwargs)
+    forward_names = {event.name for event in prof.function_events}
+    assert "uaal_ext::cross_entropy_forward_backward" in forward_names
+    assert "uaal_ext::cross_entropy_forward" not in forward_names
     with torch.autograd.profiler.profile() as prof:
         loss.backward()
     names = {event.name for event in prof.function_events}
     assert "uaal_ext::cross_entropy_backward" not in names
-    (expected,) = torch.autograd.grad(uaal_cross_entropy_reference(x.double(), y, alpha=1.0), x)
+    weight64 = kwargs.pop("weight", None)
+    weight64 = None if weight64 is None else weight64.double()
+    x64 = x.detach().double().requires_grad_()
+    u64 = None if u is None else u.double()
+    (expected,) = torch.autograd.grad(uaal_cross_entropy_reference(x64, y, u64, weight=weight64, **kwargs), x64)
     assert_close(x.grad, expected, torch.float32)
 
 

@@ -35,6 +35,9 @@ struct CpuLauncher {
   static at::Tensor target_weight_total(const PreparedCrossEntropy& prep, const at::TensorOptions& options) {
     return at::scalar_tensor(best_loss_kernels().target_weight_total(prep.problem), options);
   }
+  static at::Tensor map_weight_total(const PreparedCrossEntropy& prep, const at::TensorOptions& options) {
+    return at::scalar_tensor(best_loss_kernels().map_weight_total(prep.problem), options);
+  }
   static void pixel_entropy_forward(const EntropyProblem& pr) { best_loss_kernels().pixel_entropy_forward(pr); }
   static void pixel_entropy_backward(const EntropyProblem& pr) { best_loss_kernels().pixel_entropy_backward(pr); }
 };

@@ -22,6 +22,16 @@ namespace {  // internal linkage: nothing compiled with this file's -m flags may
 
 using at::vec::Vectorized;
 
+// fn(target) with the targets as a pointer of their own type, so that loops over them stay typed.
+template <typename Fn>
+decltype(auto) with_typed_targets(const CrossEntropyProblem& pr, Fn&& fn) {
+  switch (pr.target_type) {
+    case IndexType::kInt64: return fn(static_cast<const int64_t*>(pr.target));
+    case IndexType::kInt32: return fn(static_cast<const int32_t*>(pr.target));
+    default: return fn(static_cast<const uint8_t*>(pr.target));
+  }
+}
+
 // Per-pixel inputs of one block, gathered lane by lane (targets pick one logit each, which no
 // vector load can do); lanes past `count` are invalid.
 template <typename acc_t>
@@ -66,14 +76,9 @@ struct BlockTargets {
 
   // Targets of the block's pixels; lanes past `count` read as ignore_index.
   static void read_targets(const CrossEntropyProblem& pr, int64_t first, int64_t count, int64_t* y) {
-    auto copy = [&](const auto* target) {
+    with_typed_targets(pr, [&](const auto* target) {
       for (int64_t l = 0; l < P; ++l) y[l] = l < count ? static_cast<int64_t>(target[first + l]) : pr.ignore_index;
-    };
-    switch (pr.target_type) {
-      case IndexType::kInt64: return copy(static_cast<const int64_t*>(pr.target));
-      case IndexType::kInt32: return copy(static_cast<const int32_t*>(pr.target));
-      default: return copy(static_cast<const uint8_t*>(pr.target));
-    }
+    });
   }
 
   [[noreturn]] static void report_bad_target(const CrossEntropyProblem& pr, int64_t first, const int64_t* y) {
@@ -346,11 +351,61 @@ double target_weight_total(const CrossEntropyProblem& pr) {
     at::parallel_for(0, static_cast<int64_t>(partial.size()), 1, [&](int64_t first_block, int64_t last_block) {
       for (int64_t b = first_block; b < last_block; ++b) {
         const int64_t begin = b * kBlock, end = std::min(n, begin + kBlock);
-        switch (pr.target_type) {
-          case IndexType::kInt64: partial[b] = sum_block(static_cast<const int64_t*>(pr.target), begin, end); break;
-          case IndexType::kInt32: partial[b] = sum_block(static_cast<const int32_t*>(pr.target), begin, end); break;
-          default: partial[b] = sum_block(static_cast<const uint8_t*>(pr.target), begin, end); break;
+        partial[b] = with_typed_targets(pr, [&](const auto* target) { return sum_block(target, begin, end); });
+      }
+    });
+  });
+  double total = 0;
+  for (double v : partial) total += v;
+  return total;
+}
+
+// Sum of c_y w over valid pixels with w from the uncertainty map: the by-weight mean's denominator,
+// from the targets and the map alone. w is loss_math.h's uncertainty_weight on vectors of
+// neighbouring pixels; fixed blocks, summed in block order, make the result independent of the
+// thread count. As in the forward, a pixel adds c_y w only where it is valid, so an ignored pixel's
+// NaN or infinite uncertainty stays out; out-of-range targets and negative uncertainties are
+// reported by the main pass, and here they only must not be read.
+double map_weight_total(const CrossEntropyProblem& pr) {
+  // Short enough that per-lane sums in float stay accurate, long enough to amortise a block's setup.
+  constexpr int64_t kBlock = 1024;
+  const int64_t n = pr.geometry.num_pixels;
+  std::vector<double> partial((n + kBlock - 1) / kBlock, 0.0);
+  dispatch_float_type(pr.input_type, [&](auto, auto acc) {
+    using acc_t = decltype(acc);
+    using Vec = Vectorized<acc_t>;
+    using L = Lanes<Vec>;
+    constexpr int W = Vec::size();
+    const int64_t C = pr.geometry.num_classes;
+    const auto* class_weight = static_cast<const acc_t*>(pr.class_weight);
+    const auto* uncertainty = static_cast<const acc_t*>(pr.uncertainty);
+    auto sum_block = [&](const auto* target, int64_t begin, int64_t end) -> double {
+      Vec total(acc_t(0));
+      alignas(64) acc_t valid[W];
+      alignas(64) acc_t target_weight[W];
+      for (int64_t i = begin; i < end; i += W) {
+        const int64_t count = std::min<int64_t>(W, end - i);
+        for (int l = 0; l < W; ++l) {  // lanes past `count` read as ignored
+          const int64_t y = l < count ? static_cast<int64_t>(target[i + l]) : pr.ignore_index;
+          const bool is_valid = (y != pr.ignore_index) & (y >= 0) & (y < C);
+          valid[l] = is_valid ? acc_t(1) : acc_t(0);
+          target_weight[l] = is_valid && class_weight ? class_weight[is_valid ? y : 0] : acc_t(1);
         }
+        const Vec w = uncertainty_weight(Vec::loadu(uncertainty + i, count), acc_t(pr.inv_scale), acc_t(pr.alpha),
+                                         acc_t(pr.exponent), acc_t(pr.s_max));
+        total = total + L::select(Vec::loadu(valid) > Vec(acc_t(0)), Vec::loadu(target_weight) * w, Vec(acc_t(0)));
+      }
+      alignas(64) acc_t lanes[W];
+      total.store(lanes);
+      double sum = 0;
+      for (int l = 0; l < W; ++l) sum += lanes[l];
+      return sum;
+    };
+    // Tasks of about as many pixels as target_weight_total's blocks.
+    at::parallel_for(0, static_cast<int64_t>(partial.size()), 16, [&](int64_t first_block, int64_t last_block) {
+      for (int64_t b = first_block; b < last_block; ++b) {
+        const int64_t begin = b * kBlock, end = std::min(n, begin + kBlock);
+        partial[b] = with_typed_targets(pr, [&](const auto* target) { return sum_block(target, begin, end); });
       }
     });
   });
@@ -454,8 +509,10 @@ void run_pixel_entropy_backward(const EntropyProblem& pr) {
 }  // namespace
 
 const KernelTable& kernel_table() {
-  static const KernelTable table{run_cross_entropy_forward, run_cross_entropy_backward, target_weight_total,
-                                 run_pixel_entropy_forward, run_pixel_entropy_backward};
+  static const KernelTable table{
+      run_cross_entropy_forward, run_cross_entropy_backward, target_weight_total,
+      map_weight_total,          run_pixel_entropy_forward,  run_pixel_entropy_backward,
+  };
   return table;
 }
 

@@ -13,6 +13,8 @@ struct KernelTable {
   void (*cross_entropy_forward)(const CrossEntropyProblem&, double sums[3]);
   void (*cross_entropy_backward)(const CrossEntropyProblem&);
   double (*target_weight_total)(const CrossEntropyProblem&);  // sum of c_y over valid pixels
+  // sum of c_y w over valid pixels, w from the uncertainty map (source kMap): reads no logits
+  double (*map_weight_total)(const CrossEntropyProblem&);
   void (*pixel_entropy_forward)(const EntropyProblem&);
   void (*pixel_entropy_backward)(const EntropyProblem&);
 };

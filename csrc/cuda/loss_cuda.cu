@@ -117,6 +117,26 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// sum of c_y w over valid pixels with w from the uncertainty map, the by-weight mean's denominator:
+// reads the targets and the map, not the logits. Per-block sums as in the forward.
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads) map_weight_total_kernel(const CrossEntropyProblem pr, acc_t* block_sums) {
+  const int64_t pixel = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  acc_t weighted_target_weight = 0;
+  if (pixel < pr.geometry.num_pixels) {
+    const int64_t y = read_target(pr.target, pr.target_type, pixel);
+    // Out-of-range targets are reported by the main kernel; here they only must not be read.
+    if (y != pr.ignore_index && y >= 0 && y < pr.geometry.num_classes) {
+      weighted_target_weight =
+          class_weight_of<acc_t>(pr, y) * pixel_weight<acc_t, UncertaintySource::kMap>(pr, pixel, acc_t(0));
+    }
+  }
+  using BlockReduce = cub::BlockReduce<acc_t, kThreads>;
+  __shared__ typename BlockReduce::TempStorage scratch;
+  const acc_t total = BlockReduce(scratch).Sum(weighted_target_weight);
+  if (threadIdx.x == 0) block_sums[blockIdx.x] = total;
+}
+
 template <typename scalar_t, typename acc_t, UncertaintySource kSource, bool kSmoothing>
 __global__ void __launch_bounds__(kThreads) cross_entropy_backward_kernel(const CrossEntropyProblem pr) {
   const PixelGeometry& g = pr.geometry;
@@ -205,6 +225,20 @@ struct CudaLauncher {
     // Out-of-range targets are reported by the main kernel; here they only must not be read.
     const at::Tensor index = prep.target.to(at::kLong).clamp(0, prep.weight.size(0) - 1);
     return (prep.weight.index_select(0, index.flatten()).view(index.sizes()) * valid).sum().to(options.dtype());
+  }
+
+  static at::Tensor map_weight_total(const PreparedCrossEntropy& prep, const at::TensorOptions& options) {
+    const CrossEntropyProblem& pr = prep.problem;
+    const unsigned int blocks = blocks_for(pr.geometry.num_pixels);
+    if (blocks == 0) return at::zeros({}, options);
+    at::Tensor block_sums = at::empty({static_cast<int64_t>(blocks)}, options);
+    dispatch_float_type(pr.input_type, [&](auto, auto acc) {
+      using acc_t = decltype(acc);
+      map_weight_total_kernel<acc_t>
+          <<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(pr, block_sums.data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    return block_sums.to(at::kDouble).sum().to(options.dtype());
   }
 
   static at::Tensor cross_entropy_forward(const CrossEntropyProblem& pr, const at::TensorOptions& options) {

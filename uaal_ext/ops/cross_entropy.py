@@ -20,6 +20,10 @@ __all__ = ["REDUCTIONS", "uaal_cross_entropy", "pixel_entropy", "inverse_scale",
 
 REDUCTIONS = ("none", "mean", "sum")
 
+# The `mode` of cross_entropy_forward_backward (csrc/ops.cpp): what the fused op divides the summed
+# loss and its gradient by.
+_FUSED_SUM, _FUSED_MEAN, _FUSED_MEAN_BY_WEIGHT = 0, 1, 2
+
 _ops = torch.ops.uaal_ext
 
 
@@ -66,7 +70,7 @@ def _cross_entropy_backward_fake(
 
 @torch.library.register_fake("uaal_ext::cross_entropy_forward_backward")
 def _cross_entropy_forward_backward_fake(
-    input, target, uncertainty, weight, ignore_index, label_smoothing, alpha, exponent, inv_scale, s_max, mean
+    input, target, uncertainty, weight, ignore_index, label_smoothing, alpha, exponent, inv_scale, s_max, mode
 ):
     return input.new_empty((), dtype=accumulation_dtype(input.dtype)), torch.empty_like(input)
 
@@ -242,16 +246,14 @@ def uaal_cross_entropy(
         inverse_scale(uncertainty_scale, uncertainty is None, num_classes),
         math.inf if s_max is None else float(s_max),
     )
-    fuses_backward = (
-        torch.is_grad_enabled()
-        and input.requires_grad
-        and reduction != "none"
-        and not (reduction == "mean" and normalize_by_weight)
-    )
-    if fuses_backward:
+    if torch.is_grad_enabled() and input.requires_grad and reduction != "none":
         # A training step: the gradient is computed while the logits are in cache (see
         # cross_entropy_forward_backward in csrc/ops.cpp); backward() then costs nothing.
-        loss, _ = _ops.cross_entropy_forward_backward(*args, reduction == "mean")
+        if reduction == "sum":
+            mode = _FUSED_SUM
+        else:
+            mode = _FUSED_MEAN_BY_WEIGHT if normalize_by_weight else _FUSED_MEAN
+        loss, _ = _ops.cross_entropy_forward_backward(*args, mode)
         return loss.to(input.dtype)
     loss, _, sums = _ops.cross_entropy_forward(*args, reduction != "none")
     if reduction == "mean":
