@@ -6,11 +6,12 @@ UAAL=${UAAL:-.venv/bin/uaal}
 # One thread per run: the study ran beside other work on a 2-core machine, where two processes of
 # two OpenMP threads each spin against each other; one thread keeps each run's speed steady.
 export OMP_NUM_THREADS=1
-OUT=${OUT:-runs/study}
+OUT=${OUT:-runs/study}              # run folders (state, checkpoints): not kept in the repository
+RESULTS=${RESULTS:-docs/study/results}  # reports, CSV files, figures, state files: kept
 
 # Stage 0: does selection matter on the pool?
 $UAAL run --config configs/study/stage0_benchmark.yaml --out "$OUT/stage0" --no-progress
-$UAAL report "$OUT/stage0" --out docs/study/results/stage0
+$UAAL report "$OUT/stage0" --out "$RESULTS"/stage0
 
 # Stage 0's rule (protocol): Noise Stability beat Random at 20% (paired interval above 0), so the
 # pool is kept as it is for the later stages.
@@ -52,5 +53,5 @@ long() {  # the (L) variants at 600 steps
   long by_weight_off --set normalize_by_weight=false
 } &
 wait
-$UAAL report "$OUT/stage1" --out docs/study/results/stage1
-$UAAL report "$OUT/stage1_long" --out docs/study/results/stage1_long
+$UAAL report "$OUT/stage1" --out "$RESULTS"/stage1
+$UAAL report "$OUT/stage1_long" --out "$RESULTS"/stage1_long
