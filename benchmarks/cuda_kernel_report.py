@@ -61,6 +61,8 @@ PAPER_OPS = [
     ("cross_entropy backward", "read logits, target, log_normalizer; write grad", 2, 8 + 4),
     ("cross_entropy fwd+bwd, separate ops", "both", 3, 24),
     ("cross_entropy_forward_backward (fused)", "read logits, target; write grad", 2, 8),
+    ("fused, by weight, entropy", "pre-pass: read logits, target; then the fused op", 3, 16),
+    ("fused, by weight, given map", "pre-pass: read target, map; then the fused op with the map", 2, 8 + 8 + 4 + 4),
     ("pixel_entropy forward", "read logits; write entropy", 1, 4),
     ("pixel_entropy backward", "read logits, grad; write grad", 2, 4),
     ("perturbation_statistics, K=5", "read clean + 5 perturbed logits; write sigma, ns", 6, 8),
