@@ -176,10 +176,31 @@ def _variant_keys(experiments: Sequence[Experiment]) -> list[str]:
 
 
 def variant_labels(experiments: Sequence[Experiment]) -> list[str]:
-    """Each experiment's label: the config keys that differ between ``experiments``, alphabetically,
-    as ``"eta=0.005, exponent=2"``; empty for every experiment when none differ."""
+    """Each experiment's label: the config keys that set it apart, alphabetically, as
+    ``"eta=0.005, exponent=2"``; empty for every experiment when none differ.
+
+    A key is named where the experiment's value differs from the one most experiments share (a
+    one-factor-at-a-time study labels each variant by its own change only), and always when every
+    experiment has a value of its own (a sweep's axis). An experiment with nothing to name, among
+    others that differ, is ``"base"``.
+    """
     keys = _variant_keys(experiments)
-    return [", ".join(f"{key}={_format_value(e.config.get(key))}" for key in keys) for e in experiments]
+    configs = unique_in_order(tuple(_format_value(e.config.get(key)) for key in keys) for e in experiments)
+    shown = []
+    for position, key in enumerate(keys):
+        values = [config[position] for config in configs]
+        counts = {value: values.count(value) for value in unique_in_order(values)}
+        modal = max(counts, key=counts.__getitem__)  # the first seen of the most common
+        shown.append(None if counts[modal] == 1 else modal)  # None: a sweep axis, always named
+    labels = []
+    for e in experiments:
+        parts = []
+        for key, modal in zip(keys, shown):
+            value = _format_value(e.config.get(key))
+            if value != modal:
+                parts.append(f"{key}={value}")
+        labels.append(", ".join(parts) or ("base" if keys else ""))
+    return labels
 
 
 def _variant_order(experiments: Sequence[Experiment]) -> list[str]:
