@@ -366,6 +366,8 @@ def test_paired_differences_match_a_hand_computation(tmp_path, seed):
     assert not any(key[0].endswith("- random") and key[3] == INITIAL for key in paired)
     text = open(written["report"], encoding="utf-8").read()
     assert "## Paired differences" in text and "methods against Random" in text
+    for mode in ("standard", "UAAL"):  # each mode's comparison against Random has its own row
+        assert f"| MC-Dropout | {mode} | mc_entropy - random |" in text
 
 
 def test_a_clear_difference_is_bold_and_noise_is_not(tmp_path):

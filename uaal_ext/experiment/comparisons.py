@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .naming import MIOU, Metric, column_name, dataset_title, method_title, percent, unique_in_order
+from .naming import MIOU, MODE_NAMES, Metric, column_name, dataset_title, method_title, percent, unique_in_order
 from .stats import paired_difference
 
 MISSING = "–"  # a cell without runs
@@ -105,15 +105,15 @@ def paired_markdown(comparisons: Sequence[dict[str, Any]], metric: Metric = MIOU
             if not rows:
                 continue
             columns = unique_in_order(sorted((r["round"], r["budget"]) for r in rows))
-            header = ["Method", "Comparison"] + [
+            header = ["Method", "Training", "Comparison"] + [
                 f"B = {percent(b)}" + (" (initial)" if round_index == 0 else "") for round_index, b in columns
             ]
-            by_cell = {(r["method"], r["comparison"], r["round"], r["budget"]): r for r in rows}
+            by_cell = {(r["method"], r["mode"], r["comparison"], r["round"], r["budget"]): r for r in rows}
             table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            for method, comparison in unique_in_order((r["method"], r["comparison"]) for r in rows):
-                cells = [method_title(method), comparison]
+            for method, mode, comparison in unique_in_order((r["method"], r["mode"], r["comparison"]) for r in rows):
+                cells = [method_title(method), MODE_NAMES.get(mode, mode), comparison]
                 for column in columns:
-                    r = by_cell.get((method, comparison) + column)
+                    r = by_cell.get((method, mode, comparison) + column)
                     if r is None:
                         cells.append(MISSING)
                         continue

@@ -187,7 +187,7 @@ def variant_labels(experiments: Sequence[Experiment]) -> list[str]:
     keys = _variant_keys(experiments)
     configs = unique_in_order(tuple(_format_value(e.config.get(key)) for key in keys) for e in experiments)
     shown = []
-    for position, key in enumerate(keys):
+    for position in range(len(keys)):
         values = [config[position] for config in configs]
         counts = {value: values.count(value) for value in unique_in_order(values)}
         modal = max(counts, key=counts.__getitem__)  # the first seen of the most common
