@@ -519,3 +519,25 @@ def test_cuda_mixed_precision_training():
     assert next(model.parameters()).device.type == "cuda"
     metrics = evaluate(model, _dataset(num_images=4, seed=2), NUM_CLASSES, device="cuda")
     assert 0.0 <= metrics.miou <= 1.0
+
+
+def test_evaluate_judges_each_quality_source_on_the_models_own_errors():
+    from uaal_ext.metrics import UncertaintyQuality
+
+    model = _tiny_net().eval()
+    data = _dataset(num_images=6)
+    metrics = evaluate(model, data, NUM_CLASSES, ignore_index=IGNORE, batch_size=4,
+                       quality_sources=("entropy", "mc_dropout"), num_samples=3, seed=2)  # fmt: skip
+    images, labels = data[:]
+    with torch.no_grad():
+        logits = model(images)
+    expected = UncertaintyQuality(ignore_index=IGNORE)
+    p = logits.softmax(dim=1)
+    expected.update(uaal_ext.pixel_entropy(logits, normalized=True), logits.argmax(dim=1), labels, p.amax(dim=1))
+    got = metrics.uncertainty_quality
+    assert set(got) == {"entropy", "mc_dropout"}
+    assert got["entropy"].auroc == pytest.approx(expected.compute().auroc, abs=1e-6)
+    assert got["entropy"].ece == pytest.approx(expected.compute().ece, abs=1e-6)
+    assert got["mc_dropout"].num_pixels == got["entropy"].num_pixels == metrics.num_pixels
+    assert metrics.as_dict()["uncertainty_quality"]["entropy"]["auroc"] == got["entropy"].auroc
+    assert "uncertainty_quality" not in evaluate(model, data, NUM_CLASSES, ignore_index=IGNORE).as_dict()
