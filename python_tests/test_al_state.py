@@ -16,7 +16,8 @@ from uaal_ext.experiment.al import (
     run_key,
 )
 from uaal_ext.experiment.al import loop as al_loop
-from uaal_ext.experiment.report import write_report
+from uaal_ext.experiment.al.state import VALUES_BEFORE_KEY_EXISTED
+from uaal_ext.experiment.report import load_experiments, paired_table, write_report
 
 # A finished experiment (synthetic, 40-image pool, random and entropy, standard and UAAL, one seed)
 # as the first release wrote it; its checkpoints are not kept.
@@ -29,7 +30,9 @@ def _fixture_folder(tmp_path):
 
 
 def _fixture_config():
-    return ExperimentConfig.from_dict(json.loads(FIXTURE.read_text())["config"])
+    """The config that resumes the fixture: its own, with the by-count mean it ran with (today's
+    default divides by the weights)."""
+    return ExperimentConfig.from_dict({**json.loads(FIXTURE.read_text())["config"], "normalize_by_weight": False})
 
 
 def test_first_release_state_loads_as_typed_records(tmp_path):
@@ -38,8 +41,20 @@ def test_first_release_state_loads_as_typed_records(tmp_path):
     run = state.runs[run_key(0, "uaal", "entropy")]
     assert [r.round for r in run.rounds] == [1, 2] and all(r.status is RoundStatus.DONE for r in run.rounds)
     assert run.round(2).labeled == sorted(run.round(1).labeled + run.round(2).added)
-    # Written back, the file says what it said (keys of format 1 only, in their order).
-    assert json.dumps(state.to_json()) == json.dumps(json.loads(FIXTURE.read_text()))
+    # The config says what the run computed: a key it predates holds the behaviour of its time.
+    assert state.config["normalize_by_weight"] is False and state.config["normalize"] == "scale"
+    # Written back, the file says what it said, those keys added (format 1, keys in their order).
+    original = json.loads(FIXTURE.read_text())
+    original["config"] = {**VALUES_BEFORE_KEY_EXISTED, **original["config"]}
+    assert json.dumps(state.to_json()) == json.dumps(original)
+
+
+def test_first_release_state_does_not_resume_under_a_changed_default(tmp_path):
+    """Today's default (the mean divided by the weights) is not what the first release computed:
+    resuming its state with today's defaults fails naming the key, not mixing the two."""
+    config = ExperimentConfig.from_dict(json.loads(FIXTURE.read_text())["config"])
+    with pytest.raises(ValueError, match=r"normalize_by_weight: False -> True"):
+        run_experiment(config, _fixture_folder(tmp_path), progress=False)
 
 
 def test_first_release_state_resumes_without_work_and_reports(tmp_path, monkeypatch):
@@ -54,6 +69,9 @@ def test_first_release_state_resumes_without_work_and_reports(tmp_path, monkeypa
     assert state.finished and len(state.results) == 12
     text = Path(write_report([out], out / "report")["report"]).read_text()
     assert "| Entropy | standard |" in text and "uaal - standard" in text  # the old rows, tables and pairs
+    # What `uaal demo` and `uaal run` print after the main table: the same pairs as the report's.
+    printed = paired_table(load_experiments([out]))
+    assert "uaal - standard" in printed and "entropy - random" in printed and printed in text
 
 
 def test_first_release_state_with_an_unfinished_round_trains_only_that_round(tmp_path, monkeypatch):

@@ -188,11 +188,19 @@ def test_standard_mode_equals_hand_written_cross_entropy_loop():
 
 
 @pytest.mark.parametrize("normalize, s_max", [("scale", None), ("mean", 4.0), ("max", None)])
-def test_criterion_takes_normalize_and_cap(normalize, s_max):
+@pytest.mark.parametrize("by_weight", [False, True])
+def test_criterion_takes_normalize_and_cap(normalize, s_max, by_weight):
     """The UAAL criterion of a config scales and caps the uncertainty as the config says."""
     criterion, source = make_criterion(
         _config(
-            mode="uaal", uncertainty="kernel_noise", eta=0.02, normalize=normalize, s_max=s_max, exponent=2.0, alpha=1.5
+            mode="uaal",
+            uncertainty="kernel_noise",
+            eta=0.02,
+            normalize=normalize,
+            s_max=s_max,
+            exponent=2.0,
+            alpha=1.5,
+            normalize_by_weight=by_weight,
         )
     )
     assert criterion.normalize == normalize and criterion.s_max == s_max and source.uncertainty_scale == 0.02
@@ -206,7 +214,8 @@ def test_criterion_takes_normalize_and_cap(normalize, s_max):
     else:
         u = sigma / sigma.amax(dim=(1, 2), keepdim=True)
     s = u**2 if s_max is None else (u**2).clamp(max=s_max)
-    expected = ((1 + 1.5 * s) * F.cross_entropy(logits, labels, reduction="none")).mean()
+    w = 1 + 1.5 * s
+    expected = (w * F.cross_entropy(logits, labels, reduction="none")).sum() / (w.sum() if by_weight else w.numel())
     torch.testing.assert_close(criterion(logits, labels, sigma), expected)
 
 
@@ -353,6 +362,22 @@ def test_checkpoint_of_another_config_or_dataset_is_refused(tmp_path):
         train(_tiny_net(num_classes=4), _dataset(), _config(epochs=1), checkpoint_path=path, progress=False)
     # Where it runs is not part of the computation: another worker count resumes.
     train(_tiny_net(), _dataset(), _config(epochs=1, num_workers=1), checkpoint_path=path, progress=False)
+
+
+def test_checkpoint_written_before_a_key_existed_resumes_only_with_what_it_computed(tmp_path):
+    """A checkpoint without ``normalize_by_weight`` was trained with the by-count mean, today's
+    default divides by the weights: resuming it needs the old value, and says so."""
+    path = tmp_path / "ck.pt"
+    config = _config(epochs=1, mode="uaal", uncertainty="entropy", normalize_by_weight=False)
+    train(_tiny_net(), _dataset(), config, checkpoint_path=path, progress=False)
+    state = torch.load(path, weights_only=False)
+    del state["config"]["normalize_by_weight"]
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"normalize_by_weight: \(unset: False\) -> True"):
+        train(_tiny_net(), _dataset(), _config(epochs=1, mode="uaal", uncertainty="entropy"), checkpoint_path=path,
+              progress=False)  # fmt: skip
+    result = train(_tiny_net(), _dataset(), config, checkpoint_path=path, progress=False)
+    assert result.start_epoch == 1 and len(result.losses) == 1  # nothing left to train, nothing lost
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -120,4 +120,10 @@ def changed_keys(
         return saved[key] if key in saved else defaults.get(key, missing)
 
     keys = sorted(k for k in saved.keys() | current.keys() if k not in skipped and old(k) != current.get(k, missing))
-    return ", ".join(f"{key}: {saved.get(key, '(unset)')!r} -> {current.get(key, '(unset)')!r}" for key in keys)
+
+    def shown(key: str) -> str:
+        if key in saved:
+            return repr(saved[key])
+        return "(unset)" if old(key) is missing else f"(unset: {old(key)!r})"
+
+    return ", ".join(f"{key}: {shown(key)} -> {current.get(key, '(unset)')!r}" for key in keys)

@@ -44,7 +44,11 @@ class UAALLoss(nn.Module):
             uncertainty over the batch's valid pixels) or ``"max"`` (by each image's maximum over
             its valid pixels); a zero mean or maximum gives ``u = 0``.
         s_max: optional cap on ``u ** exponent``.
-        normalize_by_weight: divide the ``mean`` by ``sum(c_y * w)`` instead of ``sum(c_y)``.
+        normalize_by_weight: divide the ``mean`` by ``sum(c_y * w)`` instead of ``sum(c_y)``, so the
+            weighting shifts the gradient between pixels without scaling its size: with
+            ``sum(c_y)`` a mean weight of 2 trains at twice the learning rate
+            (``docs/study/README.md``). Unlike :func:`uaal_cross_entropy`, whose defaults follow
+            ``torch.nn.functional.cross_entropy``, the module defaults to ``True``.
     """
 
     def __init__(
@@ -60,7 +64,7 @@ class UAALLoss(nn.Module):
         uncertainty_scale: float | None = None,
         normalize: str = "scale",
         s_max: float | None = None,
-        normalize_by_weight: bool = False,
+        normalize_by_weight: bool = True,
     ) -> None:
         super().__init__()
         check_choice("reduction", reduction, REDUCTIONS)

@@ -53,6 +53,7 @@ __all__ = [
     "summarize",
     "markdown_tables",
     "main_table",
+    "paired_table",
     "write_report",
 ]
 
@@ -383,6 +384,12 @@ def main_table(summary: Sequence[dict[str, Any]]) -> str:
         text = [title] + ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table]
         blocks.append("\n".join(text))
     return "\n\n".join(blocks) if blocks else "No results yet."
+
+
+def paired_table(experiments: Sequence[Experiment]) -> str:
+    """The paired mIoU differences (modes against standard training, methods against Random) as the
+    report writes them: mean and 95% t-interval over seeds per method and budget."""
+    return paired_markdown(paired_comparisons(seed_cells(experiments, MIOU.key)))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -72,6 +72,10 @@ __all__ = [
 MODES = ("standard", "uaal")
 
 _CHECKPOINT_FORMAT = 1
+#: What a key meant in a checkpoint written before the key existed, where that differs from today's
+#: default: such a training computed the old behaviour and resumes only with it.
+_VALUES_BEFORE_KEY_EXISTED = {"normalize": "scale", "normalize_by_weight": False}
+
 #: Config fields that say where and how fast a run goes, not what it computes: a run may resume with
 #: other values (another device, more workers, AMP toggled, another layout).
 RUNTIME_FIELDS = ("device", "num_workers", "amp", "channels_last")
@@ -90,9 +94,9 @@ class TrainConfig:
     exponent: float = 2.0  # uaal mode: E in w = 1 + alpha(t) * u ** E (paper's best: 2)
     alpha: float = 1.0  # uaal mode: peak strength of the weighting
     schedule: str = "constant"  # uaal mode: alpha(t) over training, one of uaal_ext.SCHEDULES
-    normalize: str = "scale"  # uaal mode: u = U / scale ("scale": eta, log C, 1), or U / its "mean" / per-image "max"
+    normalize: str = "max"  # uaal mode: u = U / its per-image "max" | batch "mean" | "scale" (eta, log C, 1)
     s_max: float | None = None  # uaal mode: cap on u ** exponent (None: no cap)
-    normalize_by_weight: bool = False  # uaal mode: the mean divides by sum(c_y * w), so weighting adds no step size
+    normalize_by_weight: bool = True  # uaal mode: the mean divides by sum(c_y * w), so weighting adds no step size
     eta: float = 0.01  # kernel noise: relative weight-noise size, also its uncertainty scale
     num_samples: int = 5  # kernel noise: K perturbed passes; mc_dropout: T stochastic passes
     ignore_index: int = 255  # label value of unlabeled pixels
@@ -497,7 +501,10 @@ def _load_checkpoint(path: str) -> dict[str, Any]:
 
 def _check_resumable(state: dict[str, Any], config: TrainConfig, dataset_size: int, path: str) -> None:
     details = changed_keys(
-        state["config"], dataclasses.asdict(config), ignore=RUNTIME_FIELDS, defaults=dataclasses.asdict(TrainConfig())
+        state["config"],
+        dataclasses.asdict(config),
+        ignore=RUNTIME_FIELDS,
+        defaults={**dataclasses.asdict(TrainConfig()), **_VALUES_BEFORE_KEY_EXISTED},
     )
     if details:
         raise ValueError(

@@ -69,9 +69,9 @@ class ExperimentConfig:
     exponent: float = 2.0  # uaal mode: w = 1 + alpha(t) * u ** exponent
     alpha: float = 1.0  # uaal mode: peak strength
     schedule: str = "constant"  # uaal mode: one of uaal_ext.SCHEDULES
-    normalize: str = "scale"  # uaal mode: u = U / eta (kernel noise) | U / its batch "mean" | per-image "max"
+    normalize: str = "max"  # uaal mode: u = U / its per-image "max" | batch "mean" | "scale" (eta for kernel noise)
     s_max: float | None = None  # uaal mode: cap on u ** exponent (None: no cap)
-    normalize_by_weight: bool = False  # uaal mode: the mean divides by sum(w), so weighting adds no step size
+    normalize_by_weight: bool = True  # uaal mode: the mean divides by sum(w), so weighting adds no step size
     eta: float = 0.01  # kernel-noise size (training and Noise Stability scoring)
     num_samples: int = 5  # uaal mode: K kernel-noise / T MC-Dropout passes per step
     amp: bool = True  # float16 autocast on CUDA

@@ -172,7 +172,7 @@ class ExperimentState:
                 f"is: move it away (or choose another --out) to start over"
             ) from None
         return cls(
-            config=values["config"],
+            config=_with_keys_it_predates(values["config"]),
             pool_size=values["pool_size"],
             budget_sizes=values["budget_sizes"],
             initial=values["initial"],
@@ -189,6 +189,13 @@ class ExperimentState:
 
 
 _KEYS = ("format", "config", "pool_size", "budget_sizes", "initial", "runs", "results", "finished")
+#: What a config key meant in a state file written before the key existed, where that differs from
+#: today's default: such runs computed the old behaviour, and resuming or reporting them must say so.
+VALUES_BEFORE_KEY_EXISTED = {"normalize": "scale", "normalize_by_weight": False}
+
+
+def _with_keys_it_predates(config: Any) -> Any:
+    return {**VALUES_BEFORE_KEY_EXISTED, **config} if isinstance(config, dict) else config
 
 
 def run_key(seed: int, mode: str, method: str | None) -> str:
