@@ -26,7 +26,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def _paired(path: Path, metric: str) -> dict[tuple[str, ...], tuple[float, float, float]]:
     scale = 100.0 if metric == "miou" else 1.0
     return {
-        (row["variant"], row["method"], row["comparison"], row["budget"]): tuple(
+        (row["variant"], row["method"], row["mode"], row["comparison"], row["budget"]): tuple(
             scale * float(row[key]) for key in ("mean", "low", "high")
         )
         for row in _rows(path)
@@ -61,7 +61,9 @@ def stage1(results: Path) -> Path:
 
 def stages_2_3(results: Path) -> Path:
     choice, fresh = (_paired(results / s / "paired.csv", "miou") for s in ("stage2", "stage3"))
-    keys = [key for key in choice if key[3] in ("0.1", "0.2")]
+    # Random under the UAAL selector is standard training by construction (Random asks no model):
+    # its zero differences are left out.
+    keys = [key for key in choice if key[4] in ("0.1", "0.2") and not (key[1] == "random" and key[2] == "uaal_select")]
     figure = Figure(figsize=(7.5, 0.32 * len(keys) + 1.5), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
@@ -74,7 +76,14 @@ def stages_2_3(results: Path) -> Path:
             y = position + 0.18 * (offset - 0.5)
             axes.errorbar(mean, y, xerr=[[mean - low], [high - mean]], fmt="o", color=color, capsize=2,
                           label=label if position == 0 else None)  # fmt: skip
-    axes.set_yticks(range(len(keys)), [f"{k[2]}, {k[1]}, B = {float(k[3]):.0%}" for k in keys], fontsize=7)
+    modes = {"standard": "standard training", "uaal": "UAAL training", "uaal_select": "UAAL selector"}
+    labels = [
+        f"{k[3]}, {k[1]}, B = {float(k[4]):.0%}"
+        if k[3].startswith(k[2])
+        else f"{k[3]} ({modes[k[2]]}), B = {float(k[4]):.0%}"
+        for k in keys
+    ]
+    axes.set_yticks(range(len(keys)), labels, fontsize=7)
     axes.axvline(0, color="0.5", linewidth=0.8)
     axes.invert_yaxis()
     axes.set_xlabel("paired mIoU difference (points), mean and 95% interval")

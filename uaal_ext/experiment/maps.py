@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import colorsys
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Union
 
@@ -291,7 +292,8 @@ def draw_uncertainty_maps(
                 extend="max" if clipped[method] else "neither",
             )
             bar.ax.tick_params(labelsize="small")
-            bar.set_label(_map_label(method), fontsize="small")  # what the colours measure
+            # What the colours measure, wrapped to the colour bar's width.
+            bar.set_label(textwrap.fill(_map_label(method), 36, break_on_hyphens=False), fontsize="small")
     if class_names is not None:
         shown = sorted(int(c) for c in torch.unique(valid_labels).tolist())
         handles = [Patch(color=colors[c], label=class_names[c] if c < len(class_names) else str(c)) for c in shown]
