@@ -13,6 +13,9 @@ Methods, all timed in one run (rounds interleaved so drift hits every method ali
                             by sum c_y w): the fused op after a pre-pass over the logits for that sum
   eager reference           `uaal_loss_eager` below: log_softmax, entropy from it, detached weights, nll
   torch.compile(reference)  torch.compile of that same function (compiled and warmed up first)
+  torch.compile(reference, by weight)
+                            torch.compile of the eager reference with the by-weight mean: the
+                            baseline of the by-weight row
   F.cross_entropy           plain eager F.cross_entropy (same ignore_index, mean), no UAAL weighting
 
 Correctness is checked before timing (uaal_ext, and uaal_ext (by weight) against the eager reference
@@ -76,12 +79,14 @@ BAR_FLOOR = 2.0  # fwd+bwd time / bytes-moved floor
 BAR_MEMORY = 1.1  # peak extra memory of fwd+bwd, in units of the logits' size
 
 BY_WEIGHT = "uaal_ext (by weight)"
+COMPILED_BY_WEIGHT = "torch.compile(reference, by weight)"
 METHODS = [
     "uaal_ext",
     "uaal_ext (two-pass)",
     BY_WEIGHT,
     "eager reference",
     "torch.compile(reference)",
+    COMPILED_BY_WEIGHT,
     "F.cross_entropy",
 ]
 OURS = "uaal_ext"
@@ -165,6 +170,8 @@ def get_method(name: str):
         return uaal_loss_eager
     if name == "torch.compile(reference)":
         return torch.compile(uaal_loss_eager, fullgraph=True, dynamic=False)
+    if name == COMPILED_BY_WEIGHT:
+        return torch.compile(uaal_loss_eager_by_weight, fullgraph=True, dynamic=False)
     if name == "F.cross_entropy":
         return plain_cross_entropy
     raise ValueError(f"unknown method {name!r}; choose from {METHODS}")
@@ -352,10 +359,13 @@ def check_correctness(methods: dict, x, t, log) -> None:
     references = {"eager reference": _loss_and_grad(methods["eager reference"], x, t)}
     if BY_WEIGHT in methods:
         references["eager reference (by weight)"] = _loss_and_grad(uaal_loss_eager_by_weight, x, t)
-    for name in (OURS, BY_WEIGHT, "torch.compile(reference)"):
+    for name in (OURS, BY_WEIGHT, "torch.compile(reference)", COMPILED_BY_WEIGHT):
         if name not in methods:
             continue
-        ref_loss, ref_grad = references["eager reference (by weight)" if name == BY_WEIGHT else "eager reference"]
+        by_weight = name in (BY_WEIGHT, COMPILED_BY_WEIGHT)
+        if by_weight and "eager reference (by weight)" not in references:
+            references["eager reference (by weight)"] = _loss_and_grad(uaal_loss_eager_by_weight, x, t)
+        ref_loss, ref_grad = references["eager reference (by weight)" if by_weight else "eager reference"]
         grad_atol = 1e-4 * ref_grad.abs().max().item()
         loss, grad = _loss_and_grad(methods[name], x, t)
         torch.testing.assert_close(
@@ -365,7 +375,7 @@ def check_correctness(methods: dict, x, t, log) -> None:
             grad, ref_grad, rtol=1e-4, atol=grad_atol, msg=lambda m: f"{name} gradient vs eager reference: {m}"
         )
         log(
-            f"- {name} vs eager reference{' (by weight)' if name == BY_WEIGHT else ''}: "
+            f"- {name} vs eager reference{' (by weight)' if by_weight else ''}: "
             f"loss {loss.item():.6f} vs {ref_loss.item():.6f}, "
             f"max |grad diff| {(grad - ref_grad).abs().max().item():.2e} "
             f"(max |grad| {ref_grad.abs().max().item():.2e}): OK"
@@ -394,6 +404,7 @@ def build_table(rows: list[dict]) -> tuple[str, list[str]]:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     bars = []
     spec_shapes = {shape_label(parse_shape(s)) for s in FULL_SHAPES.split(",")}
+    by_cell = {(r["shape"], r["method"]): r for r in rows}
     for r in rows:
         bar = ""
         n_bars = len(bars)
@@ -425,6 +436,23 @@ def build_table(rows: list[dict]) -> tuple[str, list[str]]:
                 parts.append(f"mem <= {BAR_MEMORY:g}x: {mark(ok)}")
                 bars.append(
                     f"{r['shape']}: uaal_ext peak extra memory {mem:.3f}x logits (bar <= {BAR_MEMORY:g}x): {mark(ok)}"
+                )
+            bar = "; ".join(parts)
+        elif r["method"] == BY_WEIGHT:
+            # Its own baseline is the compiled reference with the same (by-weight) mean.
+            parts = [f"<= {BAR_FLOOR:g}x floor: {mark(r['fwd_bwd_over_floor'] <= BAR_FLOOR)}"]
+            bars.append(
+                f"{r['shape']}: {BY_WEIGHT} fwd+bwd / floor {r['fwd_bwd_over_floor']:.2f}x "
+                f"(bar <= {BAR_FLOOR:g}x): {mark(r['fwd_bwd_over_floor'] <= BAR_FLOOR)}"
+            )
+            compiled = by_cell.get((r["shape"], COMPILED_BY_WEIGHT))
+            if compiled is not None and compiled["fwd_bwd_ms"] and r["fwd_bwd_ms"]:
+                ratio = compiled["fwd_bwd_ms"] / r["fwd_bwd_ms"]
+                ok = ratio >= BAR_VS_COMPILE
+                parts.append(f"{ratio:.2f}x {COMPILED_BY_WEIGHT} >= {BAR_VS_COMPILE:g}x: {mark(ok)}")
+                bars.append(
+                    f"{r['shape']}: {BY_WEIGHT} fwd+bwd vs {COMPILED_BY_WEIGHT} {ratio:.2f}x "
+                    f"(bar >= {BAR_VS_COMPILE:g}x): {mark(ok)}"
                 )
             bar = "; ".join(parts)
         if r["shape"] not in spec_shapes and bar:  # overheads dominate small shapes

@@ -45,7 +45,8 @@ def test_first_release_state_loads_as_typed_records(tmp_path):
     assert state.config["normalize_by_weight"] is False and state.config["normalize"] == "scale"
     # Written back, the file says what it said, those keys added (format 1, keys in their order).
     original = json.loads(FIXTURE.read_text())
-    original["config"] = {**VALUES_BEFORE_KEY_EXISTED, **original["config"]}
+    missing = {k: v for k, v in VALUES_BEFORE_KEY_EXISTED.items() if k not in original["config"]}
+    original["config"] = {**original["config"], **missing}
     assert json.dumps(state.to_json()) == json.dumps(original)
 
 

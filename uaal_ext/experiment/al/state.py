@@ -195,7 +195,9 @@ VALUES_BEFORE_KEY_EXISTED = {"normalize": "scale", "normalize_by_weight": False}
 
 
 def _with_keys_it_predates(config: Any) -> Any:
-    return {**VALUES_BEFORE_KEY_EXISTED, **config} if isinstance(config, dict) else config
+    if not isinstance(config, dict):
+        return config
+    return {**config, **{key: value for key, value in VALUES_BEFORE_KEY_EXISTED.items() if key not in config}}
 
 
 def run_key(seed: int, mode: str, method: str | None) -> str:
