@@ -13,7 +13,7 @@ Methods, all timed in one run (rounds interleaved so drift hits every method ali
                             by sum c_y w): the fused op after a pre-pass over the logits for that sum
   eager reference           `uaal_loss_eager` below: log_softmax, entropy from it, detached weights, nll
   torch.compile(reference)  torch.compile of that same function (compiled and warmed up first)
-  torch.compile(reference, by weight)
+  torch.compile(by-weight reference)
                             torch.compile of the eager reference with the by-weight mean: the
                             baseline of the by-weight row
   F.cross_entropy           plain eager F.cross_entropy (same ignore_index, mean), no UAAL weighting
@@ -79,7 +79,7 @@ BAR_FLOOR = 2.0  # fwd+bwd time / bytes-moved floor
 BAR_MEMORY = 1.1  # peak extra memory of fwd+bwd, in units of the logits' size
 
 BY_WEIGHT = "uaal_ext (by weight)"
-COMPILED_BY_WEIGHT = "torch.compile(reference, by weight)"
+COMPILED_BY_WEIGHT = "torch.compile(by-weight reference)"
 METHODS = [
     "uaal_ext",
     "uaal_ext (two-pass)",
