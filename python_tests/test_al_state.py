@@ -58,7 +58,7 @@ def test_first_release_state_does_not_resume_under_a_changed_default(tmp_path):
         run_experiment(config, _fixture_folder(tmp_path), progress=False)
 
 
-def test_first_release_state_resumes_without_work_and_reports(tmp_path, monkeypatch):
+def test_first_release_state_resumes_without_work_and_reports(tmp_path, monkeypatch, capsys):
     out = _fixture_folder(tmp_path)
 
     def fail(*args, **kwargs):
@@ -68,6 +68,8 @@ def test_first_release_state_resumes_without_work_and_reports(tmp_path, monkeypa
     monkeypatch.setattr(al_loop, "select_from_pool", fail)
     state = run_experiment(_fixture_config(), out, progress=False)
     assert state.finished and len(state.results) == 12
+    # Without progress bars the resume is still said, on stdout.
+    assert f"resuming {str(out)!r}: 10 of 10 rounds done" in capsys.readouterr().out
     text = Path(write_report([out], out / "report")["report"]).read_text()
     assert "| Entropy | standard |" in text and "uaal - standard" in text  # the old rows, tables and pairs
     # What `uaal demo` and `uaal run` print after the main table: the same pairs as the report's.

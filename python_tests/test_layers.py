@@ -90,7 +90,7 @@ def test_the_importer_sees_the_layers():
 def test_docs_name_only_paths_that_exist(page):
     text = (REPO / "docs" / page).read_text()
     paths = set(
-        re.findall(r"(?:uaal_ext|csrc|python_tests|benchmarks|experiment|acquisition|uncertainty|ops)/[\w/.*]+", text)
+        re.findall(r"(?:uaal_ext|csrc|python_tests|benchmarks|experiment|acquisition|uncertainty|ops)/[\w/.*-]+", text)
     )
     missing = []
     for name in paths:

@@ -291,13 +291,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from .al import StateError  # after parsing: --help answers without importing torch
+    from .files import FolderInUseError
     from .runtime import keep_freed_memory
 
     keep_freed_memory()  # the command runs whole trainings: reuse freed activation memory
 
     try:
         args.handler(args)
-    except (ValueError, StateError, FileNotFoundError, FloatingPointError) as error:
+    except (ValueError, StateError, FileNotFoundError, FloatingPointError, FolderInUseError) as error:
         if os.environ.get("UAAL_TRACEBACK"):  # for debugging the library itself
             raise
         print(f"uaal {args.command}: error: {error}", file=sys.stderr)

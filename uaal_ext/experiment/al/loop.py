@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from ..._validation import changed_keys, check_int
 from ...acquisition import make_method, select_from_pool
 from ..data import dataset_spec
+from ..files import FolderLock
 from ..models import build_model, load_weights, save_weights
 from ..training import evaluate, train
 from .config import AL_MODES, RUNTIME_KEYS, ExperimentConfig
@@ -415,15 +416,23 @@ def run_experiment(
     """Runs (or resumes) the experiment of ``config`` in ``out_dir`` and returns its final state.
 
     Progress: one bar over all rounds of the experiment, nested bars for each training and scoring
-    pass; ``log`` (default ``tqdm.write`` when ``progress``) gets a line per finished round and, on
-    a resume, one saying how much was done already.
+    pass; ``log`` (default ``tqdm.write`` with progress bars, ``print`` without) gets a line per
+    finished round and, on a resume, one saying how much was done already.
+
+    The folder is locked while the experiment runs (:class:`uaal_ext.experiment.files.FolderLock`):
+    a second process on it raises :class:`uaal_ext.experiment.files.FolderInUseError` naming the
+    holder; the lock of a killed run is taken over.
     """
     out_dir = os.fspath(out_dir)
-    log = log if log is not None else (tqdm.write if progress else (lambda line: None))
-    loop = ActiveLearningLoop(config, out_dir, progress=progress, log=log)
-    if loop.state.runs:
-        log(
-            f"resuming {out_dir!r}: {loop.state.rounds_done()} of {loop.total_rounds} rounds done "
-            f"({loop.state.wall_time:.0f} s so far)"
-        )
-    return loop.run()
+    log = log if log is not None else (tqdm.write if progress else print)
+    with FolderLock(out_dir) as lock:  # a second process on this folder stops here, naming the holder
+        if lock.previous:
+            log(f"{out_dir!r}: process {lock.previous.get('pid')} on {lock.previous.get('host')!r} ended without "
+                f"releasing the folder; taking it over")  # fmt: skip
+        loop = ActiveLearningLoop(config, out_dir, progress=progress, log=log)
+        if loop.state.runs:
+            log(
+                f"resuming {out_dir!r}: {loop.state.rounds_done()} of {loop.total_rounds} rounds done "
+                f"({loop.state.wall_time:.0f} s so far)"
+            )
+        return loop.run()
