@@ -542,3 +542,40 @@ def test_dataset_options_reach_the_dataset(tmp_path):
     assert data.pool_eval.rare_scale == data.val.rare_scale == 0.5
     with pytest.raises(ValueError, match="'dataset_options'.*frames_per_scene"):
         tiny_config(dataset_options={"frames": 4})
+
+
+def test_shards_of_the_grid_together_equal_one_run(tiny_experiment, tmp_path):
+    """`--shard i/n`: each part runs its (seed, mode) groups; the parts' folders report exactly
+    what one unsharded run reports, and a part resumes only as the part it was."""
+    from uaal_ext.experiment import report
+
+    config, full, state = tiny_experiment
+    groups = [(seed, mode) for seed in config.seeds for mode in config.modes]
+    assert (
+        al.shard_groups(config, (0, 3)) + al.shard_groups(config, (1, 3)) + al.shard_groups(config, (2, 3))
+        == groups[0::3] + groups[1::3] + groups[2::3]
+    )
+    parts = [tmp_path / "part0", tmp_path / "part1"]
+    states = [run_experiment(config, part, shard=(i, 2), progress=False, log=lambda line: None) for i, part in
+              enumerate(parts)]  # fmt: skip
+    assert all(s.finished for s in states)
+    # Every run is in exactly one part, with the labeled sets of the unsharded run.
+    keys = [set(s.runs) for s in states]
+    assert not keys[0] & keys[1] and keys[0] | keys[1] == set(state.runs)
+    for part_state in states:
+        for key, run in part_state.runs.items():
+            assert [r.labeled for r in run.rounds] == [r.labeled for r in state.runs[key].rounds]
+    one, merged = (report.load_experiments(folders) for folders in ([full], parts))
+    assert report.summarize(merged) == report.summarize(one)
+    assert report.paired_table(merged) == report.paired_table(one)
+    with pytest.raises(ValueError, match=r"runs part 0/2 of the grid, this command asks for part 1/2"):
+        run_experiment(config, parts[0], shard=(1, 2), progress=False)
+    with pytest.raises(ValueError, match="shard must be"):
+        al.shard_groups(config, (2, 2))
+
+
+def test_cli_shard_argument(tmp_path, capsys):
+    from uaal_ext.experiment.cli import main
+
+    assert main(["run", "--out", str(tmp_path), "--shard", "2/2"]) == 2
+    assert "--shard must look like i/n" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """The ``uaal`` command: active-learning experiments, their reports and figures.
 
     uaal demo [--quick] [--out DIR]                  the complete comparison on synthetic data
-    uaal run --config FILE [--set key=value ...] --out DIR
+    uaal run --config FILE [--set key=value ...] [--shard I/N] --out DIR
     uaal sweep --config FILE --grid exponent=1,2,3,5 [--grid ...] --out DIR
     uaal report DIR [DIR ...] [--out DIR]
     uaal maps DIR [--out DIR] [--images 0,1]
@@ -85,12 +85,27 @@ def _demo(args: argparse.Namespace) -> None:
     _finish(args.out, state, started, maps=True)
 
 
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"1/4"`` -> ``(1, 4)``."""
+    if text is None:
+        return None
+    index, sep, count = text.partition("/")
+    try:
+        shard = (int(index), int(count))
+    except ValueError:
+        shard = None
+    if not sep or shard is None or not 0 <= shard[0] < shard[1]:
+        raise ValueError(f"--shard must look like i/n with 0 <= i < n, got {text!r}")
+    return shard
+
+
 def _run(args: argparse.Namespace) -> None:
     from .al import load_config, run_experiment
 
     config = load_config(args.config, args.set)
+    shard = _parse_shard(args.shard)
     started = time.perf_counter()
-    state = run_experiment(config, args.out, progress=not args.no_progress)
+    state = run_experiment(config, args.out, shard=shard, progress=not args.no_progress)
     _finish(args.out, state, started)
 
 
@@ -252,6 +267,13 @@ def _parser() -> argparse.ArgumentParser:
         "configs/*.yaml), overridden by --set.",
     )  # fmt: skip
     config_options(run, "output folder (state, checkpoints, report); rerun to resume")
+    run.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="run part I of N of the grid (its (seed, mode) groups), each part in its own --out; "
+        "`uaal report` of the N folders equals the report of one run",
+    )
 
     sweep = command(
         "sweep", _sweep, "one experiment per grid point (ablations such as the exponent or eta)",

@@ -4,7 +4,7 @@
 
 from .config import AL_MODES, RETRAIN, RUNTIME_KEYS, ExperimentConfig, apply_overrides, load_config, parse_value
 from .datasets import Datasets, build_datasets
-from .loop import ActiveLearningLoop, budget_sizes, derive_seed, load_round_model, run_experiment
+from .loop import ActiveLearningLoop, budget_sizes, derive_seed, load_round_model, run_experiment, shard_groups
 from .state import ExperimentState, RoundStatus, StateError, load_state, run_key
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "build_datasets",
     "ActiveLearningLoop",
     "run_experiment",
+    "shard_groups",
     "budget_sizes",
     "derive_seed",
     "load_round_model",

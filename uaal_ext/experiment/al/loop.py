@@ -47,7 +47,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from ..._validation import changed_keys, check_int
+from ..._validation import changed_keys, check_int, is_int
 from ...acquisition import make_method, select_from_pool
 from ..data import dataset_spec
 from ..files import FolderLock
@@ -175,9 +175,19 @@ class ActiveLearningLoop:
     one) and the four steps of a round (:meth:`select`, :meth:`train`, :meth:`evaluate`,
     :meth:`record`). :meth:`run` walks every round of every run."""
 
-    def __init__(self, config: ExperimentConfig, out_dir: str, *, progress: bool, log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        out_dir: str,
+        *,
+        progress: bool,
+        log: Callable[[str], None],
+        shard: tuple[int, int] | None = None,
+    ) -> None:
         config.validate()
         self.config, self.out_dir, self.progress, self.log = config, out_dir, progress, log
+        self.shard = shard
+        self.groups = shard_groups(config, shard)  # the (seed, mode) groups this folder runs
         self.data = build_datasets(config)
         pool_size = len(self.data.pool_eval)  # type: ignore[arg-type]
         self.sizes = budget_sizes(config, pool_size)
@@ -190,7 +200,7 @@ class ActiveLearningLoop:
             num_workers=config.num_workers,
         )
         rounds_per_run = 1 + len(config.methods) * len(config.budgets)
-        self.total_rounds = len(config.seeds) * len(config.modes) * rounds_per_run
+        self.total_rounds = len(self.groups) * rounds_per_run
         self.bar = tqdm(
             total=self.total_rounds,
             initial=self.state.rounds_done(),
@@ -203,8 +213,15 @@ class ActiveLearningLoop:
     def _resume_or_start(self, pool_size: int) -> ExperimentState:
         path = os.path.join(self.out_dir, STATE_FILE)
         if not os.path.exists(path):
-            return ExperimentState(config=self.config.to_dict(), pool_size=pool_size, budget_sizes=self.sizes)
+            return ExperimentState(
+                config=self.config.to_dict(), pool_size=pool_size, budget_sizes=self.sizes, shard=self.shard
+            )
         state = load_state(self.out_dir)
+        if state.shard != self.shard:
+            held, asked = (
+                f"part {s[0]}/{s[1]} of the grid" if s else "the whole grid" for s in (state.shard, self.shard)
+            )
+            raise ValueError(f"{path!r} runs {held}, this command asks for {asked}: rerun it as it was started")
         details = changed_keys(
             state.config, self.config.to_dict(), ignore=RUNTIME_KEYS, defaults=ExperimentConfig().to_dict()
         )
@@ -227,8 +244,10 @@ class ActiveLearningLoop:
         try:
             self.save()  # the folder holds an experiment from the first second on
             for seed in self.config.seeds:
-                self.initial_set(seed)
-                for mode in self.config.modes:
+                modes = [mode for mode in self.config.modes if (seed, mode) in self.groups]
+                if modes:
+                    self.initial_set(seed)
+                for mode in modes:
                     start = self.step(self.state.run(seed, mode, None), 0, previous=None)
                     for method in self.config.methods if self.config.budgets else ():  # []: round 0 only
                         run, previous = self.state.run(seed, mode, method), start
@@ -406,10 +425,25 @@ class ActiveLearningLoop:
         self.state.save(self.out_dir)
 
 
+def shard_groups(config: ExperimentConfig, shard: tuple[int, int] | None) -> list[tuple[int, str]]:
+    """The ``(seed, mode)`` groups of part ``i`` of ``n`` of the grid: every ``n``-th, from the
+    ``i``-th. A group's runs share its round-0 model and depend on nothing else, so the parts run
+    anywhere at once and ``uaal report`` of their folders equals the report of one run."""
+    groups = [(seed, mode) for seed in config.seeds for mode in config.modes]
+    if shard is None:
+        return groups
+    if not (
+        isinstance(shard, tuple) and len(shard) == 2 and all(is_int(v) for v in shard) and 0 <= shard[0] < shard[1]
+    ):
+        raise ValueError(f"shard must be (i, n) with integers 0 <= i < n, got {shard!r}")
+    return groups[shard[0] :: shard[1]]
+
+
 def run_experiment(
     config: ExperimentConfig,
     out_dir: str | os.PathLike,
     *,
+    shard: tuple[int, int] | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> ExperimentState:
@@ -419,7 +453,8 @@ def run_experiment(
     pass; ``log`` (default ``tqdm.write`` with progress bars, ``print`` without) gets a line per
     finished round and, on a resume, one saying how much was done already.
 
-    The folder is locked while the experiment runs (:class:`uaal_ext.experiment.files.FolderLock`):
+    ``shard=(i, n)`` runs part ``i`` of ``n`` of the grid (:func:`shard_groups`), for ``n`` jobs
+    that each write their own folder. The folder is locked while the experiment runs (:class:`uaal_ext.experiment.files.FolderLock`):
     a second process on it raises :class:`uaal_ext.experiment.files.FolderInUseError` naming the
     holder; the lock of a killed run is taken over.
     """
@@ -429,7 +464,7 @@ def run_experiment(
         if lock.previous:
             log(f"{out_dir!r}: process {lock.previous.get('pid')} on {lock.previous.get('host')!r} ended without "
                 f"releasing the folder; taking it over")  # fmt: skip
-        loop = ActiveLearningLoop(config, out_dir, progress=progress, log=log)
+        loop = ActiveLearningLoop(config, out_dir, progress=progress, log=log, shard=shard)
         if loop.state.runs:
             log(
                 f"resuming {out_dir!r}: {loop.state.rounds_done()} of {loop.total_rounds} rounds done "

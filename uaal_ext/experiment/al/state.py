@@ -131,6 +131,7 @@ class ExperimentState:
     results: list[dict[str, Any]] = field(default_factory=list)  # one flat row per evaluated (run, round)
     finished: bool = False
     wall_time: float = 0.0  # seconds, over every session that worked on it
+    shard: tuple[int, int] | None = None  # (i, n): this folder runs part i of n of the grid (None: all)
 
     def run(self, seed: int, mode: str, method: str | None) -> RunState:
         """The run of ``(seed, mode, method)`` (``None``: the shared round 0), created empty if new."""
@@ -153,6 +154,7 @@ class ExperimentState:
             "results": self.results,
             "finished": self.finished,
             "wall_time": self.wall_time,
+            **({"shard": list(self.shard)} if self.shard is not None else {}),
         }
 
     @classmethod
@@ -180,6 +182,7 @@ class ExperimentState:
             results=values["results"],
             finished=values["finished"],
             wall_time=float(values.get("wall_time", 0.0)),
+            shard=tuple(values["shard"]) if values.get("shard") is not None else None,  # type: ignore[arg-type]
         )
 
     def save(self, out_dir: str | os.PathLike) -> None:
