@@ -488,3 +488,14 @@ def test_method_lists():
         "select_from_pool",
         "pooled_deviations",
     }
+
+
+# Full blocks of more than 8 classes go through contiguous staging on the CPU (csrc/cpu/pixel_blocks.h):
+# rows of 131 pixels hold two full blocks and a partial one.
+@pytest.mark.parametrize("num_classes", [8, 9, 19])
+@pytest.mark.parametrize("method", MAP_METHODS)
+def test_wide_rows_around_the_staging_threshold(method, num_classes, seed):
+    shape = (2, num_classes, 3, 131)
+    if method in MC_METHODS:
+        shape = (3,) + shape
+    _check_map(method, (random_logits(shape) * 2).float())

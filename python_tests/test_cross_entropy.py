@@ -513,3 +513,26 @@ def test_gradcheck(device, kwargs, seed):
     assert torch.autograd.gradcheck(
         lambda x: uaal_ext.uaal_cross_entropy(x, target, uncertainty, alpha=1.5, **kwargs), (x,)
     )
+
+
+# The CPU kernels copy a full block's rows into contiguous staging when there are more than 8
+# classes (csrc/cpu/pixel_blocks.h), and read them in place otherwise. A full block needs a row of
+# at least 64 contiguous pixels: 131 gives two full blocks and a partial one.
+@pytest.mark.parametrize("normalize_by_weight", [False, True])
+@pytest.mark.parametrize("use_uncertainty", [False, True])
+@pytest.mark.parametrize("num_classes", [8, 9, 19])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_wide_rows_around_the_staging_threshold(dtype, num_classes, use_uncertainty, normalize_by_weight, seed):
+    _check(
+        "cpu",
+        dtype,
+        (2, 3, 131),
+        num_classes,
+        use_weight=True,
+        use_uncertainty=use_uncertainty,
+        ignore_index=-100,
+        reduction="mean",
+        label_smoothing=0.1,
+        alpha=1.5,
+        normalize_by_weight=normalize_by_weight,
+    )

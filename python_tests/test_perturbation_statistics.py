@@ -286,3 +286,11 @@ def test_compile_fullgraph(seed):
     compiled = torch.compile(uncertainty, fullgraph=True, backend="aot_eager")
     for got, want in zip(compiled(clean, perturbed), uncertainty(clean, perturbed)):
         assert torch.equal(got, want)
+
+
+# Full blocks of more than 8 classes go through contiguous staging on the CPU (csrc/cpu/pixel_blocks.h):
+# rows of 131 pixels hold two full blocks and a partial one.
+@pytest.mark.parametrize("num_classes", [8, 9, 19])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_wide_rows_around_the_staging_threshold(dtype, num_classes, seed):
+    _check(*_inputs((2, num_classes, 3, 131), 3, dtype))

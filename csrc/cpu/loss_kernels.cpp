@@ -389,7 +389,7 @@ double map_weight_total(const CrossEntropyProblem& pr) {
           const int64_t y = l < count ? static_cast<int64_t>(target[i + l]) : pr.ignore_index;
           const bool is_valid = (y != pr.ignore_index) & (y >= 0) & (y < C);
           valid[l] = is_valid ? acc_t(1) : acc_t(0);
-          target_weight[l] = is_valid && class_weight ? class_weight[is_valid ? y : 0] : acc_t(1);
+          target_weight[l] = is_valid && class_weight ? class_weight[y] : acc_t(1);
         }
         const Vec w = uncertainty_weight(Vec::loadu(uncertainty + i, count), acc_t(pr.inv_scale), acc_t(pr.alpha),
                                          acc_t(pr.exponent), acc_t(pr.s_max));

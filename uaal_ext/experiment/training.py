@@ -60,6 +60,7 @@ from .files import atomic_write
 __all__ = [
     "MODES",
     "RUNTIME_FIELDS",
+    "VALUES_BEFORE_KEY_EXISTED",
     "TrainConfig",
     "TrainResult",
     "CheckpointError",
@@ -72,9 +73,10 @@ __all__ = [
 MODES = ("standard", "uaal")
 
 _CHECKPOINT_FORMAT = 1
-#: What a key meant in a checkpoint written before the key existed, where that differs from today's
-#: default: such a training computed the old behaviour and resumes only with it.
-_VALUES_BEFORE_KEY_EXISTED = {"normalize": "scale", "normalize_by_weight": False}
+#: What a config key meant in a checkpoint or experiment state written before the key existed, where
+#: that differs from today's default: such a run computed the old behaviour, and resuming or
+#: reporting it must say so (the experiment config shares these keys).
+VALUES_BEFORE_KEY_EXISTED = {"normalize": "scale", "normalize_by_weight": False}
 
 #: Config fields that say where and how fast a run goes, not what it computes: a run may resume with
 #: other values (another device, more workers, AMP toggled, another layout).
@@ -504,7 +506,7 @@ def _check_resumable(state: dict[str, Any], config: TrainConfig, dataset_size: i
         state["config"],
         dataclasses.asdict(config),
         ignore=RUNTIME_FIELDS,
-        defaults={**dataclasses.asdict(TrainConfig()), **_VALUES_BEFORE_KEY_EXISTED},
+        defaults={**dataclasses.asdict(TrainConfig()), **VALUES_BEFORE_KEY_EXISTED},
     )
     if details:
         raise ValueError(

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..files import atomic_write
+from ..training import VALUES_BEFORE_KEY_EXISTED
 
 STATE_FILE = "state.json"
 STATE_FORMAT = 1
@@ -192,9 +193,6 @@ class ExperimentState:
 
 
 _KEYS = ("format", "config", "pool_size", "budget_sizes", "initial", "runs", "results", "finished")
-#: What a config key meant in a state file written before the key existed, where that differs from
-#: today's default: such runs computed the old behaviour, and resuming or reporting them must say so.
-VALUES_BEFORE_KEY_EXISTED = {"normalize": "scale", "normalize_by_weight": False}
 
 
 def _with_keys_it_predates(config: Any) -> Any:
