@@ -23,6 +23,7 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 from . import (
     _C,  # noqa: F401  (registers torch.ops.uaal_ext.*)
     acquisition,
+    distributed,
     uncertainty,
 )
 from ._build import build_info
@@ -46,6 +47,7 @@ __all__ = [
     "record_dropout",
     "acquisition",
     "uncertainty",
+    "distributed",
     "get_schedule",
     "SCHEDULES",
     "build_info",

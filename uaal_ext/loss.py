@@ -14,8 +14,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from . import distributed
 from ._validation import check_choice
-from .ops.cross_entropy import REDUCTIONS, inverse_scale, pixel_entropy, uaal_cross_entropy
+from .ops.cross_entropy import REDUCTIONS, inverse_scale, pixel_entropy, uaal_cross_entropy, uaal_cross_entropy_sums
 from .schedules import get_schedule
 
 __all__ = ["UAALLoss", "NORMALIZE_MODES", "normalize_uncertainty"]
@@ -65,6 +66,7 @@ class UAALLoss(nn.Module):
         normalize: str = "scale",
         s_max: float | None = None,
         normalize_by_weight: bool = True,
+        sync_ranks: bool = False,
     ) -> None:
         super().__init__()
         check_choice("reduction", reduction, REDUCTIONS)
@@ -92,6 +94,7 @@ class UAALLoss(nn.Module):
         self.normalize = normalize
         self.s_max = s_max
         self.normalize_by_weight = normalize_by_weight
+        self.sync_ranks = bool(sync_ranks)
         self._schedule = get_schedule(schedule)
         self.epoch = 0.0
 
@@ -114,25 +117,36 @@ class UAALLoss(nn.Module):
         return self.alpha * self._schedule(self.progress)
 
     def forward(self, input: Tensor, target: Tensor, uncertainty: Tensor | None = None) -> Tensor:
+        ranks = distributed.world_size() if self.sync_ranks else 1
         scale = self.uncertainty_scale
         if self.normalize != "scale" and self.current_alpha != 0:
             raw = uncertainty if uncertainty is not None else pixel_entropy(input.detach())
-            uncertainty = normalize_uncertainty(raw.detach(), target, self.ignore_index, self.normalize)
+            uncertainty = normalize_uncertainty(
+                raw.detach(), target, self.ignore_index, self.normalize, sync_ranks=ranks > 1
+            )
             scale = 1.0
-        return uaal_cross_entropy(
-            input,
-            target,
-            uncertainty,
+        options = dict(
             weight=self.weight,
             ignore_index=self.ignore_index,
-            reduction=self.reduction,
             label_smoothing=self.label_smoothing,
             alpha=self.current_alpha,
             exponent=self.exponent,
             uncertainty_scale=scale,
             s_max=self.s_max,
-            normalize_by_weight=self.normalize_by_weight,
         )
+        if ranks > 1 and self.reduction == "mean":
+            total, denominators = uaal_cross_entropy_sums(input, target, uncertainty, **options)
+            denominator = distributed.all_reduce_sum(denominators[1 if self.normalize_by_weight else 0])
+            return (total * ranks / denominator).to(input.dtype)
+        loss = uaal_cross_entropy(
+            input,
+            target,
+            uncertainty,
+            reduction=self.reduction,
+            normalize_by_weight=self.normalize_by_weight,
+            **options,
+        )
+        return loss * ranks if self.reduction == "sum" and ranks > 1 else loss
 
     def extra_repr(self) -> str:
         return (
@@ -142,18 +156,27 @@ class UAALLoss(nn.Module):
         )
 
 
-def normalize_uncertainty(uncertainty: Tensor, target: Tensor, ignore_index: int, mode: str) -> Tensor:
+def normalize_uncertainty(
+    uncertainty: Tensor, target: Tensor, ignore_index: int, mode: str, *, sync_ranks: bool = False
+) -> Tensor:
     """Divides ``uncertainty`` by its mean over the batch's valid pixels ("mean") or by each image's
-    maximum over its valid pixels ("max"); a zero denominator gives 0."""
+    maximum over its valid pixels ("max"); a zero denominator gives 0. ``sync_ranks``: the mean is
+    over the valid pixels of every rank's batch (a ``torch.distributed`` group's global batch)."""
     if uncertainty.shape != target.shape:
         raise ValueError(
             f"uncertainty must have the shape of target {tuple(target.shape)}, got {tuple(uncertainty.shape)}"
         )
     valid = target != ignore_index
     masked = torch.where(valid, uncertainty, torch.zeros((), dtype=uncertainty.dtype, device=uncertainty.device))
-    if masked.numel() == 0:
+    if mode == "mean" and sync_ranks:
+        # One all-reduce of (sum, count), in float64 so that the mean does not depend on how the
+        # batch is split over the ranks beyond the last bit. Every rank takes part, an empty one too.
+        totals = torch.stack([masked.sum(dtype=torch.float64), valid.sum(dtype=torch.float64)])
+        totals = distributed.all_reduce_sum(totals)
+        denominator = (totals[0] / totals[1].clamp_min(1)).to(uncertainty.dtype)
+    elif masked.numel() == 0:
         return masked
-    if mode == "mean":
+    elif mode == "mean":
         denominator = masked.sum() / valid.sum().clamp_min(1)
     else:
         batch = uncertainty.shape[0]

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import distributed
 from ._validation import check_int
 
 __all__ = ["ConfusionMatrix", "SegmentationMetrics", "UncertaintyQuality", "QualityMetrics"]
@@ -139,6 +140,13 @@ class ConfusionMatrix:
                 self._matrix = other._matrix.clone()
             else:
                 self._matrix += other._matrix.to(self._matrix.device)
+        return self
+
+    def sync_ranks(self) -> ConfusionMatrix:
+        """Sums the counts of every rank of the ``torch.distributed`` group into each rank's matrix
+        (a rank that counted nothing takes part too); without a group, nothing changes. Returns self."""
+        if distributed.world_size() > 1:
+            self._matrix = distributed.all_reduce_sum(self.matrix)
         return self
 
     def compute(self) -> SegmentationMetrics:
@@ -299,6 +307,29 @@ class UncertaintyQuality:
                 mine = getattr(self, name)
                 setattr(self, name, theirs.clone() if mine is None else mine + theirs.to(mine.device))
         self.num_nan += other.num_nan
+        return self
+
+    def sync_ranks(self) -> UncertaintyQuality:
+        """Sums the counts of every rank of the ``torch.distributed`` group into each rank's
+        accumulators (a rank that counted nothing takes part too); without a group, nothing
+        changes. Returns self."""
+        if distributed.world_size() == 1:
+            return self
+        shapes = {
+            "_histogram": (2, self.num_bins, torch.int64),
+            "_calibration": (3, self.calibration_bins, torch.float64),
+        }
+        devices = distributed.gather_objects(
+            {name: str(getattr(self, name).device) for name in shapes if getattr(self, name) is not None}
+        )
+        for name, (rows, columns, dtype) in shapes.items():
+            present = [seen[name] for seen in devices if name in seen]
+            if present:  # some rank counted into it: every rank adds its counts (zeros if none)
+                current = getattr(self, name)
+                if current is None:
+                    current = torch.zeros(rows, columns, dtype=dtype, device=present[0])
+                setattr(self, name, distributed.all_reduce_sum(current))
+        self.num_nan = int(distributed.all_reduce_sum(torch.tensor([self.num_nan]))[0])
         return self
 
     def compute(self) -> QualityMetrics:

@@ -17,6 +17,12 @@ Scores do not depend on batch size, order or composition (beyond float rounding 
 batched forward): random scores are keyed by ``(seed, pool index)``; MC-Dropout runs each image on
 its own with masks seeded by ``(seed, pool index)``; kernel-noise passes use the same K perturbed
 models for every batch, the noise ``KernelNoise(eta, K, seed)`` draws at its first call.
+
+In a ``torch.distributed`` group, ``gather_ranks=True`` lets each rank score its own part of the
+pool (its loader yields only that part, e.g. the batches of :func:`uaal_ext.distributed.shard_batches`
+or a ``DistributedSampler(shuffle=False)``): the scores (or features) of every rank are gathered and
+every rank makes the same selection, the one a single process scoring the whole pool makes. An
+image that two ranks yield (a sampler's padding) counts once.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import distributed
 from .._validation import check_int
 from ..uncertainty.base import as_logits
 from ..uncertainty.kernel_noise import KernelNoise
@@ -150,6 +157,27 @@ def _scores(
     return scores
 
 
+def _gathered_scores(scores: dict[int, float]) -> dict[int, float]:
+    """Every rank's scores in one dict; an index two ranks scored keeps the lower rank's score."""
+    merged: dict[int, float] = {}
+    for part in distributed.gather_objects(scores):
+        for index, score in part.items():
+            merged.setdefault(index, score)
+    return merged
+
+
+def _gathered_features(features: Tensor, indices: list[int]) -> tuple[Tensor, list[int]]:
+    """Every rank's feature rows, ordered by pool index (each index once), on ``features``' device."""
+    rows: dict[int, Tensor] = {}
+    for part_features, part_indices in distributed.gather_objects((features.cpu(), indices)):
+        for row, index in zip(part_features, part_indices):
+            rows.setdefault(index, row)
+    if not rows:
+        return features, indices
+    order = sorted(rows)
+    return torch.stack([rows[index] for index in order]).to(features.device), order
+
+
 def _features(
     model: nn.Module, loader: Iterable, method: AcquisitionMethod, progress: bool
 ) -> tuple[Tensor, list[int]]:
@@ -167,13 +195,21 @@ def _features(
 
 
 def score_pool(
-    model: nn.Module, loader: Iterable, method: Any, *, progress: bool = True, **options: Any
+    model: nn.Module,
+    loader: Iterable,
+    method: Any,
+    *,
+    progress: bool = True,
+    gather_ranks: bool = False,
+    **options: Any,
 ) -> dict[int, float]:
     """Scores every image of a pool with ``model``: ``{pool index: score}``, higher = more informative.
 
     Args:
         method: a registered method name that ranks by score, or an :class:`AcquisitionMethod`.
         progress: show a tqdm progress bar.
+        gather_ranks: in a ``torch.distributed`` group, return every rank's scores (each rank's
+            loader yields its part of the pool; see the module docstring).
         options: the method's options for a name (``reduction``, ``q``, ``num_samples``, ``eta``,
             ``seed``; see :class:`AcquisitionMethod`).
     """
@@ -183,7 +219,8 @@ def score_pool(
             f"method={chosen.name!r} selects by diversity and gives no per-image score; use "
             f"select_from_pool(..., {chosen.name!r})"
         )
-    return _scores(model, loader, chosen, progress)
+    scores = _scores(model, loader, chosen, progress)
+    return _gathered_scores(scores) if gather_ranks else scores
 
 
 def select_from_pool(
@@ -194,6 +231,7 @@ def select_from_pool(
     *,
     exclude: Iterable[int] = (),
     progress: bool = True,
+    gather_ranks: bool = False,
     **options: Any,
 ) -> list[int]:
     """The ``k`` pool indices to label next, by ``method`` (a registered name or a method object).
@@ -206,13 +244,20 @@ def select_from_pool(
     labeled set) as the initial centres; labeled images the loader does not yield cannot act as
     centres, so give it the labeled images too for the full method. Returned in the order chosen.
 
+    ``gather_ranks``: in a ``torch.distributed`` group, each rank's loader yields its part of the
+    pool, and every rank returns the selection from the whole pool (k-center's features ordered by
+    pool index, as a loader that yields the pool in order gives them).
+
     ``options`` are the method's options for a name (:class:`AcquisitionMethod`; ``grid`` for k-center).
     """
     chosen = make_method(method, **options)
     k = check_int("k", k, low=0)
     excluded = frozenset(int(i) for i in exclude)
     if chosen.ranks_by_score:
-        return select(_scores(model, loader, chosen, progress, skip=excluded), k, exclude=excluded)
+        scores = _scores(model, loader, chosen, progress, skip=excluded)
+        return select(_gathered_scores(scores) if gather_ranks else scores, k, exclude=excluded)
     features, indices = _features(model, loader, chosen, progress)
+    if gather_ranks:
+        features, indices = _gathered_features(features, indices)
     initial = [position for position, index in enumerate(indices) if index in excluded]
     return [indices[position] for position in chosen.choose(features, k, initial)]

@@ -106,7 +106,10 @@ def _run(args: argparse.Namespace) -> None:
     shard = _parse_shard(args.shard)
     started = time.perf_counter()
     state = run_experiment(config, args.out, shard=shard, progress=not args.no_progress)
-    _finish(args.out, state, started)
+    from uaal_ext import distributed
+
+    if distributed.is_main_process():  # under torchrun, rank 0 writes and prints the report
+        _finish(args.out, state, started)
 
 
 def _parse_grid(items: Sequence[str]) -> list[tuple]:
@@ -208,13 +211,35 @@ def _info(args: argparse.Namespace) -> None:
             f"{torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op ({os.cpu_count()} CPUs)",
         ),
         ("freed memory kept", "yes (glibc malloc tuned)" if keep_freed_memory() else "no (not glibc)"),
+        ("processes", _processes()),
         ("acquisition methods", ", ".join(method_names())),
         ("uncertainty sources", ", ".join(uncertainty_source_names())),
         ("datasets", ", ".join(dataset_names())),
     ]
     width = max(len(name) for name, _ in rows)
-    for name, value in rows:
+    from uaal_ext import distributed
+
+    for name, value in rows if distributed.is_main_process() else ():  # under torchrun: once
         print(f"{name:<{width}}  {value}")
+
+
+def _processes() -> str:
+    """World size, backend and devices as this launch would use them: ``uaal info`` under torchrun
+    joins the group (gloo, or NCCL with ``UAAL_DEVICE=cuda``) like ``uaal run`` does."""
+    import torch
+
+    from uaal_ext import distributed
+
+    if not distributed.launched():
+        return "1 (not launched by torchrun: `torchrun --nproc_per_node N -m uaal_ext run ...` runs N)"
+    device = distributed.init_from_environment(os.environ.get("UAAL_DEVICE", "cpu"))
+    devices = distributed.gather_objects(str(device))
+    where = f"devices {', '.join(devices)}" if device.type == "cuda" else "CPU"
+    described = distributed.describe()
+    line = f"{described['world_size']} ({described['backend']}, {where}; this is rank {described['rank']})"
+    if device.type == "cuda":
+        line += f", {torch.cuda.get_device_name(device)}"
+    return line
 
 
 # ---------------------------------------------------------------------------------------------------

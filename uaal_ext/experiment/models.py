@@ -5,10 +5,16 @@ The paper's three backbones plus a CPU-sized preset for tests and smoke runs::
     model = build_model("mobilenetv3", num_classes=19)      # DeepLabv3+, MobileNetV3-Large encoder
     logits = model(images)                                   # (N, 3, H, W) -> (N, 19, H, W)
 
-Architecture (all presets): smp's ``DeepLabV3Plus`` with random initialisation (no download is ever
-attempted; pass ``weights=`` a local state_dict file instead), encoder output stride 16 (or 8), and
-the DeepLabv3+ paper's atrous rates for that stride: (6, 12, 18) at 16, doubled at 8 (smp's default
+Architecture (all presets): smp's ``DeepLabV3Plus``, encoder output stride 16 (or 8), and the
+DeepLabv3+ paper's atrous rates for that stride: (6, 12, 18) at 16, doubled at 8 (smp's default
 (12, 24, 36) is the stride-8 setting even at stride 16).
+
+Initialisation: random by default, and then nothing is downloaded. ``encoder_weights="imagenet"``
+starts the encoder from ImageNet weights the way smp and timm load them, from the Hugging Face Hub
+through ``huggingface_hub`` and its cache (``HF_HOME`` / ``HF_HUB_CACHE``; with ``HF_HUB_OFFLINE=1``
+only the cache is read): :func:`encoder_weights_source` names the repo and files for a preset, so
+an offline machine can be given a pre-filled cache. ``weights=`` loads a local state_dict of the
+whole model instead.
 
 Dropout: two layers, so MC-Dropout has something to sample and both are off in eval mode --
 - ``nn.Dropout(dropout)`` right before the 1x1 classifier conv (element-wise, default 0.1, as the
@@ -27,10 +33,14 @@ import os
 from collections import OrderedDict
 from collections.abc import Mapping
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import segmentation_models_pytorch as smp
+import timm
 import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub.errors import EntryNotFoundError
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from .._validation import check_choice, check_int, check_number
@@ -39,7 +49,11 @@ from .files import atomic_write
 __all__ = [
     "MODELS",
     "MODEL_NAMES",
+    "IMAGENET",
+    "EncoderWeightsSource",
     "build_model",
+    "encoder_weight_names",
+    "encoder_weights_source",
     "load_weights",
     "save_weights",
     "count_parameters",
@@ -71,8 +85,113 @@ _PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: The ``encoder_weights`` every preset accepts: smp's "imagenet" weights for its own encoders, and
+#: timm's default pretrained tag for the "tu-" ones (an ImageNet-1k tag for all presets here).
+IMAGENET = "imagenet"
+
+_TIMM_PREFIX = "tu-"  # smp's prefix for timm encoders, whose pretrained tag is part of the model name
+# What a failed fetch raises: hub errors are OSErrors (offline and not cached: LocalEntryNotFoundError,
+# a FileNotFoundError) except the EntryNotFoundError family; a truncated file fails in safetensors.
+_FETCH_ERRORS = (OSError, EntryNotFoundError, SafetensorError)
+
+
+class EncoderWeightsSource(NamedTuple):
+    """Where smp (or timm, for "tu-" encoders) fetches a preset's encoder weights from."""
+
+    repo_id: str  # a Hugging Face Hub model repo, e.g. "timm/mobilenetv3_large_100.ra_in1k"
+    revision: str  # "main", or the commit smp pins for its own encoders
+    filenames: tuple[str, ...]  # the files read from it
+
+    def download_command(self) -> str:
+        """The ``hf`` command (huggingface_hub's CLI) that puts these files in the cache."""
+        revision = "" if self.revision == "main" else f" --revision {self.revision}"
+        return f"hf download {self.repo_id} {' '.join(self.filenames)}{revision}"
+
+
 def _check_rate(arg: str, value: object) -> float:
     return check_number(arg, value, low=0.0, high=1.0, high_open=True)
+
+
+def _timm_architecture(encoder_name: str) -> str | None:
+    return encoder_name[len(_TIMM_PREFIX) :] if encoder_name.startswith(_TIMM_PREFIX) else None
+
+
+def encoder_weight_names(name: str) -> tuple[str, ...]:
+    """The ``encoder_weights`` values preset ``name`` accepts: :data:`IMAGENET` first, then smp's
+    other names for its own encoder (resnet50: "ssl", "swsl") or the timm encoder's pretrained tags
+    (mobilenetv3: "ra_in1k", "ra4_e3600_r224_in1k", "miil_in21k", ...)."""
+    return _weight_names_of(_PRESETS[check_choice("name", name, MODELS)]["encoder_name"])
+
+
+@cache  # timm's list is a scan of all its pretrained configs; configs validate with it
+def _weight_names_of(encoder_name: str) -> tuple[str, ...]:
+    architecture = _timm_architecture(encoder_name)
+    if architecture is None:
+        names = tuple(smp.encoders.encoders[encoder_name]["pretrained_settings"])
+    else:
+        names = tuple(sorted(tagged.partition(".")[2] for tagged in timm.list_pretrained(f"{architecture}.*")))
+    return (IMAGENET, *(n for n in names if n != IMAGENET))
+
+
+def _check_encoder_weights(name: str, encoder_weights: object) -> str | None:
+    if encoder_weights is None:
+        return None
+    if not isinstance(encoder_weights, str) or not encoder_weights:
+        raise ValueError(f"encoder_weights must be None or a non-empty str such as 'imagenet', got {encoder_weights!r}")
+    allowed = encoder_weight_names(name)
+    if encoder_weights not in allowed:
+        raise ValueError(
+            f"encoder_weights for model {name!r} ({_PRESETS[name]['encoder_name']}) must be None or one of "
+            f"{allowed}, got {encoder_weights!r}"
+        )
+    return encoder_weights
+
+
+def _smp_encoder_arguments(name: str, encoder_weights: str | None) -> tuple[str, str | bool | None]:
+    """(``encoder_name``, ``encoder_weights``) for smp: a "tu-" encoder takes its timm tag in the name
+    and ``True`` for "load pretrained" (smp warns about any string there)."""
+    encoder_name = _PRESETS[name]["encoder_name"]
+    if encoder_weights is None or _timm_architecture(encoder_name) is None:
+        return encoder_name, encoder_weights
+    return (encoder_name if encoder_weights == IMAGENET else f"{encoder_name}.{encoder_weights}"), True
+
+
+def encoder_weights_source(name: str, encoder_weights: str = IMAGENET) -> EncoderWeightsSource:
+    """The Hub repo, revision and files smp/timm read for preset ``name``'s ``encoder_weights`` (one of
+    :func:`encoder_weight_names`): what to download into the cache of an offline machine.
+
+    Read from smp's encoder table and timm's pretrained configs, so it follows the installed versions.
+    """
+    encoder_weights = _check_encoder_weights(name, encoder_weights)
+    if encoder_weights is None:
+        raise ValueError("encoder_weights=None means random initialisation: there is nothing to fetch")
+    encoder_name = _PRESETS[name]["encoder_name"]
+    architecture = _timm_architecture(encoder_name)
+    if architecture is None:  # smp's own encoder: its table pins a repo and commit
+        settings = smp.encoders.encoders[encoder_name]["pretrained_settings"][encoder_weights]
+        return EncoderWeightsSource(settings["repo_id"], settings["revision"], ("config.json", "model.safetensors"))
+    tagged = architecture if encoder_weights == IMAGENET else f"{architecture}.{encoder_weights}"
+    pretrained = timm.models.get_pretrained_cfg(tagged)
+    # timm asks for pytorch_model.bin and reads model.safetensors instead when the repo has one (its repos do).
+    repo_id, _, revision = pretrained.hf_hub_id.partition("@")
+    return EncoderWeightsSource(repo_id, revision or "main", (pretrained.hf_hub_filename or "model.safetensors",))
+
+
+def _weights_unavailable(name: str, encoder_weights: str, error: Exception) -> OSError:
+    source = encoder_weights_source(name, encoder_weights)
+    # The hub's own message is several lines of advice about its API; its first line says what failed.
+    first_line = next(iter(str(error).strip().splitlines()), "")
+    searched = "only the cache (HF_HUB_OFFLINE is set)" if hub_constants.HF_HUB_OFFLINE else "the Hub and the cache"
+    return OSError(
+        f"cannot get the pretrained weights of encoder {_PRESETS[name]['encoder_name']!r} (model {name!r}, "
+        f"encoder_weights={encoder_weights!r}): Hugging Face Hub repo {source.repo_id!r} at revision "
+        f"{source.revision!r}, files {list(source.filenames)}, searched in {searched}, cache "
+        f"{hub_constants.HF_HUB_CACHE!r} ({type(error).__name__}: {first_line}). To fix: run "
+        f"`{source.download_command()}` on a machine with network access and copy its cache folder "
+        f"(HF_HOME, by default ~/.cache/huggingface) here or point HF_HOME / HF_HUB_CACHE at it; or check "
+        f"the connection (proxy, HF_ENDPOINT); or start from random weights with encoder_weights=None "
+        f"(config: encoder_weights: null)"
+    )
 
 
 def build_model(
@@ -83,6 +202,7 @@ def build_model(
     weights: str | os.PathLike | None = None,
     output_stride: int = 16,
     aspp_dropout: float = 0.5,
+    encoder_weights: str | None = None,
 ) -> nn.Module:
     """Builds DeepLabv3+ with the encoder of preset ``name`` (one of :data:`MODELS`).
 
@@ -93,9 +213,15 @@ def build_model(
         dropout: rate of the ``nn.Dropout`` right before the classifier conv.
         weights: path of a local ``state_dict`` file (``torch.save(model.state_dict(), path)``; a
             checkpoint dict holding it under ``"state_dict"`` or ``"model"`` works too), loaded with
-            ``weights_only=True``. None: random initialisation.
+            ``weights_only=True``. None: the initialisation ``encoder_weights`` says. It sets every
+            parameter, so it overrides ``encoder_weights``, whose weights are then not fetched at all.
         output_stride: 16 or 8, the encoder's output stride (dilated last stages).
         aspp_dropout: rate of smp's dropout after the ASPP projection.
+        encoder_weights: None (random initialisation) or pretrained encoder weights as smp and timm
+            load them: ``"imagenet"`` for every preset, or another of :func:`encoder_weight_names`
+            (a timm pretrained tag, or smp's "ssl"/"swsl" for resnet50). They come from the Hugging
+            Face Hub cache, downloaded on first use (:func:`encoder_weights_source` says from where);
+            the decoder and classifier stay randomly initialised.
 
     Returns:
         an ``smp.DeepLabV3Plus`` mapping ``(N, in 3, H, W)`` images to ``(N, num_classes, H, W)``
@@ -104,9 +230,11 @@ def build_model(
         (``segmentation_head.0.weight``...), so weights of a plain smp model of the same encoder load.
 
     Raises:
-        ValueError: unknown ``name``, bad ``num_classes``/rates/``output_stride``, or a weights file
-            whose keys or shapes do not fit the model.
+        ValueError: unknown ``name``, bad ``num_classes``/rates/``output_stride``/``encoder_weights``,
+            or a weights file whose keys or shapes do not fit the model.
         FileNotFoundError / OSError: ``weights`` missing or unreadable.
+        OSError: the encoder weights cannot be fetched (offline and not cached, say); the message
+            names the repo, the command that fills the cache, and the other ways out.
     """
     preset = _PRESETS[check_choice("name", name, MODELS)]
     check_int("num_classes", num_classes, low=1)
@@ -114,16 +242,26 @@ def build_model(
     aspp_dropout = _check_rate("aspp_dropout", aspp_dropout)
     if output_stride not in (8, 16) or isinstance(output_stride, bool):
         raise ValueError(f"output_stride must be 8 or 16, got {output_stride!r}")
+    encoder_weights = _check_encoder_weights(name, encoder_weights)
+    # A weights file replaces every parameter: fetching encoder weights first would only cost a
+    # download (or fail offline) for values that are overwritten.
+    fetched = None if weights is not None else encoder_weights
+    encoder_name, smp_encoder_weights = _smp_encoder_arguments(name, fetched)
 
-    model = smp.DeepLabV3Plus(
-        encoder_name=preset["encoder_name"],
-        encoder_weights=None,
-        encoder_output_stride=output_stride,
-        decoder_channels=preset["decoder_channels"],
-        decoder_atrous_rates=tuple(r * 16 // output_stride for r in preset["atrous_rates"]),
-        decoder_aspp_dropout=aspp_dropout,
-        classes=num_classes,
-    )
+    try:
+        model = smp.DeepLabV3Plus(
+            encoder_name=encoder_name,
+            encoder_weights=smp_encoder_weights,
+            encoder_output_stride=output_stride,
+            decoder_channels=preset["decoder_channels"],
+            decoder_atrous_rates=tuple(r * 16 // output_stride for r in preset["atrous_rates"]),
+            decoder_aspp_dropout=aspp_dropout,
+            classes=num_classes,
+        )
+    except _FETCH_ERRORS as error:
+        if fetched is None:  # nothing was fetched: not a download problem
+            raise
+        raise _weights_unavailable(name, fetched, error) from error
     # The dropout goes first under its own name; the head's modules keep their indices ("0", "1",
     # "2"), hence their state_dict keys. Dropout has no state, so eval-mode outputs are unchanged.
     head = model.segmentation_head

@@ -40,21 +40,24 @@ import math
 import os
 import random
 import time
-from collections.abc import Sequence
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from .._validation import changed_keys, check_int, is_int, is_number
+from .. import distributed
+from .._validation import changed_keys, is_int, is_number
 from ..loss import NORMALIZE_MODES, UAALLoss
-from ..metrics import ConfusionMatrix, SegmentationMetrics, UncertaintyQuality
 from ..schedules import SCHEDULES
 from ..uncertainty import UncertaintySource, record_dropout, uncertainty_source_class, uncertainty_source_names
+from .evaluation import evaluate
 from .files import atomic_write
 
 __all__ = [
@@ -86,7 +89,7 @@ RUNTIME_FIELDS = ("device", "num_workers", "amp", "channels_last")
 @dataclass
 class TrainConfig:
     epochs: int = 20  # passes over the training set
-    batch_size: int = 8  # images per iteration
+    batch_size: int = 8  # images per iteration (data-parallel: the global batch, split over the ranks)
     lr: float = 0.01  # base learning rate of SGD
     momentum: float = 0.9  # SGD momentum, in [0, 1)
     weight_decay: float = 5e-4  # L2 penalty of SGD
@@ -104,6 +107,7 @@ class TrainConfig:
     ignore_index: int = 255  # label value of unlabeled pixels
     amp: bool = True  # mixed precision (float16 autocast + GradScaler), CUDA only
     channels_last: bool = True  # model and images in channels-last layout: oneDNN's and cuDNN's faster convs
+    sync_batchnorm: bool = True  # data-parallel on GPUs: batch norm over the global batch (nn.SyncBatchNorm)
     num_workers: int = 0  # DataLoader worker processes
     seed: int = 0  # shuffling, dropout, kernel noise, MC masks (not the model init)
     device: str = "cpu"  # where to train: "cpu", "cuda", "cuda:1", ...
@@ -141,7 +145,7 @@ class TrainConfig:
             fail("eta", "a finite number > 0 (it divides sigma)")
         if not is_int(self.ignore_index):
             fail("ignore_index", "an int")
-        for key in ("amp", "channels_last", "normalize_by_weight"):
+        for key in ("amp", "channels_last", "normalize_by_weight", "sync_batchnorm"):
             if not isinstance(getattr(self, key), bool):
                 fail(key, "True or False")
         if not is_int(self.num_workers) or self.num_workers < 0:
@@ -172,10 +176,11 @@ class CheckpointError(RuntimeError):
 _LOSS_OPTIONS = ("ignore_index", "alpha", "exponent", "schedule", "normalize", "s_max", "normalize_by_weight")
 
 
-def make_criterion(config: TrainConfig) -> tuple[UAALLoss, UncertaintySource | None]:
-    """The loss of ``config`` and the uncertainty source it needs (None: the loss needs none)."""
+def make_criterion(config: TrainConfig, *, sync_ranks: bool = False) -> tuple[UAALLoss, UncertaintySource | None]:
+    """The loss of ``config`` and the uncertainty source it needs (None: the loss needs none).
+    ``sync_ranks``: the loss of a data-parallel step over the global batch (:class:`UAALLoss`)."""
     if config.mode == "standard":
-        return UAALLoss(ignore_index=config.ignore_index, alpha=0.0), None
+        return UAALLoss(ignore_index=config.ignore_index, alpha=0.0, sync_ranks=sync_ranks), None
     source = uncertainty_source_class(config.uncertainty).for_training(
         eta=config.eta, num_samples=config.num_samples, seed=config.seed
     )
@@ -183,7 +188,7 @@ def make_criterion(config: TrainConfig) -> tuple[UAALLoss, UncertaintySource | N
     # own default scale (log C); the others bring theirs.
     scale = None if source.computed_in_loss else source.uncertainty_scale
     options = {key: getattr(config, key) for key in _LOSS_OPTIONS}
-    return UAALLoss(max_epochs=config.epochs, uncertainty_scale=scale, **options), source
+    return UAALLoss(max_epochs=config.epochs, uncertainty_scale=scale, sync_ranks=sync_ranks, **options), source
 
 
 def train_step(
@@ -200,18 +205,21 @@ def train_step(
 
     Runs the forward (float16 autocast when ``amp``), the uncertainty of the batch from ``source``
     (None, or a source the loss computes itself: the criterion's own default), the loss, backward
-    and one optimizer step (through ``scaler`` when given). The model should be in training mode.
-    Returns the detached loss.
+    and one optimizer step (through ``scaler`` when given). The model should be in training mode;
+    it may be a :class:`~torch.nn.parallel.DistributedDataParallel` wrapper. Returns the detached loss.
     """
     images, labels = batch
     records = source is not None and source.uses_dropout_masks
+    # Under DDP the training forward goes through the wrapper (its backward all-reduces the
+    # gradients); the source's extra passes need no gradient and run on the module itself.
+    network = model.module if isinstance(model, DistributedDataParallel) else model
     with torch.autocast(images.device.type, dtype=torch.float16, enabled=amp):
         # A source that replays this forward's dropout masks gets them recorded, not drawn again.
-        with record_dropout(model, images.device) if records else contextlib.nullcontext() as masks:
+        with record_dropout(network, images.device) if records else contextlib.nullcontext() as masks:
             logits = model(images)  # (N, C, H, W)
         uncertainty = None
         if source is not None and not source.computed_in_loss:
-            _, uncertainty = source(model, images, clean_logits=logits.detach(), dropout_masks=masks)  # (N, H, W)
+            _, uncertainty = source(network, images, clean_logits=logits.detach(), dropout_masks=masks)  # (N, H, W)
         loss = criterion(logits, labels, uncertainty)
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
@@ -241,33 +249,64 @@ def train(
     same length, else ValueError. Same ``seed`` and model initialisation give the same weights
     (the global torch, ``random`` and numpy generators are seeded with it). The modules' training
     flags are restored on return. A non-finite loss raises FloatingPointError (without AMP).
+
+    Data-parallel: in a ``torch.distributed`` group (``uaal_ext.distributed.init_from_environment``,
+    or your own ``init_process_group``), every rank calls ``train`` with the same arguments and
+    ``config.device`` its own device. The model is wrapped in ``DistributedDataParallel`` (its
+    batch norms made ``SyncBatchNorm`` on GPUs when ``config.sync_batchnorm``; torch's runs on
+    GPUs only); each epoch a ``DistributedSampler`` seeded with ``config.seed`` deals the shuffled
+    dataset out to the ranks, ``config.batch_size`` / world size images each per step; the loss is
+    the global batch's (``UAALLoss(sync_ranks=True)``); kernel noise is the same on every rank.
+    Only rank 0 writes the checkpoint, which holds every rank's generator states; every rank
+    resumes from it, and the world size must be the one that wrote it.
     """
     config.validate()
     if len(dataset) == 0:
         raise ValueError("train: the dataset is empty")
+    data_parallel = distributed.is_distributed()
+    ranks, rank = distributed.world_size(), distributed.rank()
+    if config.batch_size % ranks:
+        raise ValueError(
+            f"train: TrainConfig.batch_size ({config.batch_size}) is the global batch and must divide by the "
+            f"world size ({ranks}); choose a batch size that is a multiple of {ranks} or launch another number "
+            f"of processes"
+        )
     device = torch.device(config.device)
     use_amp = config.amp and device.type == "cuda"
-    _seed_everything(config.seed)
+    # Rank 0 draws as one process would; the other ranks' dropout and augmentation draw their own.
+    _seed_everything(_rank_seed(config.seed, rank))
+    if data_parallel and config.sync_batchnorm:
+        model = _synchronized_batch_norm(model, device)
     model.to(device)
     # Channels-last convs take oneDNN's faster paths on the CPU (bench_training_step.py --layout; cuDNN likewise
     # prefers it on tensor cores); the parameters keep their identity, only their strides change.
     layout = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(memory_format=layout)
 
-    # Shuffling draws only from this generator, and so do the DataLoader workers' seeds (torch seeds
-    # each worker's torch, random and numpy from a base seed it draws here): runs repeat exactly.
-    loader_generator = torch.Generator().manual_seed(config.seed)
+    # Shuffling draws only from this generator (or the sampler's seed), and so do the DataLoader workers'
+    # seeds (torch seeds each worker's torch, random and numpy from a base seed it draws here): runs repeat.
+    loader_generator = torch.Generator().manual_seed(_rank_seed(config.seed, rank))
+    sampler = DistributedSampler(dataset, ranks, rank, shuffle=True, seed=config.seed) if data_parallel else None
+    images_per_rank = len(sampler) if sampler is not None else len(dataset)
+    batch_size = config.batch_size // ranks
     loader = DataLoader(
         dataset,
-        batch_size=config.batch_size,
-        shuffle=True,
+        batch_size=batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
         generator=loader_generator,
         num_workers=config.num_workers,
         pin_memory=device.type == "cuda",
         # A last batch of one image breaks batch norm after global pooling (DeepLabv3+'s ASPP):
         # drop it then, and only then (the shuffle hands every image its turn over the epochs).
-        drop_last=len(dataset) > config.batch_size and len(dataset) % config.batch_size == 1,
+        drop_last=images_per_rank > batch_size and images_per_rank % batch_size == 1,
     )
+    if data_parallel and images_per_rank < 2 and _has_unsynchronised_batch_norm(model):
+        raise ValueError(
+            f"train: {len(dataset)} images over {ranks} processes leave each rank 1 image per step, and batch "
+            f"norm that is not synchronised (SyncBatchNorm runs on GPUs only) needs 2; train on more images or "
+            f"with fewer processes"
+        )
     steps_per_epoch = len(loader)
     max_iter = config.epochs * steps_per_epoch
 
@@ -279,13 +318,14 @@ def train(
         lambda it: (1.0 - it / max_iter) ** config.poly_power,  # it = iterations done
     )
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    criterion, source = make_criterion(config)
+    criterion, source = make_criterion(config, sync_ranks=data_parallel)
     criterion.to(device)
 
     result = TrainResult()
     path = os.fspath(checkpoint_path) if checkpoint_path is not None else None
-    if path is not None and os.path.exists(path):
-        state = _load_checkpoint(path)
+    state = _load_checkpoint(path) if path is not None and os.path.exists(path) else None
+    _check_ranks_agree(state, path)
+    if state is not None:
         _check_resumable(state, config, len(dataset), path)
         try:
             model.load_state_dict(state["model"])
@@ -297,25 +337,34 @@ def train(
             scaler.load_state_dict(state["scaler"])
         if source is not None:
             source.load_state_dict(state["source"])
-        _restore_rng_states(state["rng"], loader_generator, device)
+        _restore_rng_states(state.get("rank_rng", [state["rng"]])[rank], loader_generator, device)
         result = TrainResult(**state["history"], start_epoch=state["epochs_done"])
 
+    # The wrapper broadcasts rank 0's parameters and buffers: every rank starts from the same model.
+    trained = model
+    if data_parallel:
+        trained = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     modes = {m: m.training for m in model.modules()}
     model.train()
-    bar = tqdm(total=max_iter, initial=result.steps, disable=not progress, desc="train", dynamic_ncols=True)
+    show = progress and distributed.is_main_process()
+    bar = tqdm(total=max_iter, initial=result.steps, disable=not show, desc="train", dynamic_ncols=True)
     start = time.perf_counter()
     try:
         for epoch in range(result.start_epoch, config.epochs):
             criterion.set_epoch(epoch)  # alpha(t), t = epoch / epochs
+            if sampler is not None:
+                sampler.set_epoch(epoch)  # this epoch's shuffle, the same on every rank
             result.alphas.append(criterion.current_alpha)
             epoch_loss = 0.0
             for images, labels in loader:
                 images = images.to(device, non_blocking=True, memory_format=layout)  # (N, 3, H, W)
                 labels = labels.to(device, non_blocking=True)  # (N, H, W)
                 lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
-                loss = train_step(model, (images, labels), criterion, optimizer, source, scaler=scaler, amp=use_amp)
+                loss = train_step(trained, (images, labels), criterion, optimizer, source, scaler=scaler, amp=use_amp)
                 scheduler.step()
-                loss = loss.item()
+                # Every rank holds its share of the global loss (times the world size): their mean is
+                # the global loss, the same number on every rank, so they all stop together on a NaN.
+                loss = (distributed.all_reduce_sum(loss) / ranks).item()
                 # With AMP, GradScaler skips a step whose float16 pass overflowed and training goes on.
                 if not math.isfinite(loss) and not use_amp:
                     raise FloatingPointError(
@@ -327,7 +376,10 @@ def train(
                 bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
                 bar.update()
             result.losses.append(epoch_loss / steps_per_epoch)
-            if path is not None:
+            if path is None:
+                continue
+            rng_states = distributed.gather_objects(_rng_state(loader_generator, device))  # every rank's
+            if distributed.is_main_process():
                 _atomic_save(
                     {
                         "format": _CHECKPOINT_FORMAT,
@@ -337,10 +389,13 @@ def train(
                         "scheduler": scheduler.state_dict(),
                         "scaler": scaler.state_dict(),
                         "source": source.state_dict() if source is not None else {},
-                        "rng": _rng_state(loader_generator, device),
+                        "rng": rng_states[0],
                         "config": dataclasses.asdict(config),
                         "dataset_size": len(dataset),
                         "history": {"losses": result.losses, "alphas": result.alphas, "steps": result.steps},
+                        # Optional keys: a checkpoint without them was written by one process.
+                        "world_size": ranks,
+                        **({"rank_rng": rng_states} if ranks > 1 else {}),
                     },
                     path,
                 )
@@ -352,73 +407,51 @@ def train(
     return result
 
 
-def evaluate(
-    model: nn.Module,
-    dataset: Dataset,
-    num_classes: int,
-    *,
-    ignore_index: int = 255,
-    batch_size: int = 8,
-    device: str | torch.device = "cpu",
-    progress: bool = False,
-    quality_sources: Sequence[str | UncertaintySource] = (),
-    eta: float = 0.01,
-    num_samples: int = 5,
-    seed: int = 0,
-) -> SegmentationMetrics:
-    """mIoU, per-class IoU and accuracies of ``model``'s argmax predictions on ``dataset``, and how
-    well each of ``quality_sources`` finds the model's errors.
-
-    ``quality_sources``: uncertainty sources (registered names, or sources already built) whose maps
-    are judged as detectors of the model's own errors (:class:`uaal_ext.metrics.UncertaintyQuality`:
-    AUROC, AUPR, and the ECE of the softmax confidence); names are built with ``eta``,
-    ``num_samples`` and ``seed`` as training builds them. Every source measures the eval-mode model
-    whose predictions are scored. The results are in ``metrics.uncertainty_quality[name]``.
-
-    Runs in eval mode under ``torch.no_grad`` and restores every module's training flag afterwards.
-    """
-    check_int("evaluate: num_classes", num_classes, low=1)
-    check_int("evaluate: batch_size", batch_size, low=1)
-    sources = {}
-    for item in quality_sources:
-        source = (
-            item
-            if isinstance(item, UncertaintySource)
-            else uncertainty_source_class(item).for_training(eta=eta, num_samples=num_samples, seed=seed)
-        )
-        sources[source.name] = source
-    device = torch.device(device)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda")
-    confusion = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
-    qualities = {name: UncertaintyQuality(ignore_index=ignore_index) for name in sources}
-    modes = {m: m.training for m in model.modules()}
-    model.to(device).eval()
-    try:
-        with torch.no_grad():
-            for images, labels in tqdm(loader, disable=not progress, desc="evaluate", dynamic_ncols=True):
-                images = images.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                logits = model(images)  # (N, C, H, W)
-                prediction = logits.argmax(dim=1)
-                confusion.update(prediction, labels)
-                if sources:
-                    confidence = torch.softmax(logits.float(), dim=1).amax(dim=1)
-                    for name, source in sources.items():
-                        _, uncertainty = source(model, images, clean_logits=logits)
-                        qualities[name].update(uncertainty, prediction, labels, confidence)
-    finally:
-        for m, training in modes.items():
-            m.training = training
-    metrics = confusion.compute()
-    return dataclasses.replace(metrics, uncertainty_quality={name: q.compute() for name, q in qualities.items()})
-
-
 # ---------------------------------------------------------------------------------------------------
 # Helpers: seeding, RNG state, checkpoint files
 
 
 # numpy's legacy global generator is seeded, saved and restored on purpose: user transforms and
 # third-party augmentation draw from it, and a resumed run must see the same draws.
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    """``seed`` for rank 0 (a one-process run), a seed of its own for every other rank."""
+    if rank == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def _synchronized_batch_norm(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` with its batch norms as ``nn.SyncBatchNorm`` (same parameters, buffers and state_dict
+    keys) where torch can synchronise them: on GPUs. On the CPU, torch's SyncBatchNorm has no kernel,
+    so each rank normalises over its own share of the batch, as said once in a warning."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if _has_unsynchronised_batch_norm(model) and distributed.is_main_process():
+        warnings.warn(
+            "TrainConfig.sync_batchnorm: torch.nn.SyncBatchNorm runs on GPUs only, so on the CPU each rank's "
+            "batch norm uses the statistics of its own batch_size / world_size images",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return model
+
+
+def _has_unsynchronised_batch_norm(model: nn.Module) -> bool:
+    return any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm) for m in model.modules()
+    )
+
+
+def _check_ranks_agree(state: dict[str, Any] | None, path: str | None) -> None:
+    """Every rank must resume from the same epoch (they read one shared checkpoint file)."""
+    seen = distributed.gather_objects(None if state is None else state["epochs_done"])
+    if len(set(seen)) > 1:
+        raise RuntimeError(
+            f"train: the ranks see different checkpoints at {path!r} (epochs done by rank: {seen}); "
+            f"the checkpoint folder must be one folder that every rank reads (a shared file system)"
+        )
 
 
 def _seed_everything(seed: int) -> None:
@@ -512,6 +545,13 @@ def _check_resumable(state: dict[str, Any], config: TrainConfig, dataset_size: i
         raise ValueError(
             f"checkpoint {path!r} was written with another TrainConfig ({details}); use the same config "
             f"or another checkpoint_path"
+        )
+    written_by = state.get("world_size", 1)
+    if written_by != distributed.world_size():
+        raise ValueError(
+            f"checkpoint {path!r} was written by {written_by} process(es) and this run has "
+            f"{distributed.world_size()}: relaunch with {written_by} (torchrun --nproc_per_node) to resume it, "
+            f"or use another checkpoint_path"
         )
     if state["dataset_size"] != dataset_size:
         raise ValueError(

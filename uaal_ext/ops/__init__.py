@@ -9,12 +9,13 @@ Nothing here knows about models, datasets or experiments; everything above build
 - :mod:`.reference`: the same math as plain PyTorch, slow and exact.
 """
 
-from .cross_entropy import pixel_entropy, uaal_cross_entropy
+from .cross_entropy import pixel_entropy, uaal_cross_entropy, uaal_cross_entropy_sums
 from .perturbation import GRANULARITIES, kernel_noise, perturbation_statistics
 from .scores import aggregate_scores, pixel_score_map
 
 __all__ = [
     "uaal_cross_entropy",
+    "uaal_cross_entropy_sums",
     "pixel_entropy",
     "kernel_noise",
     "perturbation_statistics",

@@ -16,7 +16,15 @@ from torch import Tensor
 from .. import _C  # noqa: F401  (importing the extension registers torch.ops.uaal_ext.*)
 from .._validation import check_choice
 
-__all__ = ["REDUCTIONS", "uaal_cross_entropy", "pixel_entropy", "inverse_scale", "accumulation_dtype", "pixel_shape"]
+__all__ = [
+    "REDUCTIONS",
+    "uaal_cross_entropy",
+    "uaal_cross_entropy_sums",
+    "pixel_entropy",
+    "inverse_scale",
+    "accumulation_dtype",
+    "pixel_shape",
+]
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -226,6 +234,55 @@ def uaal_cross_entropy(
         The loss in ``input``'s dtype: a scalar for ``mean`` / ``sum``, per pixel for ``none``.
     """
     check_choice("reduction", reduction, REDUCTIONS)
+    input, target, uncertainty, unbatched, args = _op_arguments(
+        input, target, uncertainty, weight, ignore_index, label_smoothing, alpha, exponent, uncertainty_scale, s_max
+    )
+    if torch.is_grad_enabled() and input.requires_grad and reduction != "none":
+        # A training step: the gradient is computed while the logits are in cache (see
+        # cross_entropy_forward_backward in csrc/ops.cpp); backward() then costs nothing.
+        if reduction == "sum":
+            mode = _FUSED_SUM
+        else:
+            mode = _FUSED_MEAN_BY_WEIGHT if normalize_by_weight else _FUSED_MEAN
+        loss, _ = _ops.cross_entropy_forward_backward(*args, mode)
+        return loss.to(input.dtype)
+    loss, _, sums = _ops.cross_entropy_forward(*args, reduction != "none")
+    if reduction == "mean":
+        loss = loss / sums[1 if normalize_by_weight else 0]
+    elif reduction == "none" and unbatched:
+        loss = loss.squeeze(0)
+    return loss.to(input.dtype)
+
+
+def uaal_cross_entropy_sums(
+    input: Tensor,
+    target: Tensor,
+    uncertainty: Tensor | None = None,
+    *,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    alpha: float = 0.0,
+    exponent: float = 2.0,
+    uncertainty_scale: float | None = None,
+    s_max: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The summed loss of :func:`uaal_cross_entropy` (``reduction="sum"``, differentiable) and the
+    two denominators its ``mean`` chooses from, ``(sum(c_y), sum(c_y * w))`` over the valid pixels
+    (float32, float64 for float64 input; no gradient).
+
+    For a mean over more than one call (the ranks of a data-parallel step, accumulated
+    micro-batches): add up the sums and the denominators, then divide.
+    """
+    input, target, uncertainty, _, args = _op_arguments(
+        input, target, uncertainty, weight, ignore_index, label_smoothing, alpha, exponent, uncertainty_scale, s_max
+    )
+    loss, _, sums = _ops.cross_entropy_forward(*args, True)
+    return loss.to(input.dtype), sums
+
+
+def _op_arguments(input, target, uncertainty, weight, ignore_index, label_smoothing, alpha, exponent, scale, s_max):
+    """The ops' positional arguments from the functional ones; unbatched ``(C,)`` input made a batch of one."""
     if not isinstance(input, Tensor) or not isinstance(target, Tensor):
         raise TypeError(f"input and target must be tensors, got {type(input).__name__} and {type(target).__name__}")
     unbatched = input.dim() == 1
@@ -243,24 +300,10 @@ def uaal_cross_entropy(
         float(label_smoothing),
         float(alpha),
         float(exponent),
-        inverse_scale(uncertainty_scale, uncertainty is None, num_classes),
+        inverse_scale(scale, uncertainty is None, num_classes),
         math.inf if s_max is None else float(s_max),
     )
-    if torch.is_grad_enabled() and input.requires_grad and reduction != "none":
-        # A training step: the gradient is computed while the logits are in cache (see
-        # cross_entropy_forward_backward in csrc/ops.cpp); backward() then costs nothing.
-        if reduction == "sum":
-            mode = _FUSED_SUM
-        else:
-            mode = _FUSED_MEAN_BY_WEIGHT if normalize_by_weight else _FUSED_MEAN
-        loss, _ = _ops.cross_entropy_forward_backward(*args, mode)
-        return loss.to(input.dtype)
-    loss, _, sums = _ops.cross_entropy_forward(*args, reduction != "none")
-    if reduction == "mean":
-        loss = loss / sums[1 if normalize_by_weight else 0]
-    elif reduction == "none" and unbatched:
-        loss = loss.squeeze(0)
-    return loss.to(input.dtype)
+    return input, target, uncertainty, unbatched, args
 
 
 def pixel_entropy(logits: Tensor, normalized: bool = False) -> Tensor:

@@ -14,7 +14,7 @@ from ...acquisition import REDUCTIONS, method_names
 from ...schedules import SCHEDULES
 from ...uncertainty import uncertainty_source_names
 from ..data import dataset_names, dataset_spec
-from ..models import MODELS
+from ..models import MODELS, encoder_weight_names
 from ..training import RUNTIME_FIELDS, TrainConfig
 
 __all__ = ["ExperimentConfig", "AL_MODES", "RETRAIN", "RUNTIME_KEYS", "load_config", "apply_overrides", "parse_value"]
@@ -46,7 +46,8 @@ class ExperimentConfig:
     # --- model
     model: str = "small"  # one of uaal_ext.experiment.models.MODELS
     dropout: float = 0.1  # rate of the dropout before the classifier (MC-Dropout samples it)
-    weights: str | None = None  # local weights file to start every model from (None: random init)
+    encoder_weights: str | None = None  # "imagenet": pretrained encoder as smp/timm load it (None: random init)
+    weights: str | None = None  # local weights file of the whole model to start from (overrides encoder_weights)
     # --- active learning
     methods: tuple[str, ...] = ("random", "entropy", "mc_entropy", "noise_stability")  # registered acquisition methods
     modes: tuple[str, ...] = ("standard", "uaal")  # training modes compared: "standard" | "uaal" | "uaal_select"
@@ -76,6 +77,7 @@ class ExperimentConfig:
     num_samples: int = 5  # uaal mode: K kernel-noise / T MC-Dropout passes per step
     amp: bool = True  # float16 autocast on CUDA
     channels_last: bool = True  # channels-last training (faster convs on CPU and GPU)
+    sync_batchnorm: bool = True  # under torchrun on GPUs: batch norm over the global batch (SyncBatchNorm)
     num_workers: int = 0  # DataLoader workers
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
     eval_batch_size: int = 16  # images per batch when scoring the pool and evaluating
@@ -145,6 +147,8 @@ class ExperimentConfig:
             fail("data_seed", "an int >= 0")
         if not is_number(self.dropout) or not 0 <= self.dropout < 1:
             fail("dropout", "a number in [0, 1)")
+        if self.encoder_weights is not None and self.encoder_weights not in encoder_weight_names(self.model):
+            fail("encoder_weights", f"null (random init) or one of {encoder_weight_names(self.model)} for {self.model}")
         if self.weights is not None and not isinstance(self.weights, str):
             fail("weights", "a file path or null")
         if not is_number(self.initial_fraction) or not 0 < self.initial_fraction < 1:

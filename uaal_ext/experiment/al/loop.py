@@ -33,7 +33,10 @@ State and files (``out_dir``):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import json
 import math
 import os
 import time
@@ -47,10 +50,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from ... import distributed
 from ..._validation import changed_keys, check_int, is_int
 from ...acquisition import make_method, select_from_pool
 from ..data import dataset_spec
-from ..files import FolderLock
+from ..files import FolderInUseError, FolderLock
 from ..models import build_model, load_weights, save_weights
 from ..training import evaluate, train
 from .config import AL_MODES, RUNTIME_KEYS, ExperimentConfig
@@ -99,7 +103,13 @@ def epochs_for(config: ExperimentConfig, num_labeled: int) -> int:
 def new_model(config: ExperimentConfig, num_classes: int, seed: int) -> nn.Module:
     """The model a round of seed ``seed`` starts from: the same initial weights for every run of a seed."""
     torch.manual_seed(derive_seed(seed, "init"))
-    return build_model(config.model, num_classes, dropout=config.dropout, weights=config.weights)
+    return build_model(
+        config.model,
+        num_classes,
+        dropout=config.dropout,
+        weights=config.weights,
+        encoder_weights=config.encoder_weights,
+    )
 
 
 def _load_round_weights(model: nn.Module, path: str) -> nn.Module:
@@ -193,10 +203,10 @@ class ActiveLearningLoop:
         self.sizes = budget_sizes(config, pool_size)
         self.fractions = (config.initial_fraction, *config.budgets)
         self.state = self._resume_or_start(pool_size)
+        # This rank's share of the pool's batches (all of them in one process); selections gather.
         self.pool_loader = DataLoader(
             IndexedImages(self.data.pool_eval),
-            batch_size=config.eval_batch_size,
-            shuffle=False,
+            batch_sampler=distributed.shard_batches(pool_size, config.eval_batch_size),
             num_workers=config.num_workers,
         )
         rounds_per_run = 1 + len(config.methods) * len(config.budgets)
@@ -211,10 +221,33 @@ class ActiveLearningLoop:
         )
 
     def _resume_or_start(self, pool_size: int) -> ExperimentState:
+        """The state to go on from; under torchrun every rank reads the same one (else an error)."""
+        state = self._read_or_start(pool_size)
+        if state.world_size != distributed.world_size():
+            raise ValueError(
+                f"{os.path.join(self.out_dir, STATE_FILE)!r} was run by {state.world_size} process(es) and this "
+                f"launch has {distributed.world_size()}: relaunch with {state.world_size} (torchrun --nproc_per_node) "
+                f"to resume it"
+            )
+        # The config may differ in its device (cuda:0, cuda:1, ...); everything recorded may not.
+        recorded = {key: value for key, value in state.to_json().items() if key != "config"}
+        fingerprint = hashlib.sha256(json.dumps(recorded, sort_keys=True).encode()).hexdigest()
+        if len(set(distributed.gather_objects(fingerprint))) > 1:
+            raise RuntimeError(
+                f"the ranks read different states from {self.out_dir!r}: the output folder must be one folder "
+                f"that every rank reads (a shared file system)"
+            )
+        return state
+
+    def _read_or_start(self, pool_size: int) -> ExperimentState:
         path = os.path.join(self.out_dir, STATE_FILE)
         if not os.path.exists(path):
             return ExperimentState(
-                config=self.config.to_dict(), pool_size=pool_size, budget_sizes=self.sizes, shard=self.shard
+                config=self.config.to_dict(),
+                pool_size=pool_size,
+                budget_sizes=self.sizes,
+                shard=self.shard,
+                world_size=distributed.world_size(),
             )
         state = load_state(self.out_dir)
         if state.shard != self.shard:
@@ -312,10 +345,13 @@ class ActiveLearningLoop:
                 self.sizes[r] - len(previous.labeled),
                 exclude=previous.labeled,
                 progress=self.progress,
+                gather_ranks=distributed.world_size() > 1,
             )
             labeled = sorted(previous.labeled + added)
             scored = self.state.pool_size - len(previous.labeled)  # every unlabeled image (k-center: all)
             cost = {"select_images": scored, "select_forwards": scored * method.forwards_per_image()}
+        if len({tuple(picked) for picked in distributed.gather_objects(added)}) > 1:  # cheap, and never expected
+            raise RuntimeError(f"{run.key} round {r}: the ranks selected different images")
         if len(set(labeled)) != len(labeled) or len(labeled) != self.sizes[r]:
             raise RuntimeError(
                 f"{run.key} round {r}: the labeled set has {len(labeled)} ids, "
@@ -355,7 +391,7 @@ class ActiveLearningLoop:
         self.save()
         for suffix in ("", ".selector"):  # the weights files have what later rounds need
             training_checkpoint = os.path.join(self.out_dir, folder, f"round{r}{suffix}.train.pt")
-            if os.path.exists(training_checkpoint):
+            if distributed.is_main_process() and os.path.exists(training_checkpoint):
                 os.remove(training_checkpoint)
 
     def _train_model(
@@ -376,7 +412,8 @@ class ActiveLearningLoop:
             progress=self.progress,
         )
         weights = os.path.join(folder, f"round{r}{suffix}.pt")
-        save_weights(model, os.path.join(self.out_dir, weights))
+        if distributed.is_main_process():  # the others read it after the state's next save
+            save_weights(model, os.path.join(self.out_dir, weights))
         return weights, epochs, result
 
     def evaluate(self, run: RunState, entry: RoundState) -> None:
@@ -422,7 +459,10 @@ class ActiveLearningLoop:
         return _load_round_weights(model, os.path.join(self.out_dir, entry.selector_weights(selector)))
 
     def save(self) -> None:
-        self.state.save(self.out_dir)
+        """Rank 0 writes the state; every rank waits for it (the files it names are then there)."""
+        if distributed.is_main_process():
+            self.state.save(self.out_dir)
+        distributed.barrier()
 
 
 def shard_groups(config: ExperimentConfig, shard: tuple[int, int] | None) -> list[tuple[int, str]]:
@@ -453,21 +493,50 @@ def run_experiment(
     pass; ``log`` (default ``tqdm.write`` with progress bars, ``print`` without) gets a line per
     finished round and, on a resume, one saying how much was done already.
 
+    Under ``torchrun`` (or any launcher that sets ``RANK``, ``WORLD_SIZE``, ...), every process runs this
+    with the same arguments: they join one process group (gloo on the CPU, NCCL on GPUs, the GPU
+    ``LOCAL_RANK`` each), train each round data-parallel, score the pool and evaluate in shares,
+    and make the same selections; rank 0 alone writes the state, weights and checkpoints, and every
+    rank waits for each write. The folder must be shared by all ranks; a resume needs the same number
+    of processes.
+
     ``shard=(i, n)`` runs part ``i`` of ``n`` of the grid (:func:`shard_groups`), for ``n`` jobs
     that each write their own folder. The folder is locked while the experiment runs (:class:`uaal_ext.experiment.files.FolderLock`):
     a second process on it raises :class:`uaal_ext.experiment.files.FolderInUseError` naming the
     holder; the lock of a killed run is taken over.
     """
     out_dir = os.fspath(out_dir)
-    log = log if log is not None else (tqdm.write if progress else print)
-    with FolderLock(out_dir) as lock:  # a second process on this folder stops here, naming the holder
-        if lock.previous:
+    device = distributed.init_from_environment(config.device)  # joins torchrun's group, if launched by it
+    if str(device) != config.device:
+        config = dataclasses.replace(config, device=str(device))
+    main = distributed.is_main_process()
+    if log is None:
+        log = tqdm.write if progress else print
+    log = log if main else (lambda line: None)  # one voice: rank 0's
+    with contextlib.ExitStack() as stack:
+        lock = _lock_on_main_rank(stack, out_dir)  # a second job on this folder stops here, naming the holder
+        if lock is not None and lock.previous:
             log(f"{out_dir!r}: process {lock.previous.get('pid')} on {lock.previous.get('host')!r} ended without "
                 f"releasing the folder; taking it over")  # fmt: skip
-        loop = ActiveLearningLoop(config, out_dir, progress=progress, log=log, shard=shard)
+        loop = ActiveLearningLoop(config, out_dir, progress=progress and main, log=log, shard=shard)
         if loop.state.runs:
             log(
                 f"resuming {out_dir!r}: {loop.state.rounds_done()} of {loop.total_rounds} rounds done "
                 f"({loop.state.wall_time:.0f} s so far)"
             )
         return loop.run()
+
+
+def _lock_on_main_rank(stack: contextlib.ExitStack, out_dir: str) -> FolderLock | None:
+    """Rank 0 locks the folder for the whole group (held until ``stack`` closes); every rank raises
+    the same FolderInUseError when it cannot."""
+    lock, refusal = None, None
+    if distributed.is_main_process():
+        try:
+            lock = stack.enter_context(FolderLock(out_dir))
+        except FolderInUseError as error:
+            refusal = str(error)
+    refusal = distributed.broadcast_object(refusal)
+    if refusal is not None:
+        raise FolderInUseError(refusal)
+    return lock

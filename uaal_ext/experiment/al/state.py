@@ -133,6 +133,7 @@ class ExperimentState:
     finished: bool = False
     wall_time: float = 0.0  # seconds, over every session that worked on it
     shard: tuple[int, int] | None = None  # (i, n): this folder runs part i of n of the grid (None: all)
+    world_size: int = 1  # processes that run it together (torchrun); a resume needs as many
 
     def run(self, seed: int, mode: str, method: str | None) -> RunState:
         """The run of ``(seed, mode, method)`` (``None``: the shared round 0), created empty if new."""
@@ -156,6 +157,7 @@ class ExperimentState:
             "finished": self.finished,
             "wall_time": self.wall_time,
             **({"shard": list(self.shard)} if self.shard is not None else {}),
+            **({"world_size": self.world_size} if self.world_size != 1 else {}),
         }
 
     @classmethod
@@ -184,6 +186,7 @@ class ExperimentState:
             finished=values["finished"],
             wall_time=float(values.get("wall_time", 0.0)),
             shard=tuple(values["shard"]) if values.get("shard") is not None else None,  # type: ignore[arg-type]
+            world_size=int(values.get("world_size", 1)),
         )
 
     def save(self, out_dir: str | os.PathLike) -> None:
