@@ -326,3 +326,47 @@ def test_one_process_answers_for_a_group_of_one():
     assert distributed.batch_numbers(7, 3) == [0, 1, 2]
     value = torch.ones(2)
     assert distributed.all_reduce_sum(value) is value and distributed.gather_objects(5) == [5]
+
+
+# ---------------------------------------------------------------------------------------------------
+# SyncBatchNorm (torch runs it on GPUs only)
+
+two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="SyncBatchNorm over NCCL needs 2 GPUs")
+
+
+def _sync_batch_norm_worker(rank, world, port, folder):
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
+    device = distributed.init_from_environment("cuda")
+    torch.manual_seed(0)
+    model = build_model("small", SyntheticScenes.NUM_CLASSES)
+    config = TrainConfig(epochs=2, batch_size=8, lr=0.05, amp=False, device=str(device))
+    train(model, SyntheticScenes("train", 16, image_size=(32, 64), seed=0), config, progress=False)
+    synced = sum(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+    torch.save({"parameters": _parameters(model).cpu(), "synced": synced}, os.path.join(folder, f"rank{rank}.pt"))
+
+
+@two_gpus
+def test_sync_batch_norm_makes_two_gpus_train_like_one(tmp_path):
+    # The same global batches and batch statistics over all 8 images of a step: float rounding only
+    # (the statistics are summed in another order), over 4 steps.
+    two, one = tmp_path / "two", tmp_path / "one"
+    two.mkdir(), one.mkdir()
+    _spawn(_sync_batch_norm_worker, 2, str(two))
+    _spawn(_sync_batch_norm_worker, 1, str(one))
+    (first, second), single = _results(two, 2), _results(one, 1)[0]
+    assert first["synced"] > 0
+    assert torch.equal(first["parameters"], second["parameters"])
+    torch.testing.assert_close(first["parameters"], single["parameters"], rtol=1e-3, atol=1e-4)
+
+
+def test_report_and_maps_run_on_rank_zero_only(monkeypatch, tmp_path):
+    from uaal_ext.experiment import cli
+
+    monkeypatch.setenv("RANK", "1")
+    for command in (["report", str(tmp_path / "no_experiment")], ["maps", str(tmp_path / "no_experiment")]):
+        assert cli.main(command) == 0  # rank 0 does the work (here it would fail: the folder is empty)
+    assert not any(tmp_path.iterdir())
+    monkeypatch.setenv("RANK", "0")
+    assert cli.main(["report", str(tmp_path / "no_experiment")]) == 2

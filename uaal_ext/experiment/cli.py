@@ -335,6 +335,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands that read finished folders and draw from a few images: under torchrun they run on rank 0
+#: only (``run``, ``sweep`` and ``demo`` spread their experiments over every rank).
+_SINGLE_PROCESS_COMMANDS = ("report", "maps")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from .al import StateError  # after parsing: --help answers without importing torch
@@ -343,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     keep_freed_memory()  # the command runs whole trainings: reuse freed activation memory
 
+    if args.command in _SINGLE_PROCESS_COMMANDS and os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, rank 0 alone writes the report and the maps: a few images' work
     try:
         args.handler(args)
     except (ValueError, StateError, FileNotFoundError, FloatingPointError, FolderInUseError) as error:
