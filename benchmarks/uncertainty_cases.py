@@ -40,7 +40,10 @@ def perturb_eager(w: torch.Tensor, n: torch.Tensor, eta: float, per_filter: bool
 
 def kernel_noise_eager(weights: list[torch.Tensor], num_samples: int, eta: float, per_filter: bool):
     """One (K, *w.shape) perturbed stack per weight, from the global generator's normals."""
-    return [perturb_eager(w, torch.randn((num_samples, *w.shape), dtype=w.dtype), eta, per_filter) for w in weights]
+    return [
+        perturb_eager(w, torch.randn((num_samples, *w.shape), dtype=w.dtype, device=w.device), eta, per_filter)
+        for w in weights
+    ]
 
 
 def kernel_noise_fused(weights, num_samples: int, eta: float, per_filter: bool):

@@ -19,3 +19,19 @@ def seed(request):
     torch.manual_seed(value)
     print(f"seed={value} (UAAL_TEST_SEED={base})")
     return value
+
+
+def _needs_a_gpu(item) -> bool:
+    """Whether a test is skipped here for want of CUDA (a cuda device parameter, a CUDA-only mark)."""
+    for mark in item.iter_markers("skipif"):
+        reason = str(mark.kwargs.get("reason", ""))
+        if "CUDA" in reason or "GPU" in reason:
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config, items):
+    # `pytest -m cuda` selects every test that needs a GPU: what scripts/gpu_check.sh runs there.
+    for item in items:
+        if _needs_a_gpu(item):
+            item.add_marker(pytest.mark.cuda)

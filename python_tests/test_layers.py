@@ -86,11 +86,13 @@ def test_the_importer_sees_the_layers():
     assert "ops.scores" in set(_imports(PACKAGE / "acquisition" / "base.py", "acquisition.base"))
 
 
-@pytest.mark.parametrize("page", ["architecture.md", "math.md", "performance.md"])
+@pytest.mark.parametrize("page", ["architecture.md", "math.md", "performance.md", "gpu_check.md"])
 def test_docs_name_only_paths_that_exist(page):
     text = (REPO / "docs" / page).read_text()
     paths = set(
-        re.findall(r"(?:uaal_ext|csrc|python_tests|benchmarks|experiment|acquisition|uncertainty|ops)/[\w/.*-]+", text)
+        re.findall(
+            r"(?:uaal_ext|csrc|python_tests|benchmarks|experiment|acquisition|uncertainty|ops|scripts)/[\w/.*-]+", text
+        )
     )
     missing = []
     for name in paths:
