@@ -166,7 +166,7 @@ def _settle() -> int:
     return _status_kib("VmRSS")
 
 
-def measure_memory(method: str, shape, threads: int) -> dict:
+def measure_memory(method: str, shape, threads: int, layout: str = "contiguous") -> dict:
     """Peak RSS growth of one fwd+bwd (gradient included) over the process's RSS with the inputs.
 
     The baseline is taken after a warm-up at a tiny shape (thread pools, lazy inits), before any
@@ -177,9 +177,9 @@ def measure_memory(method: str, shape, threads: int) -> dict:
     """
     torch.set_num_threads(threads)
     fn = get_method(method)
-    x, t = make_inputs(shape)
+    x, t = make_inputs(shape, layout=layout)
     if method != "torch.compile(reference)":
-        xs, ts = make_inputs((*shape[:2], *[min(d, 8) for d in shape[2:]]), seed=1)
+        xs, ts = make_inputs((*shape[:2], *[min(d, 8) for d in shape[2:]]), seed=1, layout=layout)
         for _ in range(2):
             time_once(run_fwd_bwd, fn, xs, ts)
         del xs, ts
@@ -212,7 +212,7 @@ def measure_memory(method: str, shape, threads: int) -> dict:
     }
 
 
-def memory_in_subprocess(method: str, shape, threads: int) -> dict:
+def memory_in_subprocess(method: str, shape, threads: int, layout: str) -> dict:
     env = dict(os.environ)
     # A fixed threshold keeps every block above 128 KiB in its own mmap, returned to the OS on
     # free (glibc's dynamic threshold would otherwise grow and serve big blocks from the heap).
@@ -226,6 +226,8 @@ def memory_in_subprocess(method: str, shape, threads: int) -> dict:
         shape_str(shape),
         "--threads",
         str(threads),
+        "--layouts",
+        layout,
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -375,6 +377,20 @@ def build_table(rows: list[dict]) -> tuple[str, list[str]]:
     return "\n".join(lines), bars
 
 
+def layout_comparison(rows: list[dict]) -> list[str]:
+    """uaal_ext's fwd+bwd time with channels-last logits over its time with contiguous ones, per shape
+    and per uaal_ext method, each with the bar (docs/performance.md)."""
+    times = {(r["base_shape"], r["method"], r["layout"]): r["fwd_bwd_ms"] for r in rows}
+    lines = []
+    for (shape, method, layout), ms in times.items():
+        contiguous = times.get((shape, method, "contiguous"))
+        if layout != "channels_last" or contiguous is None or not method.startswith("uaal_ext"):
+            continue
+        ratio = ms / contiguous
+        lines.append(f"{shape}, {method}: {ms:.1f} ms vs {contiguous:.1f} ms = {ratio:.2f}x {mark(ratio <= 1.2)}")
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -388,6 +404,11 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of: " + ", ".join(METHODS))
     p.add_argument("--quick", action="store_true", help="small shapes, 3 rounds, 256 MiB copy")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument(
+        "--layouts",
+        default="contiguous,channels_last",
+        help="logits layouts, comma-separated: contiguous (NCHW), channels_last (default both)",
+    )
     p.add_argument("--bw-mib", type=int, default=None, help="copy size for the bandwidth (default 1024)")
     p.add_argument(
         "--output",
@@ -399,7 +420,7 @@ def main(argv=None) -> int:
 
     shapes = [parse_shape(s) for s in (args.shapes or (QUICK_SHAPES if args.quick else FULL_SHAPES)).split(",")]
     if args.measure_memory:  # child process: one method, one shape, one JSON line
-        print(json.dumps(measure_memory(args.measure_memory, shapes[0], args.threads)))
+        print(json.dumps(measure_memory(args.measure_memory, shapes[0], args.threads, args.layouts.split(",")[0])))
         return 0
 
     repeat = args.repeat or (3 if args.quick else 5)
@@ -453,10 +474,11 @@ def main(argv=None) -> int:
     memory_note = None
     held_notes: list[str] = []
     load_notes: list[str] = []
-    for shape in shapes:
-        label = shape_label(shape)
+    layouts = [name.strip() for name in args.layouts.split(",") if name.strip()]
+    for shape, layout in [(shape, layout) for shape in shapes for layout in layouts]:
+        label = shape_label(shape) + ("" if layout == "contiguous" else " channels-last")
         print(f"\n[{label}] building methods (torch.compile compiles now) ...", flush=True)
-        x, t = make_inputs(shape)
+        x, t = make_inputs(shape, layout=layout)
         methods = {name: get_method(name) for name in names}
         check_correctness(methods, x, t, lambda s: log(f"{s} [{label}]"))
         for fn in methods.values():  # warm-up (and compilation) for both steps
@@ -484,7 +506,7 @@ def main(argv=None) -> int:
             mem = None
             if not args.no_memory:
                 print(f"[{label}] peak memory: {name} (fresh subprocess) ...", flush=True)
-                m = memory_in_subprocess(name, shape, args.threads)
+                m = memory_in_subprocess(name, shape, args.threads, layout)
                 mem = m["extra_x_logits"]
                 held = m.get("held_between_calls_x_logits", 0.0)
                 if held > 0.05:
@@ -508,6 +530,8 @@ def main(argv=None) -> int:
                     "floor_fwd_bwd_ms": floor_fb * 1e3,
                     "fwd_bwd_over_floor": med[name]["fwd_bwd"] / floor_fb,
                     "logits_bytes": logits_bytes,
+                    "layout": layout,
+                    "base_shape": shape_label(shape),
                 }
             )
 
@@ -539,6 +563,13 @@ def main(argv=None) -> int:
         for note in held_notes:
             log(f"- {note}")
     log()
+    layout_lines = layout_comparison(rows)
+    if layout_lines:
+        log("## Channels-last against contiguous logits (uaal_ext, fwd+bwd; bar: <= 1.2x)")
+        log()
+        for line in layout_lines:
+            log(f"- {line}")
+        log()
     if bars:
         log("## Bars (docs/performance.md)")
         log()

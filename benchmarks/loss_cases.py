@@ -108,9 +108,13 @@ def get_method(name: str):
     raise ValueError(f"unknown method {name!r}; choose from {METHODS}")
 
 
-def make_inputs(shape, seed: int = 0):
+LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def make_inputs(shape, seed: int = 0, layout: str = "contiguous"):
     gen = torch.Generator().manual_seed(seed)
     logits = torch.randn(shape, generator=gen, dtype=torch.float32).mul_(3.0)
+    logits = logits.contiguous(memory_format=LAYOUTS[layout])  # the same values in either layout
     n, c, *spatial = shape
     target = torch.randint(0, c, (n, *spatial), generator=gen, dtype=torch.int64)
     target[torch.rand(target.shape, generator=gen) < IGNORED_FRACTION] = IGNORE_INDEX

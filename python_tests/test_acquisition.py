@@ -490,12 +490,18 @@ def test_method_lists():
     }
 
 
-# Full blocks of more than 8 classes go through contiguous staging on the CPU (csrc/cpu/pixel_blocks.h):
-# rows of 131 pixels hold two full blocks and a partial one.
+# Full blocks of more than 8 classes go through contiguous staging on the CPU (csrc/cpu/pixel_blocks.h),
+# channels-last ones are gathered from a pixel-major run: rows of 131 pixels hold two full blocks and
+# a partial one.
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("num_classes", [8, 9, 19])
 @pytest.mark.parametrize("method", MAP_METHODS)
-def test_wide_rows_around_the_staging_threshold(method, num_classes, seed):
-    shape = (2, num_classes, 3, 131)
-    if method in MC_METHODS:
-        shape = (3,) + shape
-    _check_map(method, (random_logits(shape) * 2).float())
+def test_wide_rows_around_the_staging_threshold(method, num_classes, channels_last, seed):
+    logits = (random_logits((2, num_classes, 3, 131)) * 2).float()
+    if channels_last:
+        logits = logits.contiguous(memory_format=torch.channels_last)
+    if method in MC_METHODS:  # (T, N, C, H, W): three samples, each in the layout
+        logits = torch.stack([logits, logits.roll(1, dims=1), logits * 0.5])
+        if channels_last:
+            logits = logits.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    _check_map(method, logits)

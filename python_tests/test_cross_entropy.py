@@ -516,18 +516,21 @@ def test_gradcheck(device, kwargs, seed):
 
 
 # The CPU kernels copy a full block's rows into contiguous staging when there are more than 8
-# classes (csrc/cpu/pixel_blocks.h), and read them in place otherwise. A full block needs a row of
-# at least 64 contiguous pixels: 131 gives two full blocks and a partial one.
+# classes (csrc/cpu/pixel_blocks.h), and read them in place otherwise; channels-last full blocks are
+# gathered from (and their gradient scattered back into) one pixel-major run. A full block needs a
+# row of at least 64 pixels: 131 gives two full blocks and a partial one.
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("normalize_by_weight", [False, True])
 @pytest.mark.parametrize("use_uncertainty", [False, True])
-@pytest.mark.parametrize("num_classes", [8, 9, 19])
+@pytest.mark.parametrize("num_classes", [8, 9, 19, 150])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_wide_rows_around_the_staging_threshold(dtype, num_classes, use_uncertainty, normalize_by_weight, seed):
+def test_wide_rows_around_the_staging_threshold(dtype, num_classes, use_uncertainty, normalize_by_weight, layout, seed):
     _check(
         "cpu",
         dtype,
         (2, 3, 131),
         num_classes,
+        layout=layout,
         use_weight=True,
         use_uncertainty=use_uncertainty,
         ignore_index=-100,
@@ -536,3 +539,22 @@ def test_wide_rows_around_the_staging_threshold(dtype, num_classes, use_uncertai
         alpha=1.5,
         normalize_by_weight=normalize_by_weight,
     )
+
+
+# Outputs far larger than the caches are written with streaming stores (csrc/cpu/pixel_blocks.h),
+# channels-last ones as whole pixel-major runs: the same numbers as the contiguous layout, bit for bit.
+@pytest.mark.parametrize("normalize_by_weight", [False, True])
+def test_a_large_channels_last_batch_gives_the_contiguous_results(normalize_by_weight, seed):
+    logits = random_logits((2, 19, 128, 513)).float()  # 20 MB of gradient; 513 = 8 full blocks and 1 pixel
+    target = random_target((2, 128, 513), 19, ignore_index=255)
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = logits.clone(memory_format=layout).requires_grad_()
+        loss = uaal_ext.uaal_cross_entropy(
+            x, target, ignore_index=255, alpha=1.0, normalize_by_weight=normalize_by_weight
+        )
+        loss.backward()
+        assert x.grad.is_contiguous(memory_format=layout)
+        results.append((loss.detach(), x.grad.contiguous()))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])

@@ -290,7 +290,8 @@ def test_compile_fullgraph(seed):
 
 # Full blocks of more than 8 classes go through contiguous staging on the CPU (csrc/cpu/pixel_blocks.h):
 # rows of 131 pixels hold two full blocks and a partial one.
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("num_classes", [8, 9, 19])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_wide_rows_around_the_staging_threshold(dtype, num_classes, seed):
-    _check(*_inputs((2, num_classes, 3, 131), 3, dtype))
+def test_wide_rows_around_the_staging_threshold(dtype, num_classes, layout, seed):
+    _check(*_inputs((2, num_classes, 3, 131), 3, dtype), layout=layout)

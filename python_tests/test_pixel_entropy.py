@@ -160,8 +160,10 @@ def test_gradcheck(device, shape, normalized, seed):
     assert torch.autograd.gradcheck(lambda x: uaal_ext.pixel_entropy(x, normalized=normalized), (x,))
 
 
-# Full blocks of more than 8 classes go through contiguous staging on the CPU (csrc/cpu/pixel_blocks.h).
-@pytest.mark.parametrize("num_classes", [8, 9, 19])
+# Full blocks of more than 8 classes go through contiguous staging on the CPU (csrc/cpu/pixel_blocks.h);
+# channels-last full blocks are gathered from one pixel-major run.
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("num_classes", [8, 9, 19, 150])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_wide_rows_around_the_staging_threshold(dtype, num_classes, seed):
-    _check("cpu", dtype, (2, num_classes, 3, 131), normalized=True)
+def test_wide_rows_around_the_staging_threshold(dtype, num_classes, layout, seed):
+    _check("cpu", dtype, (2, num_classes, 3, 131), normalized=True, layout=layout)

@@ -76,6 +76,48 @@ void parallel_blocks(const PixelGeometry& g, int64_t block_pixels, const Body& b
   });
 }
 
+template <typename acc_t>
+acc_t* thread_buffer(std::vector<acc_t>& buffer, int64_t size) {
+  if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(size);
+  return buffer.data();
+}
+
+// Channels-last blocks. A full block of pixels is one contiguous pixel-major run (pixel l's C values
+// at l * C); the kernels work on class rows (class c's P pixels at c * P). The two orders are
+// converted with vector gathers from the L1-resident side: a tile transpose of rows C = 19 or 150
+// long needs masked, misaligned partial tiles, and costs several times more (bench_loss.py --layouts).
+template <typename acc_t>
+using IndexVec = Vectorized<at::vec::int_same_size_t<acc_t>>;
+
+// Class rows of a pixel-major run: row c, vector u = the run's elements (u W + j) C + c, j < W.
+template <typename acc_t>
+void gather_class_rows(const acc_t* run, int64_t C, acc_t* rows) {
+  constexpr int W = Vectorized<acc_t>::size();
+  constexpr int P = pixels_per_block<acc_t>();
+  using Index = at::vec::int_same_size_t<acc_t>;
+  const IndexVec<acc_t> pixel_stride = IndexVec<acc_t>::arange(Index(0), static_cast<Index>(C));
+  for (int64_t c = 0; c < C; ++c) {
+    for (int u = 0; u < kVectorsPerBlock; ++u) {
+      at::vec::gather<sizeof(acc_t)>(run + u * W * C + c, pixel_stride).store(rows + c * P + u * W);
+    }
+  }
+}
+
+// Where each value of a pixel-major run of P * C comes from in the class rows: position m = l C + c
+// reads row c, pixel l (built once per thread and C).
+template <typename acc_t>
+const at::vec::int_same_size_t<acc_t>* pixel_major_sources(int64_t C) {
+  constexpr int64_t P = pixels_per_block<acc_t>();
+  thread_local std::vector<at::vec::int_same_size_t<acc_t>> sources;
+  thread_local int64_t built_for = -1;
+  if (built_for != C) {
+    sources.resize(P * C);
+    for (int64_t m = 0; m < P * C; ++m) sources[m] = static_cast<at::vec::int_same_size_t<acc_t>>((m % C) * P + m / C);
+    built_for = C;
+  }
+  return sources.data();
+}
+
 // Reads a block of logits: in place when they already are contiguous accumulation-type rows,
 // otherwise converted / gathered into `staging` (reduced precision, channels-last, strided views,
 // and the last partial block, whose missing lanes are padded with 0).
@@ -96,7 +138,16 @@ BlockRows<acc_t> load_rows(const PixelGeometry& g, const scalar_t* input, int64_
       for (int64_t c = 0; c < C; ++c) std::copy_n(input + offset + c * cs, P, staging + c * P);
       return {staging, P};
     }
-    if (cs == 1) {  // channels-last: a pixel's C logits are contiguous; transpose the block
+    if (cs == 1 && ps == C && count == P) {  // channels-last: the block is one pixel-major run of P * C
+      // Copied first: a sequential read streams the run in at memory speed, where gathers straight
+      // from memory would wait on up to W lines each.
+      thread_local std::vector<acc_t> run_buffer;
+      acc_t* run = thread_buffer(run_buffer, P * C);
+      std::copy_n(input + offset, P * C, run);
+      gather_class_rows(run, C, staging);
+      return {staging, P};
+    }
+    if (cs == 1) {  // channels-last, partial or strided: transpose the block
       at::vec::transpose_mxn<acc_t>(input + offset, ps, staging, P, static_cast<int>(count), static_cast<int>(C));
       for (int64_t c = 0; c < C; ++c) std::fill(staging + c * P + count, staging + (c + 1) * P, acc_t(0));
       return {staging, P};
@@ -118,6 +169,11 @@ enum class OutputPath { kStaged, kDirect, kStreaming };
 
 constexpr int64_t kStreamingBytes = int64_t(8) << 20;
 
+template <typename acc_t>
+bool far_larger_than_caches(const PixelGeometry& g) {
+  return g.num_pixels * g.num_classes * int64_t(sizeof(acc_t)) >= kStreamingBytes;
+}
+
 template <typename scalar_t, typename acc_t>
 OutputPath output_path(const PixelGeometry& g, const scalar_t* out, int64_t offset, int64_t count) {
   if (!std::is_same_v<scalar_t, acc_t> || g.out_stride[g.ndim - 1] != 1 || count != pixels_per_block<acc_t>()) {
@@ -126,8 +182,7 @@ OutputPath output_path(const PixelGeometry& g, const scalar_t* out, int64_t offs
   constexpr int64_t kVectorBytes = sizeof(Vectorized<acc_t>);
   const bool aligned = reinterpret_cast<uintptr_t>(out + offset) % kVectorBytes == 0 &&
                        (g.out_channel_stride * int64_t(sizeof(acc_t))) % kVectorBytes == 0;
-  const bool large = g.num_pixels * g.num_classes * int64_t(sizeof(acc_t)) >= kStreamingBytes;
-  return aligned && large ? OutputPath::kStreaming : OutputPath::kDirect;
+  return aligned && far_larger_than_caches<acc_t>(g) ? OutputPath::kStreaming : OutputPath::kDirect;
 }
 
 template <typename acc_t>
@@ -145,8 +200,22 @@ void store_rows(const PixelGeometry& g, scalar_t* out, int64_t offset, int64_t c
   const int64_t ps = g.out_stride[g.ndim - 1];
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     if (g.out_channel_stride == 1) {  // channels-last
-      at::vec::transpose_mxn<acc_t>(rows, P, out + offset, ps, static_cast<int>(g.num_classes),
-                                    static_cast<int>(count));
+      const int64_t C = g.num_classes;
+      if (count == P && ps == C) {
+        // The block's gradient is one contiguous run of P * C values, written vector by vector in
+        // order (streamed when large: whole lines, no read of what they overwrite).
+        constexpr int W = Vectorized<acc_t>::size();
+        const auto* sources = pixel_major_sources<acc_t>(C);
+        acc_t* run = out + offset;
+        const bool streaming =
+            far_larger_than_caches<acc_t>(g) && reinterpret_cast<uintptr_t>(run) % sizeof(Vectorized<acc_t>) == 0;
+        for (int64_t m = 0; m < P * C; m += W) {
+          const Vectorized<acc_t> v = at::vec::gather<sizeof(acc_t)>(rows, IndexVec<acc_t>::loadu(sources + m));
+          store_vector(v, run + m, streaming ? OutputPath::kStreaming : OutputPath::kDirect);
+        }
+        return;
+      }
+      at::vec::transpose_mxn<acc_t>(rows, P, out + offset, ps, static_cast<int>(C), static_cast<int>(count));
       return;
     }
   }
@@ -154,12 +223,6 @@ void store_rows(const PixelGeometry& g, scalar_t* out, int64_t offset, int64_t c
     scalar_t* dst = out + offset + c * g.out_channel_stride;
     for (int64_t l = 0; l < count; ++l) dst[l * ps] = static_cast<scalar_t>(rows[c * P + l]);
   }
-}
-
-template <typename acc_t>
-acc_t* thread_buffer(std::vector<acc_t>& buffer, int64_t size) {
-  if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(size);
-  return buffer.data();
 }
 
 template <typename acc_t>
