@@ -78,6 +78,7 @@ def _worker(output: str, train_images: int, pool_images: int) -> None:
         seconds[f"scoring_{method}"] = time.perf_counter() - start
     if distributed.is_main_process():
         Path(output).write_text(json.dumps(seconds))
+    distributed.shutdown()
 
 
 def _run_setting(processes: int, threads: int, args) -> dict[str, float]:

@@ -111,9 +111,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_op(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& uncertainty,
     const std::optional<at::Tensor>& weight, int64_t ignore_index, double label_smoothing, double alpha,
     double exponent, double inv_scale, double s_max, bool reduce) {
-  typename Launcher::Guard guard(input);
+  // Checked first: a CPU input with a CUDA target would reach the CUDA kernel, whose device guard
+  // cannot take the CPU device and would fail before the check names the argument.
   PreparedCrossEntropy prep = prepare_cross_entropy(input, target, uncertainty, weight,
                                                     {ignore_index, label_smoothing, alpha, exponent, inv_scale, s_max});
+  typename Launcher::Guard guard(input);
   const auto options = input.options().dtype(accumulation_type(input.scalar_type()));
   at::Tensor log_normalizer = Launcher::empty(pixel_shape(input), options);
   at::Tensor pixel_loss = reduce ? at::Tensor() : Launcher::empty(pixel_shape(input), options);
@@ -130,9 +132,11 @@ at::Tensor cross_entropy_backward_op(const at::Tensor& grad, const at::Tensor& i
                                      const std::optional<at::Tensor>& weight, int64_t ignore_index,
                                      double label_smoothing, double alpha, double exponent, double inv_scale,
                                      double s_max) {
-  typename Launcher::Guard guard(input);
+  // Checked first: a CPU input with a CUDA target would reach the CUDA kernel, whose device guard
+  // cannot take the CPU device and would fail before the check names the argument.
   PreparedCrossEntropy prep = prepare_cross_entropy(input, target, uncertainty, weight,
                                                     {ignore_index, label_smoothing, alpha, exponent, inv_scale, s_max});
+  typename Launcher::Guard guard(input);
   const at::ScalarType acc = accumulation_type(input.scalar_type());
   TORCH_CHECK_VALUE(grad.dim() == 0 || grad.sizes() == at::IntArrayRef(pixel_shape(input)),
                     "uaal_cross_entropy backward: grad must be a scalar or have shape ",
@@ -200,9 +204,11 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_backward_op(const at::T
                                                                      double alpha, double exponent, double inv_scale,
                                                                      double s_max, int64_t mode) {
   const FusedReduction reduction = fused_reduction(mode);
-  typename Launcher::Guard guard(input);
+  // Checked first: a CPU input with a CUDA target would reach the CUDA kernel, whose device guard
+  // cannot take the CPU device and would fail before the check names the argument.
   PreparedCrossEntropy prep = prepare_cross_entropy(input, target, uncertainty, weight,
                                                     {ignore_index, label_smoothing, alpha, exponent, inv_scale, s_max});
+  typename Launcher::Guard guard(input);
   const auto options = input.options().dtype(accumulation_type(input.scalar_type()));
   at::Tensor grad_input = Launcher::empty_like(prep.input);
   TORCH_INTERNAL_ASSERT(make_geometry(prep.input, grad_input, prep.problem.geometry));

@@ -48,12 +48,15 @@ inline void check_kernel_noise_args(at::TensorList weights, int64_t num_samples,
   }
 }
 
-// Plain-data tables as a byte tensor (to be copied to the launcher's device).
+// Plain-data tables as a byte tensor on `device`. For a GPU they are staged in pinned memory and
+// copied without blocking: a copy from pageable memory would make the host wait for all the work
+// queued before the op (the caching host allocator keeps the staging block until the copy has run).
 template <typename T>
-at::Tensor table_bytes(const std::vector<T>& rows) {
-  at::Tensor bytes = at::empty({static_cast<int64_t>(rows.size() * sizeof(T))}, at::kByte);
+at::Tensor table_bytes(const std::vector<T>& rows, const at::Device& device) {
+  const auto staging = at::TensorOptions().dtype(at::kByte).pinned_memory(device.is_cuda());
+  at::Tensor bytes = at::empty({static_cast<int64_t>(rows.size() * sizeof(T))}, staging);
   if (!rows.empty()) std::memcpy(bytes.data_ptr(), rows.data(), rows.size() * sizeof(T));
-  return bytes;
+  return bytes.to(at::TensorOptions().device(device), /*non_blocking=*/true);
 }
 
 // K perturbed copies of every weight: theta + eta ||theta_g|| n / ||n_g|| per norm group g (the whole
@@ -101,9 +104,9 @@ std::vector<at::Tensor> kernel_noise_op(at::TensorList weights, int64_t num_samp
   group_first_slot.push_back(static_cast<int64_t>(slots.size()));
   if (slots.empty()) return outputs;
 
-  const at::Tensor tensor_table = table_bytes(tensors).to(device);
-  const at::Tensor slot_table = table_bytes(slots).to(device);
-  const at::Tensor group_table = table_bytes(group_first_slot).to(device);
+  const at::Tensor tensor_table = table_bytes(tensors, device);
+  const at::Tensor slot_table = table_bytes(slots, device);
+  const at::Tensor group_table = table_bytes(group_first_slot, device);
   const auto doubles = at::TensorOptions().dtype(at::kDouble).device(device);
   at::Tensor slot_sums = at::empty({2, static_cast<int64_t>(slots.size())}, doubles);
   at::Tensor group_scale = at::empty({num_groups}, doubles);

@@ -15,9 +15,10 @@ import time
 import pytest
 import torch
 import torch.multiprocessing as mp
+from testing import argmax_pixels
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from uaal_ext import UAALLoss, distributed
 from uaal_ext.acquisition import make_method, method_names, score_pool, select_from_pool
@@ -59,13 +60,16 @@ def _results(folder, world):
     return [torch.load(os.path.join(folder, f"rank{r}.pt"), weights_only=False) for r in range(world)]
 
 
-def _pixel_data(num_images=8, size=12, seed=1):
-    """Images (N, 3, size, size); label = argmax over channels; ~5% ignored."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randn(num_images, 3, size, size, generator=g)
-    labels = images.argmax(dim=1)
-    labels[torch.rand(labels.shape, generator=g) < 0.05] = IGNORE
-    return TensorDataset(images, labels)
+def _two_ranks_and_one(worker, tmp_path_factory):
+    """What ``worker`` saved when run by 2 ranks and by a 1-process group, and the 2-rank folder."""
+    two, one = tmp_path_factory.mktemp("two_ranks"), tmp_path_factory.mktemp("one_rank")
+    _spawn(worker, 2, str(two))
+    _spawn(worker, 1, str(one))
+    return {"two": _results(two, 2), "one": _results(one, 1)[0], "folder": two}
+
+
+def _pixel_data():
+    return argmax_pixels(8, 12, 1, IGNORE)
 
 
 def _group_norm_net():
@@ -115,15 +119,13 @@ def _train_worker(rank, world, port, folder):
         out["indivisible"] = str(error)
     hook.remove()
     torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
+    distributed.shutdown()
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Every training case run by 2 ranks and by a 1-process group."""
-    two, one = tmp_path_factory.mktemp("two_ranks"), tmp_path_factory.mktemp("one_rank")
-    _spawn(_train_worker, 2, str(two))
-    _spawn(_train_worker, 1, str(one))
-    return {"two": _results(two, 2), "one": _results(one, 1)[0], "folder": two}
+    return _two_ranks_and_one(_train_worker, tmp_path_factory)
 
 
 @pytest.mark.parametrize("case", sorted(TRAIN_CASES))
@@ -224,14 +226,12 @@ def _scoring_worker(rank, world, port, folder):
         gradient = torch.cat(distributed.gather_objects(mine.grad / world))  # what DDP's average gives
         out["losses"][(normalize, by_weight, reduction)] = (total, gradient)
     torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
+    distributed.shutdown()
 
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
-    two, one = tmp_path_factory.mktemp("two_ranks"), tmp_path_factory.mktemp("one_rank")
-    _spawn(_scoring_worker, 2, str(two))
-    _spawn(_scoring_worker, 1, str(one))
-    return {"two": _results(two, 2), "one": _results(one, 1)[0]}
+    return _two_ranks_and_one(_scoring_worker, tmp_path_factory)
 
 
 @pytest.mark.parametrize("method", method_names())
@@ -345,17 +345,15 @@ def _sync_batch_norm_worker(rank, world, port, folder):
     train(model, SyntheticScenes("train", 16, image_size=(32, 64), seed=0), config, progress=False)
     synced = sum(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
     torch.save({"parameters": _parameters(model).cpu(), "synced": synced}, os.path.join(folder, f"rank{rank}.pt"))
+    distributed.shutdown()
 
 
 @two_gpus
-def test_sync_batch_norm_makes_two_gpus_train_like_one(tmp_path):
+def test_sync_batch_norm_makes_two_gpus_train_like_one(tmp_path_factory):
     # The same global batches and batch statistics over all 8 images of a step: float rounding only
     # (the statistics are summed in another order), over 4 steps.
-    two, one = tmp_path / "two", tmp_path / "one"
-    two.mkdir(), one.mkdir()
-    _spawn(_sync_batch_norm_worker, 2, str(two))
-    _spawn(_sync_batch_norm_worker, 1, str(one))
-    (first, second), single = _results(two, 2), _results(one, 1)[0]
+    runs = _two_ranks_and_one(_sync_batch_norm_worker, tmp_path_factory)
+    (first, second), single = runs["two"], runs["one"]
     assert first["synced"] > 0
     assert torch.equal(first["parameters"], second["parameters"])
     torch.testing.assert_close(first["parameters"], single["parameters"], rtol=1e-3, atol=1e-4)

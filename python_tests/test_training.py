@@ -14,7 +14,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from testing import cuda_only
+from testing import argmax_pixels, cuda_only
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -38,12 +38,7 @@ def one_thread():
 
 
 def _dataset(num_images=12, size=16, seed=1):
-    """Images (N, 3, size, size); label = argmax over channels (learnable per pixel); ~5% ignored."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randn(num_images, 3, size, size, generator=g)
-    labels = images.argmax(dim=1)
-    labels[torch.rand(labels.shape, generator=g) < 0.05] = IGNORE
-    return TensorDataset(images, labels)
+    return argmax_pixels(num_images, size, seed, IGNORE)
 
 
 class TinyNet(nn.Module):

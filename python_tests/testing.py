@@ -119,3 +119,15 @@ def assert_raises_naming(call, exc, arg, shown=()):
         call()
     for pattern in shown:
         assert re.search(pattern, str(excinfo.value)), f"message does not show {pattern!r}: {excinfo.value}"
+
+
+def argmax_pixels(num_images, size, seed, ignore_index=255):
+    """A dataset of random images (N, 3, size, size) labelled by their argmax over the channels (a
+    per-pixel rule a small net learns), ~5% of the pixels ``ignore_index``."""
+    from torch.utils.data import TensorDataset
+
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(num_images, 3, size, size, generator=g)
+    labels = images.argmax(dim=1)
+    labels[torch.rand(labels.shape, generator=g) < 0.05] = ignore_index
+    return TensorDataset(images, labels)

@@ -42,6 +42,7 @@ __all__ = [
     "gather_objects",
     "broadcast_object",
     "barrier",
+    "shutdown",
     "shard_batches",
     "batch_numbers",
     "describe",
@@ -190,6 +191,15 @@ def barrier() -> None:
         dist.monitored_barrier(timeout=collective_timeout())
     else:
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Leaves the process group cleanly: waits for every rank, then destroys the group. A process
+    that exits with the group alive can abort in its teardown while another rank still talks to it."""
+    if not is_distributed():
+        return
+    barrier()
+    dist.destroy_process_group()
 
 
 def shard_batches(num_items: int, batch_size: int) -> list[list[int]]:

@@ -16,7 +16,14 @@ from torch import Tensor, nn
 
 from . import distributed
 from ._validation import check_choice
-from .ops.cross_entropy import REDUCTIONS, inverse_scale, pixel_entropy, uaal_cross_entropy, uaal_cross_entropy_sums
+from .ops.cross_entropy import (
+    REDUCTIONS,
+    accumulation_dtype,
+    inverse_scale,
+    pixel_entropy,
+    uaal_cross_entropy,
+    uaal_cross_entropy_sums,
+)
 from .schedules import get_schedule
 
 __all__ = ["UAALLoss", "NORMALIZE_MODES", "normalize_uncertainty"]
@@ -137,7 +144,7 @@ class UAALLoss(nn.Module):
         if ranks > 1 and self.reduction == "mean":
             total, denominators = uaal_cross_entropy_sums(input, target, uncertainty, **options)
             denominator = distributed.all_reduce_sum(denominators[1 if self.normalize_by_weight else 0])
-            return (total * ranks / denominator).to(input.dtype)
+            return (total * ranks / denominator).to(total.dtype)
         loss = uaal_cross_entropy(
             input,
             target,
@@ -177,7 +184,9 @@ def normalize_uncertainty(
     elif masked.numel() == 0:
         return masked
     elif mode == "mean":
-        denominator = masked.sum() / valid.sum().clamp_min(1)
+        # In the accumulation dtype: a float16 map (the entropy of autocast logits) would sum to inf
+        # past 65504, and u / inf switch the weighting off without a word.
+        denominator = masked.sum(dtype=accumulation_dtype(masked.dtype)) / valid.sum().clamp_min(1)
     else:
         batch = uncertainty.shape[0]
         denominator = masked.reshape(batch, -1).amax(dim=1).clamp_min(0)

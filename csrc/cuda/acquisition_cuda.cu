@@ -151,7 +151,15 @@ struct CudaAcquisitionLauncher {
   static void aggregate_scores(const ScoreAggregationProblem& pr, const at::Tensor& scores, const at::Tensor& valid,
                                at::Tensor& out) {
     if (pr.num_images == 0) return;
+    if (pr.pixels_per_image == 0) {  // every image scores 0 (topk's gather below would index an empty dim)
+      out.zero_();
+      return;
+    }
     if (pr.reduction != ScoreReduction::kTopKMean) {
+      TORCH_CHECK_VALUE(pr.num_images <= INT32_MAX,
+                        "aggregate_scores: one CUDA block per image allows at most "
+                        "2^31 - 1 images per call, got ",
+                        pr.num_images);
       const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
       if (pr.is_double) {
         aggregate_scores_kernel<double><<<static_cast<unsigned int>(pr.num_images), kThreads, 0, stream>>>(pr);

@@ -106,29 +106,32 @@ __global__ void __launch_bounds__(kThreads)
                                                         static_cast<const acc_t*>(pr.grad)[0], shifted_sum.weight_seen);
     }
   }
-  // Per-block partial sums, added up by the host in a fixed order: deterministic, no atomics.
+  // Per-block partial sums, added up afterwards in a fixed order (an ATen sum on the device):
+  // deterministic, no atomics.
   using BlockReduce = cub::BlockReduce<LossSums<acc_t>, kThreads>;
   __shared__ typename BlockReduce::TempStorage scratch;
   const LossSums<acc_t> total = BlockReduce(scratch).Sum(LossSums<acc_t>{loss, target_weight, weighted_target_weight});
   if (threadIdx.x == 0) {
-    block_sums[3 * blockIdx.x + 0] = total.loss;
-    block_sums[3 * blockIdx.x + 1] = total.target_weight;
-    block_sums[3 * blockIdx.x + 2] = total.weighted_target_weight;
+    const int64_t b = 3 * static_cast<int64_t>(blockIdx.x);
+    block_sums[b + 0] = total.loss;
+    block_sums[b + 1] = total.target_weight;
+    block_sums[b + 2] = total.weighted_target_weight;
   }
 }
 
-// sum of c_y w over valid pixels with w from the uncertainty map, the by-weight mean's denominator:
-// reads the targets and the map, not the logits. Per-block sums as in the forward.
-template <typename acc_t>
-__global__ void __launch_bounds__(kThreads) map_weight_total_kernel(const CrossEntropyProblem pr, acc_t* block_sums) {
+// sum of c_y w over valid pixels, with w = 1 (kNone: the mean's denominator) or from the uncertainty map
+// (kMap: the by-weight mean's): reads the targets (and the map), not the logits. Targets are compared
+// as int64 like in every kernel, not in their own dtype, where an ignore_index of -100 wraps for uint8.
+// Per-block sums as in the forward.
+template <typename acc_t, UncertaintySource kSource>
+__global__ void __launch_bounds__(kThreads) weight_total_kernel(const CrossEntropyProblem pr, acc_t* block_sums) {
   const int64_t pixel = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   acc_t weighted_target_weight = 0;
   if (pixel < pr.geometry.num_pixels) {
     const int64_t y = read_target(pr.target, pr.target_type, pixel);
     // Out-of-range targets are reported by the main kernel; here they only must not be read.
     if (y != pr.ignore_index && y >= 0 && y < pr.geometry.num_classes) {
-      weighted_target_weight =
-          class_weight_of<acc_t>(pr, y) * pixel_weight<acc_t, UncertaintySource::kMap>(pr, pixel, acc_t(0));
+      weighted_target_weight = class_weight_of<acc_t>(pr, y) * pixel_weight<acc_t, kSource>(pr, pixel, acc_t(0));
     }
   }
   using BlockReduce = cub::BlockReduce<acc_t, kThreads>;
@@ -219,26 +222,26 @@ struct CudaLauncher {
   static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) { return at::empty(sizes, options); }
   static at::Tensor empty_like(const at::Tensor& like) { return at::empty_like(like); }
 
-  static at::Tensor target_weight_total(const PreparedCrossEntropy& prep, const at::TensorOptions& options) {
-    const at::Tensor valid = prep.target != prep.problem.ignore_index;
-    if (!prep.weight.defined()) return valid.sum().to(options.dtype());
-    // Out-of-range targets are reported by the main kernel; here they only must not be read.
-    const at::Tensor index = prep.target.to(at::kLong).clamp(0, prep.weight.size(0) - 1);
-    return (prep.weight.index_select(0, index.flatten()).view(index.sizes()) * valid).sum().to(options.dtype());
-  }
-
-  static at::Tensor map_weight_total(const PreparedCrossEntropy& prep, const at::TensorOptions& options) {
-    const CrossEntropyProblem& pr = prep.problem;
+  template <UncertaintySource kSource>
+  static at::Tensor weight_total(const CrossEntropyProblem& pr, const at::TensorOptions& options) {
     const unsigned int blocks = blocks_for(pr.geometry.num_pixels);
     if (blocks == 0) return at::zeros({}, options);
     at::Tensor block_sums = at::empty({static_cast<int64_t>(blocks)}, options);
     dispatch_float_type(pr.input_type, [&](auto, auto acc) {
       using acc_t = decltype(acc);
-      map_weight_total_kernel<acc_t>
+      weight_total_kernel<acc_t, kSource>
           <<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(pr, block_sums.data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     return block_sums.to(at::kDouble).sum().to(options.dtype());
+  }
+
+  static at::Tensor target_weight_total(const PreparedCrossEntropy& prep, const at::TensorOptions& options) {
+    return weight_total<UncertaintySource::kNone>(prep.problem, options);
+  }
+
+  static at::Tensor map_weight_total(const PreparedCrossEntropy& prep, const at::TensorOptions& options) {
+    return weight_total<UncertaintySource::kMap>(prep.problem, options);
   }
 
   static at::Tensor cross_entropy_forward(const CrossEntropyProblem& pr, const at::TensorOptions& options) {

@@ -2,6 +2,8 @@
 // consecutive pixels (coalesced loads in NCHW).
 #pragma once
 
+#include <c10/util/Exception.h>
+
 #include <cstdint>
 
 #include "core/pixel_geometry.h"
@@ -11,7 +13,9 @@ namespace uaal::cuda {
 constexpr int kThreads = 256;
 
 inline unsigned int blocks_for(int64_t num_items) {
-  return static_cast<unsigned int>((num_items + kThreads - 1) / kThreads);
+  const int64_t blocks = (num_items + kThreads - 1) / kThreads;
+  TORCH_CHECK_VALUE(blocks <= INT32_MAX, "uaal_ext: ", num_items, " items need more than 2^31 - 1 CUDA blocks");
+  return static_cast<unsigned int>(blocks);
 }
 
 // Offsets of pixel `pixel` (row-major over the merged pixel dims) in the `in` and `out` tensors.

@@ -352,6 +352,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0  # under torchrun, rank 0 alone writes the report and the maps: a few images' work
     try:
         args.handler(args)
+        from uaal_ext import distributed
+
+        distributed.shutdown()  # under torchrun: every rank done, then the group closed (not on errors)
     except (ValueError, StateError, FileNotFoundError, FloatingPointError, FolderInUseError) as error:
         if os.environ.get("UAAL_TRACEBACK"):  # for debugging the library itself
             raise

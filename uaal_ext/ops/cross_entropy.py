@@ -20,6 +20,7 @@ __all__ = [
     "REDUCTIONS",
     "uaal_cross_entropy",
     "uaal_cross_entropy_sums",
+    "loss_dtype",
     "pixel_entropy",
     "inverse_scale",
     "accumulation_dtype",
@@ -231,13 +232,19 @@ def uaal_cross_entropy(
         normalize_by_weight: divide the ``mean`` by ``sum(c_y * w)`` instead of ``sum(c_y)``.
 
     Returns:
-        The loss in ``input``'s dtype: a scalar for ``mean`` / ``sum``, per pixel for ``none``.
+        The loss in ``input``'s dtype (float32 for half logits under autocast, as torch's
+        ``cross_entropy``): a scalar for ``mean`` / ``sum``, per pixel for ``none``.
     """
     check_choice("reduction", reduction, REDUCTIONS)
     input, target, uncertainty, unbatched, args = _op_arguments(
         input, target, uncertainty, weight, ignore_index, label_smoothing, alpha, exponent, uncertainty_scale, s_max
     )
-    if torch.is_grad_enabled() and input.requires_grad and reduction != "none":
+    # float16 logits take the two ops: the fused op writes the gradient in the forward, already
+    # divided by the mean's denominator (~1 / (N H W)) and before a GradScaler's scale reaches it, so
+    # most of it would fall below float16's normal range and flush to 0; the backward op applies the
+    # incoming (scaled) gradient first.
+    fused = input.dtype != torch.float16
+    if fused and torch.is_grad_enabled() and input.requires_grad and reduction != "none":
         # A training step: the gradient is computed while the logits are in cache (see
         # cross_entropy_forward_backward in csrc/ops.cpp); backward() then costs nothing.
         if reduction == "sum":
@@ -245,13 +252,22 @@ def uaal_cross_entropy(
         else:
             mode = _FUSED_MEAN_BY_WEIGHT if normalize_by_weight else _FUSED_MEAN
         loss, _ = _ops.cross_entropy_forward_backward(*args, mode)
-        return loss.to(input.dtype)
+        return loss.to(loss_dtype(input))
     loss, _, sums = _ops.cross_entropy_forward(*args, reduction != "none")
     if reduction == "mean":
         loss = loss / sums[1 if normalize_by_weight else 0]
     elif reduction == "none" and unbatched:
         loss = loss.squeeze(0)
-    return loss.to(input.dtype)
+    return loss.to(loss_dtype(input))
+
+
+def loss_dtype(input: Tensor) -> torch.dtype:
+    """The dtype of a loss of ``input``: the logits' own, but float32 for half logits under autocast,
+    as torch's autocast ``cross_entropy`` returns (a float16 loss overflows at 65504, and a
+    GradScaler's initial scale of 2^16 times its gradient is inf in float16)."""
+    if input.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(input.device.type):
+        return torch.float32
+    return input.dtype
 
 
 def uaal_cross_entropy_sums(
@@ -278,7 +294,7 @@ def uaal_cross_entropy_sums(
         input, target, uncertainty, weight, ignore_index, label_smoothing, alpha, exponent, uncertainty_scale, s_max
     )
     loss, _, sums = _ops.cross_entropy_forward(*args, True)
-    return loss.to(input.dtype), sums
+    return loss.to(loss_dtype(input)), sums
 
 
 def _op_arguments(input, target, uncertainty, weight, ignore_index, label_smoothing, alpha, exponent, scale, s_max):

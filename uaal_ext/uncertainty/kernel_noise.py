@@ -58,11 +58,18 @@ def _check_replay(
         return dropout_state, None
     if not isinstance(dropout_masks, DropoutRecording):
         raise TypeError(f"dropout_masks must be what record_dropout(model) yields, got {type(dropout_masks).__name__}")
-    if dropout_masks.device.type != images.device.type:
+    if _with_index(dropout_masks.device) != _with_index(images.device):
         raise ValueError(
             f"dropout_masks were recorded for a forward on {dropout_masks.device}, but the images are on {images.device}"
         )
     return dropout_masks.rng_state, dropout_masks
+
+
+def _with_index(device: torch.device) -> torch.device:
+    """``cuda`` as the current CUDA device's index, so a recording for "cuda" matches images on it."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def _like_layout(stack: Tensor, weight: Tensor) -> Tensor:
