@@ -210,8 +210,9 @@ def shard_batches(num_items: int, batch_size: int) -> list[list[int]]:
     of a batched forward are bit-identical to the single-process ones, and a batch's number (for keyed
     randomness) is the same too: see :func:`batch_numbers`.
     """
-    batches = [list(range(start, min(start + batch_size, num_items))) for start in range(0, num_items, batch_size)]
-    return batches[rank() :: world_size()]
+    return [
+        list(range(b * batch_size, min((b + 1) * batch_size, num_items))) for b in batch_numbers(num_items, batch_size)
+    ]
 
 
 def batch_numbers(num_items: int, batch_size: int) -> list[int]:

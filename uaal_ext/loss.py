@@ -175,18 +175,17 @@ def normalize_uncertainty(
         )
     valid = target != ignore_index
     masked = torch.where(valid, uncertainty, torch.zeros((), dtype=uncertainty.dtype, device=uncertainty.device))
-    if mode == "mean" and sync_ranks:
-        # One all-reduce of (sum, count), in float64 so that the mean does not depend on how the
-        # batch is split over the ranks beyond the last bit. Every rank takes part, an empty one too.
-        totals = torch.stack([masked.sum(dtype=torch.float64), valid.sum(dtype=torch.float64)])
-        totals = distributed.all_reduce_sum(totals)
-        denominator = (totals[0] / totals[1].clamp_min(1)).to(uncertainty.dtype)
+    if mode == "mean":
+        # Summed in the accumulation dtype: a float16 map (the entropy of autocast logits) would sum to
+        # inf past 65504, and u / inf switch the weighting off without a word. With sync_ranks, one
+        # all-reduce of (sum, count), every rank taking part, an empty one too.
+        accumulation = accumulation_dtype(masked.dtype)
+        totals = torch.stack([masked.sum(dtype=accumulation), valid.sum().to(accumulation)])
+        if sync_ranks:
+            totals = distributed.all_reduce_sum(totals)
+        denominator = totals[0] / totals[1].clamp_min(1)
     elif masked.numel() == 0:
         return masked
-    elif mode == "mean":
-        # In the accumulation dtype: a float16 map (the entropy of autocast logits) would sum to inf
-        # past 65504, and u / inf switch the weighting off without a word.
-        denominator = masked.sum(dtype=accumulation_dtype(masked.dtype)) / valid.sum().clamp_min(1)
     else:
         batch = uncertainty.shape[0]
         denominator = masked.reshape(batch, -1).amax(dim=1).clamp_min(0)
