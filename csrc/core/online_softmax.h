@@ -70,6 +70,33 @@ struct OnlineSoftmax {
   UAAL_HOST_DEVICE V entropy(V log_normalizer) const { return log_normalizer - dot / sum; }
 };
 
+// Softmax sums of one pixel whose max logit m is already known (a first look over its logits found
+// it, or the lanes sharing a pixel agreed on it): sum = sum_c e^(z_c - m) and dot = sum_c e^(z_c - m)
+// (z_c - m), each term added as it is, with no rescaling. Partial sums over disjoint sets of classes
+// with the same m add up. NaN logits are not carried (a fast exp may turn NaN into a number): pair
+// with softmax_nan_guard.
+template <typename V>
+struct KnownMaxSums {
+  using L = Lanes<V>;
+  using S = typename L::Scalar;
+  V sum = V(S(0)), dot = V(S(0));
+
+  // Adds logit z's term and returns e^(z - m). dot is only accumulated when kDot.
+  template <bool kDot>
+  UAAL_HOST_DEVICE V add(V z, V max) {
+    const V shift = z - max;
+    const V e = L::exp(shift);
+    sum = sum + e;
+    // A -inf logit gives e = 0; the clamp keeps 0 * (-inf) out of dot.
+    if constexpr (kDot) dot = dot + e * L::clamp_min(shift, V(std::numeric_limits<S>::lowest()));
+    return e;
+  }
+
+  // log sum_c e^(z_c - max) plus the pixel's NaN guard (softmax_nan_guard), and H from it.
+  UAAL_HOST_DEVICE V log_normalizer(V nan_guard) const { return L::log(sum) + nan_guard; }
+  UAAL_HOST_DEVICE V entropy(V log_normalizer) const { return log_normalizer - dot / sum; }
+};
+
 // NaN where softmax is NaN, from the pixel's max and the plain sum of its logits: a NaN logit makes the
 // sum NaN, a +inf one the max (and -inf logits alone do neither: they are classes of probability 0).
 // Added to a pixel's results, it makes them NaN exactly there; a fast exp may map NaN to a number, so

@@ -71,12 +71,12 @@ void monte_carlo_scores(const PixelScoreProblem& pr) {
       softmax.template compute</*kSquares=*/false, /*kDot=*/kBald>(
           load_rows(g, input + t * pr.sample_stride, in_offset, count, staging), C, terms);
       for (int u = 0; u < kVectorsPerBlock; ++u) {
-        const Vec inv_sum = Vec(acc_t(1)) / softmax.sum[u];
+        const Vec inv_sum = Vec(acc_t(1)) / softmax.sums[u].sum;
         for (int64_t c = 0; c < C; ++c) {
           acc_t* mean = probability_sum + c * P + u * W;
           (Vec::loadu(mean) + Vec::loadu(terms + c * P + u * W) * inv_sum).store(mean);
         }
-        if constexpr (kBald) entropy_sum[u] = entropy_sum[u] + entropy_from_terms(softmax.sum[u], softmax.dot[u]);
+        if constexpr (kBald) entropy_sum[u] = entropy_sum[u] + entropy_from_terms(softmax.sums[u].sum, softmax.sums[u].dot);
         nan[u] = nan[u] + softmax.nan[u];
       }
     }

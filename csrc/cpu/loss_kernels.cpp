@@ -185,31 +185,27 @@ void cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
   auto* log_normalizer_out = static_cast<acc_t*>(pr.log_normalizer);
   auto* loss_out = static_cast<acc_t*>(pr.pixel_loss);
   const acc_t inv_c = acc_t(1) / static_cast<acc_t>(C);
+  acc_t class_weight_total = 0;
+  for (int64_t c = 0; c < C; ++c) class_weight_total += class_weight ? class_weight[c] : acc_t(1);
 
   const int64_t inner = g.num_pixels ? g.size[g.ndim - 1] : 1;
   std::vector<double> block_sums(3 * (g.num_pixels / inner) * ((inner + P - 1) / P));
   const bool with_gradient = pr.grad_input != nullptr;
   parallel_blocks(g, P, [&](int64_t block, int64_t first, int64_t count, int64_t in_offset, int64_t out_offset) {
-    thread_local std::vector<acc_t> staging_buffer, gradient_buffer, update_buffer;
+    thread_local std::vector<acc_t> staging_buffer, gradient_buffer, terms_buffer;
     const BlockRows<acc_t> rows = load_rows(g, input, in_offset, count, thread_buffer(staging_buffer, C * P));
-    // With the gradient: each update's e and whether it grew the max (1 / 0), from which the
-    // gradient pass rebuilds p without another exp (ReverseProbabilities).
-    acc_t* update_e = with_gradient ? thread_buffer(update_buffer, 2 * C * P) : nullptr;
-    acc_t* update_grew = with_gradient ? update_e + C * P : nullptr;
-
-    OnlineSoftmax<Vec> stats[kVectorsPerBlock];
-    OnlineShiftedSum<Vec> shifted_sum[kVectorsPerBlock];
-    acc_t class_weight_total = 0;
-    for (int64_t c = 0; c < C; ++c) {
-      const acc_t* row = rows.row(c);
-      const acc_t w_c = class_weight ? class_weight[c] : acc_t(1);
-      class_weight_total += w_c;
-      for (int u = 0; u < kVectorsPerBlock; ++u) {
-        const auto step = stats[u].update(Vec::loadu(row + u * W));
-        if constexpr (kSmoothing) shifted_sum[u].update(step, w_c);
-        if (with_gradient) {
-          step.e.store(update_e + c * P + u * W);
-          L::select(step.grows, Vec(1), Vec(0)).store(update_grew + c * P + u * W);
+    // With the gradient, each logit's e^(z - max) is kept: p = e / sum without another exp.
+    acc_t* terms = with_gradient ? thread_buffer(terms_buffer, C * P) : nullptr;
+    BlockSoftmaxTerms<acc_t> stats;
+    stats.template compute</*kSquares=*/false, /*kDot=*/kSource == UncertaintySource::kEntropy>(rows, C, terms);
+    // sum_c c_c (z_c - max) for the label smoothing, a third look at the rows in cache.
+    Vec shifted_sum[kVectorsPerBlock];
+    if constexpr (kSmoothing) {
+      for (int u = 0; u < kVectorsPerBlock; ++u) shifted_sum[u] = Vec(acc_t(0));
+      for (int64_t c = 0; c < C; ++c) {
+        const Vec w_c(class_weight ? class_weight[c] : acc_t(1));
+        for (int u = 0; u < kVectorsPerBlock; ++u) {
+          shifted_sum[u] = shifted_sum[u] + w_c * (Vec::loadu(rows.row(c) + u * W) - stats.max[u]);
         }
       }
     }
@@ -220,15 +216,16 @@ void cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
     Vec loss_sum(0), weight_sum(0), weighted_weight_sum(0);
     for (int u = 0; u < kVectorsPerBlock; ++u) {
       const int lanes = lanes_left<acc_t>(count, u);
-      const Vec log_normalizer = stats[u].log_normalizer();
+      const Vec log_normalizer = stats.sums[u].log_normalizer(stats.nan[u]);
       if (log_normalizer_out && lanes > 0) log_normalizer.store(log_normalizer_out + first + u * W, lanes);
-      const Vec w = pixel_weight<acc_t, kSource>(pr, stats[u].entropy(log_normalizer), t.uncertainty + u * W);
-      softmax.max[u] = stats[u].max;
+      const Vec entropy = kSource == UncertaintySource::kEntropy ? stats.sums[u].entropy(log_normalizer) : Vec(0);
+      const Vec w = pixel_weight<acc_t, kSource>(pr, entropy, t.uncertainty + u * W);
+      softmax.max[u] = stats.max[u];
       softmax.log_normalizer[u] = log_normalizer;
       softmax.weight[u] = w;
-      const Vec loss = pixel_cross_entropy<kSmoothing>(stats[u].max, log_normalizer, Vec::loadu(t.target_logit + u * W),
+      const Vec loss = pixel_cross_entropy<kSmoothing>(stats.max[u], log_normalizer, Vec::loadu(t.target_logit + u * W),
                                                        Vec::loadu(t.target_weight + u * W), Vec(class_weight_total),
-                                                       shifted_sum[u].value, acc_t(pr.label_smoothing), inv_c);
+                                                       shifted_sum[u], acc_t(pr.label_smoothing), inv_c);
       const Vec valid = Vec::loadu(t.valid + u * W) > Vec(0);
       const Vec weighted = L::select(valid, w * loss, Vec(0));  // ignored pixels are 0 even for NaN logits
       if (loss_out && lanes > 0) weighted.store(loss_out + first + u * W, lanes);
@@ -239,12 +236,9 @@ void cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
     }
     if (with_gradient) {
       t.gather_grad(pr, first, count);
-      ReverseProbabilities<Vec> reverse[kVectorsPerBlock];
-      for (int u = 0; u < kVectorsPerBlock; ++u) reverse[u] = ReverseProbabilities<Vec>(stats[u].sum);
-      const auto probability = [&](int64_t c, int u) {
-        return reverse[u].previous(Vec::loadu(update_e + c * P + u * W),
-                                   Vec::loadu(update_grew + c * P + u * W) > Vec(0));
-      };
+      Vec inverse_sum[kVectorsPerBlock];
+      for (int u = 0; u < kVectorsPerBlock; ++u) inverse_sum[u] = Vec(acc_t(1)) / stats.sums[u].sum;
+      const auto probability = [&](int64_t c, int u) { return Vec::loadu(terms + c * P + u * W) * inverse_sum[u]; };
       write_block_gradient<scalar_t, acc_t, kSmoothing>(pr, t, softmax, probability, class_weight_total, count,
                                                         out_offset, thread_buffer(gradient_buffer, C * P));
     }

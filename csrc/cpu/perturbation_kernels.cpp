@@ -279,8 +279,8 @@ void perturbation_statistics(const PerturbationStatisticsProblem& pr) {
     Vec nan[kVectorsPerBlock], clean_norm_squared[kVectorsPerBlock];
     for (int u = 0; u < kVectorsPerBlock; ++u) {
       nan[u] = clean_softmax.nan[u];
-      clean_norm_squared[u] = probability_norm_squared(clean_softmax.sum_squares[u], clean_softmax.sum[u]);
-      const Vec inv_sum = Vec(acc_t(1)) / clean_softmax.sum[u];
+      clean_norm_squared[u] = probability_norm_squared(clean_softmax.sum_squares[u], clean_softmax.sums[u].sum);
+      const Vec inv_sum = Vec(acc_t(1)) / clean_softmax.sums[u].sum;
       for (int64_t c = 0; c < C; ++c) {
         (Vec::loadu(probabilities + c * P + u * W) * inv_sum).store(probabilities + c * P + u * W);
       }

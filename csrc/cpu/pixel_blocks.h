@@ -230,26 +230,27 @@ int lanes_left(int64_t count, int u) {
   return static_cast<int>(std::clamp<int64_t>(count - u * Vectorized<acc_t>::size(), 0, Vectorized<acc_t>::size()));
 }
 
-// One block's softmax terms e_c = exp(z_c - max) into `terms` (C rows of pixels_per_block()), with
-// per lane the max, sum_c e_c, softmax_nan_guard and, when asked for, sum_c e_c^2 (kSquares)
-// and dot = sum_c e_c (z_c - max) (kDot; H = log(sum) - dot / sum). Two passes over the rows (the
-// max, then one exp per logit).
+// One block's softmax terms e_c = exp(z_c - max) into `terms` (C rows of pixels_per_block(); not
+// kept when null), with per lane the max, sum_c e_c, softmax_nan_guard and, when asked for,
+// sum_c e_c^2 (kSquares) and dot = sum_c e_c (z_c - max) (kDot; H = log(sum) - dot / sum). Two
+// passes over the rows held in cache (the max, then one exp per logit): fewer operations per logit
+// than the online softmax's rescaling, which only pays where the logits are read once from memory.
 template <typename acc_t>
 struct BlockSoftmaxTerms {
   using Vec = Vectorized<acc_t>;
-  Vec max[kVectorsPerBlock], sum[kVectorsPerBlock], sum_squares[kVectorsPerBlock], dot[kVectorsPerBlock],
-      nan[kVectorsPerBlock];
+  Vec max[kVectorsPerBlock], sum_squares[kVectorsPerBlock], nan[kVectorsPerBlock];
+  KnownMaxSums<Vec> sums[kVectorsPerBlock];  // sum and dot
 
   template <bool kSquares, bool kDot>
   void compute(const BlockRows<acc_t>& rows, int64_t C, acc_t* terms) {
     constexpr int W = Vec::size();
     constexpr int P = pixels_per_block<acc_t>();
+    Vec logit_sum[kVectorsPerBlock];
     for (int u = 0; u < kVectorsPerBlock; ++u) {
       max[u] = OnlineSoftmax<Vec>::initial_max();
-      sum[u] = sum_squares[u] = dot[u] = Vec(acc_t(0));
+      sums[u] = KnownMaxSums<Vec>();
+      sum_squares[u] = logit_sum[u] = Vec(acc_t(0));
     }
-    Vec logit_sum[kVectorsPerBlock];
-    for (int u = 0; u < kVectorsPerBlock; ++u) logit_sum[u] = Vec(acc_t(0));
     for (int64_t c = 0; c < C; ++c) {
       for (int u = 0; u < kVectorsPerBlock; ++u) {
         const Vec z = Vec::loadu(rows.row(c) + u * W);
@@ -260,16 +261,9 @@ struct BlockSoftmaxTerms {
     for (int u = 0; u < kVectorsPerBlock; ++u) nan[u] = softmax_nan_guard(logit_sum[u], max[u]);
     for (int64_t c = 0; c < C; ++c) {
       for (int u = 0; u < kVectorsPerBlock; ++u) {
-        const Vec z = Vec::loadu(rows.row(c) + u * W);
-        const Vec shift = z - max[u];
-        const Vec e = Lanes<Vec>::exp(shift);
-        e.store(terms + c * P + u * W);
-        sum[u] = sum[u] + e;
+        const Vec e = sums[u].template add<kDot>(Vec::loadu(rows.row(c) + u * W), max[u]);
+        if (terms) e.store(terms + c * P + u * W);
         if constexpr (kSquares) sum_squares[u] = sum_squares[u] + e * e;
-        // -inf logits: e = 0, and the clamp keeps 0 * (-inf) out of dot.
-        if constexpr (kDot) {
-          dot[u] = dot[u] + e * Lanes<Vec>::clamp_min(shift, Vec(std::numeric_limits<acc_t>::lowest()));
-        }
       }
     }
   }
