@@ -28,11 +28,21 @@ inline void check_cross_entropy_args(const at::Tensor& input, const at::Tensor& 
                                      const std::optional<at::Tensor>& weight, const CrossEntropyScalars& s) {
   const char* op = "uaal_cross_entropy";
   check_logits(input, op);
-  TORCH_CHECK_TYPE(
-      target.scalar_type() == at::kLong || target.scalar_type() == at::kInt || target.scalar_type() == at::kByte, op,
-      ": target must hold class indices as int64, int32 or uint8, got ", target.scalar_type(),
-      at::isFloatingType(target.scalar_type()) ? " (class probabilities are not supported)" : "");
-  check_per_pixel(target, input, op, "target", "of class indices");
+  if (at::isFloatingType(target.scalar_type())) {
+    TORCH_CHECK_TYPE(is_supported_float(target.scalar_type()), op,
+                     ": a target of class probabilities must be float64, float32, float16 or bfloat16, got ",
+                     target.scalar_type());
+    TORCH_CHECK_VALUE(target.sizes() == input.sizes(), op, ": a target of class probabilities must have input's shape ",
+                      input.sizes(), ", got ", target.sizes());
+    TORCH_CHECK_VALUE(target.device() == input.device(), op, ": target is on ", target.device(), " but input is on ",
+                      input.device());
+  } else {
+    TORCH_CHECK_TYPE(
+        target.scalar_type() == at::kLong || target.scalar_type() == at::kInt || target.scalar_type() == at::kByte, op,
+        ": target must hold class indices as int64, int32 or uint8, or class probabilities shaped like input, got ",
+        target.scalar_type());
+    check_per_pixel(target, input, op, "target", "of class indices");
+  }
   if (uncertainty) {
     TORCH_CHECK_TYPE(is_supported_float(uncertainty->scalar_type()), op,
                      ": uncertainty must be a floating-point map, got ", uncertainty->scalar_type());
@@ -71,16 +81,30 @@ inline PreparedCrossEntropy prepare_cross_entropy(const at::Tensor& input, const
   CrossEntropyProblem& pr = prep.problem;
   const at::ScalarType acc = accumulation_type(input.scalar_type());
   prep.input = readable_logits(input, pr.geometry);
-  // Per-pixel and per-class tensors are C (or more) times smaller than the logits: a copy into the
-  // layout the kernels index directly costs little and keeps the kernels simple.
-  prep.target = target.contiguous();
+  pr.soft_target = at::isFloatingType(target.scalar_type());
+  if (pr.soft_target) {
+    // Class probabilities are read block by block beside the logits, at the logits' offsets: they
+    // take the logits' dtype and strides (copied only when they differ), and logits whose strides
+    // leave gaps become contiguous first, so that a tensor of the same strides can exist.
+    if (!prep.input.is_non_overlapping_and_dense()) {
+      prep.input = prep.input.contiguous();
+      TORCH_INTERNAL_ASSERT(make_geometry(prep.input, at::Tensor(), pr.geometry));
+    }
+    prep.target = target.scalar_type() == prep.input.scalar_type() && target.strides() == prep.input.strides()
+                      ? target
+                      : at::empty_like(prep.input).copy_(target);
+  } else {
+    // Per-pixel and per-class tensors are C (or more) times smaller than the logits: a copy into the
+    // layout the kernels index directly costs little and keeps the kernels simple.
+    prep.target = target.contiguous();
+  }
   if (uncertainty) prep.uncertainty = uncertainty->to(acc).contiguous();
   if (weight) prep.weight = weight->to(acc).contiguous();
   pr.input_type = float_type_of(input.scalar_type());
   pr.input = prep.input.data_ptr();
-  pr.target_type = target.scalar_type() == at::kLong  ? IndexType::kInt64
-                   : target.scalar_type() == at::kInt ? IndexType::kInt32
-                                                      : IndexType::kUInt8;
+  pr.target_type = pr.soft_target || target.scalar_type() == at::kLong ? IndexType::kInt64
+                   : target.scalar_type() == at::kInt                  ? IndexType::kInt32
+                                                                       : IndexType::kUInt8;
   pr.target = prep.target.data_ptr();
   pr.uncertainty = prep.uncertainty.defined() ? prep.uncertainty.data_ptr() : nullptr;
   pr.class_weight = prep.weight.defined() ? prep.weight.data_ptr() : nullptr;
@@ -103,6 +127,8 @@ inline PreparedCrossEntropy prepare_cross_entropy(const at::Tensor& input, const
 // pixels, Launcher::map_weight_total(prepared, options) -> 0-dim sum of c_y w over valid pixels with w
 // from the uncertainty map (reads the targets and the map only),
 // Launcher::cross_entropy_backward(problem), ::pixel_entropy_forward(problem),
+// Launcher::kGradientFromProbabilities and, when true, ::cross_entropy_gradient_from_probabilities(problem)
+// (see cross_entropy_forward_backward_op),
 // ::pixel_entropy_backward(problem); Launcher::empty(sizes, options) and ::empty_like(tensor)
 // allocate the outputs (at::empty_like's layout); Launcher::Guard(input) makes input's device current.
 
@@ -176,11 +202,18 @@ inline FusedReduction fused_reduction(int64_t mode) {
 // w needs the targets and the map (C times fewer bytes than the logits); with the entropy default,
 // w needs the logits: the forward kernel again, writing nothing per pixel and keeping only its sums
 // (one more read of the logits, no write).
+// With class probabilities every pixel counts once (c_y is 1: PyTorch's mean over them divides by the
+// number of pixels), and sum w comes from the forward's sums for either source.
 template <typename Launcher>
 at::Tensor mean_denominator(const PreparedCrossEntropy& prep, const at::TensorOptions& options, bool by_weight) {
   const CrossEntropyProblem& pr = prep.problem;
-  if (!by_weight || pr.source == UncertaintySource::kNone) return Launcher::target_weight_total(prep, options);
-  if (pr.source == UncertaintySource::kMap) return Launcher::map_weight_total(prep, options);
+  if (pr.soft_target && (!by_weight || pr.source == UncertaintySource::kNone)) {
+    return at::scalar_tensor(static_cast<double>(pr.geometry.num_pixels), options);
+  }
+  if (!pr.soft_target && (!by_weight || pr.source == UncertaintySource::kNone)) {
+    return Launcher::target_weight_total(prep, options);
+  }
+  if (!pr.soft_target && pr.source == UncertaintySource::kMap) return Launcher::map_weight_total(prep, options);
   CrossEntropyProblem sums_only = pr;
   sums_only.log_normalizer = nullptr;
   sums_only.pixel_loss = nullptr;
@@ -213,10 +246,34 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_backward_op(const at::T
   at::Tensor grad_input = Launcher::empty_like(prep.input);
   TORCH_INTERNAL_ASSERT(make_geometry(prep.input, grad_input, prep.problem.geometry));
   const bool mean = reduction != FusedReduction::kSum;
+  CrossEntropyProblem& pr = prep.problem;
+  if constexpr (Launcher::kGradientFromProbabilities) {
+    // The by-weight mean of the entropy weight on the CPU: its pre-pass would recompute every
+    // logit's exp, which costs more there than the memory traffic. Instead the forward keeps the
+    // softmax in grad_input (and w per pixel), and once sum c_y w is known a second pass turns p into
+    // the gradient in place: the same bytes (a read and a write of the logits' size each), half the
+    // exps. Reduced-precision logits keep the pre-pass: their p rounded to the gradient's dtype would
+    // lose the target class's 1 - p.
+    const bool full_precision = pr.input_type == FloatType::kFloat32 || pr.input_type == FloatType::kFloat64;
+    if (reduction == FusedReduction::kMeanByWeight && pr.source == UncertaintySource::kEntropy && full_precision &&
+        !pr.soft_target) {
+      at::Tensor pixel_weight = Launcher::empty(pixel_shape(input), options);
+      pr.probabilities = grad_input.data_ptr();
+      pr.pixel_weight = pixel_weight.data_ptr();
+      at::Tensor totals = Launcher::cross_entropy_forward(pr, options);
+      const at::Tensor denominator = totals.select(0, 2);
+      const at::Tensor grad_scale = at::reciprocal(denominator);
+      pr.probabilities = nullptr;
+      pr.grad = grad_scale.data_ptr();
+      pr.grad_stride = 0;
+      pr.grad_input = grad_input.data_ptr();
+      Launcher::cross_entropy_gradient_from_probabilities(pr);
+      return {totals.select(0, 0) / denominator, grad_input};
+    }
+  }
   const at::Tensor grad_scale =
       mean ? at::reciprocal(mean_denominator<Launcher>(prep, options, reduction == FusedReduction::kMeanByWeight))
            : at::ones({}, options);
-  CrossEntropyProblem& pr = prep.problem;
   pr.grad = grad_scale.data_ptr();
   pr.grad_stride = 0;
   pr.grad_input = grad_input.data_ptr();

@@ -87,4 +87,36 @@ UAAL_HOST_DEVICE V cross_entropy_logit_grad(V p, typename Lanes<V>::Mask is_targ
   return Lanes<V>::select(is_target, grad - target_coef, grad);
 }
 
+// Class-probability targets t (docs/math.md#probability-targets), label smoothing folded into them
+// as PyTorch does, t'_c = (1 - eps) t_c + eps / C. With class weights c and S = sum_c c_c t'_c:
+//   l = sum_c c_c t'_c (lse - z_c) = log_normalizer * S - sum_c c_c t'_c (z_c - m),
+//   d l / d z_c = S p_c - c_c t'_c.
+// A class with t'_c = 0 and a -inf logit gives 0 * (-inf) = NaN, as in PyTorch.
+template <typename V>
+UAAL_HOST_DEVICE V smoothed_target(V t, typename Lanes<V>::Scalar label_smoothing,
+                                   typename Lanes<V>::Scalar smoothing_per_class) {
+  using S = typename Lanes<V>::Scalar;
+  return V(S(1) - label_smoothing) * t + V(smoothing_per_class);
+}
+
+template <typename V>
+struct ProbabilityTargetSums {
+  using S = typename Lanes<V>::Scalar;
+  V mass = V(S(0));     // S = sum_c c_c t'_c
+  V shifted = V(S(0));  // sum_c c_c t'_c (z_c - m)
+
+  // weighted_target = c_c t'_c, shift = z_c - m (m the pixel's max logit).
+  UAAL_HOST_DEVICE void add(V weighted_target, V shift) {
+    mass = mass + weighted_target;
+    shifted = shifted + weighted_target * shift;
+  }
+  UAAL_HOST_DEVICE V loss(V log_normalizer) const { return log_normalizer * mass - shifted; }
+};
+
+// d(g w l)/d z_c for a probability target: coef = g w (0 at pixels that do not count).
+template <typename V>
+UAAL_HOST_DEVICE V probability_target_logit_grad(V p, V coef, V mass, V weighted_target) {
+  return coef * (mass * p - weighted_target);
+}
+
 }  // namespace uaal

@@ -20,7 +20,8 @@ struct CrossEntropyProblem {
   FloatType input_type = FloatType::kFloat32;
   const void* input = nullptr;  // logits, strided per `geometry`
   IndexType target_type = IndexType::kInt64;
-  const void* target = nullptr;        // contiguous class indices
+  const void* target = nullptr;        // contiguous class indices, or (soft_target) class probabilities
+  bool soft_target = false;            // probabilities in the input's type, strided like the input
   const void* uncertainty = nullptr;   // accumulation type, or null
   const void* class_weight = nullptr;  // (C,) accumulation type, or null for all ones
   UncertaintySource source = UncertaintySource::kNone;
@@ -35,6 +36,11 @@ struct CrossEntropyProblem {
   void* log_normalizer = nullptr;  // forward output / backward input, per pixel
   void* pixel_loss = nullptr;      // per pixel (reduction "none"), accumulation type, or null
   double* block_sums = nullptr;    // CPU: per block {sum w l, sum c_y, sum c_y w}
+  // The first half of the CPU's by-weight fused call (see cross_entropy_forward_backward_op): the
+  // softmax p of every logit, strided like grad_input (it is grad_input, overwritten by the second
+  // half), and per pixel the weight w, NaN where the pixel's softmax is; both or neither.
+  void* probabilities = nullptr;
+  void* pixel_weight = nullptr;
 
   // backward inputs / output
   const void* grad = nullptr;  // accumulation type

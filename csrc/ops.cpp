@@ -49,6 +49,9 @@ TORCH_LIBRARY(uaal_ext, m) {
   //   log_normalizer: per pixel, lse - max_c z_c (log sum_c exp(z_c - max)), kept for the backward,
   //         which recomputes the max: relative to it, logits with a large offset stay exact;
   //   sums: (2,) = {sum c_y, sum c_y w_i} over valid pixels, the denominators of the "mean".
+  // `target` holds class indices (N, *spatial), or class probabilities shaped like `input`
+  // (docs/math.md#probability-targets: every pixel valid, c_y read as 1 in the sums, ignore_index
+  // unused).
   // w_i = 1 + alpha * min((U_i * inv_scale)^exponent, s_max) (docs/math.md#uncertainty-weight),
   // U = `uncertainty`, or the entropy of the logits when it is None; alpha = 0 is plain
   // cross-entropy. s_max = inf means no cap.
@@ -70,7 +73,9 @@ TORCH_LIBRARY(uaal_ext, m) {
   // which a pre-pass computes before the gradient is written (the loss divides by the main pass's
   // own sum: equal up to rounding): from the targets (mode 1, and mode 2 with alpha = 0), the
   // targets and `uncertainty` (mode 2 with a map), or the logits' entropy (mode 2 without a map:
-  // one more read of the logits).
+  // one more read of the logits; on the CPU, with float32/float64 class-index targets, the forward
+  // writes the softmax into the gradient's buffer instead and a second pass turns it into the
+  // gradient in place, csrc/loss_common.h).
   m.def(
       "cross_entropy_forward_backward(Tensor input, Tensor target, Tensor? uncertainty, Tensor? weight, "
       "int ignore_index, float label_smoothing, float alpha, float exponent, float inv_scale, float s_max, "

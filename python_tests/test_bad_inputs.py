@@ -37,7 +37,14 @@ CASES = [
     ("target-shape", lambda: ce(_logits(4, 6), _target(4, 7)), ValueError, "target", _shape(2, 4, 7)),
     ("target-batch", lambda: ce(_logits(4, 6), _target(4, 6, n=3)), ValueError, "target", _shape(3, 4, 6)),
     ("target-ndim", lambda: ce(_logits(4, 6), _target(24)), ValueError, "target", _shape(2, 24)),
-    ("target-float", lambda: ce(_logits(3), _target(3).float()), TypeError, "target", "(?i)float"),
+    # a float target is read as class probabilities, which must be shaped like the logits
+    (
+        "target-float-indices",
+        lambda: ce(_logits(3), _target(3).float()),
+        ValueError,
+        "target",
+        r"probabilities.*\[2, 19, 3\]",
+    ),
     ("target-equals-C", lambda: ce(_logits(3, 5), _with(_target(3, 5), (1, 2, 3), C)), ValueError, "target", "19"),
     ("target-negative", lambda: ce(_logits(3, 5), _with(_target(3, 5), (0, 0, 0), -1)), ValueError, "target", "-1"),
     (

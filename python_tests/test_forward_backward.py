@@ -106,6 +106,33 @@ def test_mean_by_weight_over_no_valid_pixel_is_nan(device, seed):
             assert torch.equal(grad_input, torch.zeros_like(grad_input))
 
 
+# The CPU's by-weight mean of the entropy weight keeps the softmax in the gradient's buffer and turns it
+# into the gradient in place once sum c_y w is known (csrc/loss_common.h); every mode must treat
+# non-finite logits the way the forward and backward ops do.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", [SUM, MEAN, MEAN_BY_WEIGHT])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_nonfinite_logits_match_the_forward_and_backward_ops(dtype, mode, layout, smoothing, seed):
+    x = (
+        random_logits((2, 11, 3, 70)).to(dtype).contiguous(memory_format=layout)
+    )  # a full 64-pixel block and a partial one
+    target = random_target((2, 3, 70), 11, ignore_index=255)
+    x[0, 2, 0, 0] = float("nan")
+    x[0, :, 1, 5] = float("-inf")
+    x[1, 4, 2, 66] = float("inf")
+    # Valid targets there: at ignored pixels with non-finite logits the ops' gradients are left unspecified.
+    target[0, 0, 0], target[0, 1, 5], target[1, 2, 66] = 2, 0, 7
+    args = [x, target, None, None, 255, smoothing, 1.5, 2.0, 1.0 / math.log(11), INF]
+    loss, grad_input = ops.cross_entropy_forward_backward(*args, mode)
+    total, log_normalizer, sums = ops.cross_entropy_forward(*args, True)
+    denominator = {SUM: torch.ones(()), MEAN: sums[0], MEAN_BY_WEIGHT: sums[1]}[mode]
+    expected_grad = ops.cross_entropy_backward(1.0 / denominator, x, target, log_normalizer, *args[2:])
+    torch.testing.assert_close(loss, total / denominator, equal_nan=True)
+    torch.testing.assert_close(grad_input, expected_grad, equal_nan=True)
+    assert grad_input.isnan().any() and not grad_input.isnan().all()
+
+
 @pytest.mark.parametrize("mode", [-1, 3])
 def test_bad_mode_is_named(mode):
     args = _args("cpu", mode=mode)

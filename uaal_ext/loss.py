@@ -128,8 +128,10 @@ class UAALLoss(nn.Module):
         scale = self.uncertainty_scale
         if self.normalize != "scale" and self.current_alpha != 0:
             raw = uncertainty if uncertainty is not None else pixel_entropy(input.detach())
+            # Class probabilities have no ignored pixels: every pixel counts in the normalisation.
+            pixels = target if not target.is_floating_point() else torch.zeros_like(raw, dtype=torch.long)
             uncertainty = normalize_uncertainty(
-                raw.detach(), target, self.ignore_index, self.normalize, sync_ranks=ranks > 1
+                raw.detach(), pixels, self.ignore_index, self.normalize, sync_ranks=ranks > 1
             )
             scale = 1.0
         options = dict(

@@ -76,7 +76,8 @@ void monte_carlo_scores(const PixelScoreProblem& pr) {
           acc_t* mean = probability_sum + c * P + u * W;
           (Vec::loadu(mean) + Vec::loadu(terms + c * P + u * W) * inv_sum).store(mean);
         }
-        if constexpr (kBald) entropy_sum[u] = entropy_sum[u] + entropy_from_terms(softmax.sums[u].sum, softmax.sums[u].dot);
+        if constexpr (kBald)
+          entropy_sum[u] = entropy_sum[u] + entropy_from_terms(softmax.sums[u].sum, softmax.sums[u].dot);
         nan[u] = nan[u] + softmax.nan[u];
       }
     }

@@ -32,6 +32,10 @@ struct CpuLauncher {
     return at::tensor({sums[0], sums[1], sums[2]}, at::TensorOptions().dtype(at::kDouble)).to(options.dtype());
   }
   static void cross_entropy_backward(const CrossEntropyProblem& pr) { best_loss_kernels().cross_entropy_backward(pr); }
+  static constexpr bool kGradientFromProbabilities = true;
+  static void cross_entropy_gradient_from_probabilities(const CrossEntropyProblem& pr) {
+    best_loss_kernels().cross_entropy_gradient_from_probabilities(pr);
+  }
   static at::Tensor target_weight_total(const PreparedCrossEntropy& prep, const at::TensorOptions& options) {
     return at::scalar_tensor(best_loss_kernels().target_weight_total(prep.problem), options);
   }

@@ -156,19 +156,11 @@ void write_block_gradient(const CrossEntropyProblem& pr, const BlockTargets<acc_
     smooth_coef[u] = L::select(valid, scaled_grad * Vec(smooth_share), Vec(0));
     target_class[u] = Vec::loadu(t.target_class + u * W);
   }
-  const OutputPath path = output_path<scalar_t, acc_t>(g, out, out_offset, count);
-  for (int64_t c = g.num_classes - 1; c >= 0; --c) {
+  write_block_rows(g, out, out_offset, count, staging, [&](int64_t c, int u) {
     const acc_t w_c = class_weight ? class_weight[c] : acc_t(1);
-    const Vec channel(static_cast<acc_t>(c));
-    acc_t* dst = path == OutputPath::kStaged ? staging + c * P
-                                             : reinterpret_cast<acc_t*>(out + out_offset + c * g.out_channel_stride);
-    for (int u = 0; u < kVectorsPerBlock; ++u) {
-      store_vector(cross_entropy_logit_grad<kSmoothing>(probability(c, u), target_class[u] == channel, target_coef[u],
-                                                        smooth_coef[u], Vec(class_weight_total), w_c),
-                   dst + u * W, path);
-    }
-  }
-  if (path == OutputPath::kStaged) store_rows(g, out, out_offset, count, staging);
+    return cross_entropy_logit_grad<kSmoothing>(probability(c, u), target_class[u] == Vec(static_cast<acc_t>(c)),
+                                                target_coef[u], smooth_coef[u], Vec(class_weight_total), w_c);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -191,11 +183,14 @@ void cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
   const int64_t inner = g.num_pixels ? g.size[g.ndim - 1] : 1;
   std::vector<double> block_sums(3 * (g.num_pixels / inner) * ((inner + P - 1) / P));
   const bool with_gradient = pr.grad_input != nullptr;
+  const bool with_probabilities = pr.probabilities != nullptr;
+  auto* weight_out = static_cast<acc_t*>(pr.pixel_weight);
   parallel_blocks(g, P, [&](int64_t block, int64_t first, int64_t count, int64_t in_offset, int64_t out_offset) {
     thread_local std::vector<acc_t> staging_buffer, gradient_buffer, terms_buffer;
     const BlockRows<acc_t> rows = load_rows(g, input, in_offset, count, thread_buffer(staging_buffer, C * P));
-    // With the gradient, each logit's e^(z - max) is kept: p = e / sum without another exp.
-    acc_t* terms = with_gradient ? thread_buffer(terms_buffer, C * P) : nullptr;
+    // With the gradient (or the probabilities), each logit's e^(z - max) is kept: p = e / sum
+    // without another exp.
+    acc_t* terms = with_gradient || with_probabilities ? thread_buffer(terms_buffer, C * P) : nullptr;
     BlockSoftmaxTerms<acc_t> stats;
     stats.template compute</*kSquares=*/false, /*kDot=*/kSource == UncertaintySource::kEntropy>(rows, C, terms);
     // sum_c c_c (z_c - max) for the label smoothing, a third look at the rows in cache.
@@ -223,6 +218,7 @@ void cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
       softmax.max[u] = stats.max[u];
       softmax.log_normalizer[u] = log_normalizer;
       softmax.weight[u] = w;
+      if (weight_out && lanes > 0) (w + nan_if_not_finite(log_normalizer)).store(weight_out + first + u * W, lanes);
       const Vec loss = pixel_cross_entropy<kSmoothing>(stats.max[u], log_normalizer, Vec::loadu(t.target_logit + u * W),
                                                        Vec::loadu(t.target_weight + u * W), Vec(class_weight_total),
                                                        shifted_sum[u], acc_t(pr.label_smoothing), inv_c);
@@ -234,11 +230,15 @@ void cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
       weight_sum = weight_sum + target_weight;
       weighted_weight_sum = weighted_weight_sum + L::select(valid, target_weight * w, Vec(0));
     }
+    Vec inverse_sum[kVectorsPerBlock];
+    for (int u = 0; u < kVectorsPerBlock; ++u) inverse_sum[u] = Vec(acc_t(1)) / stats.sums[u].sum;
+    const auto probability = [&](int64_t c, int u) { return Vec::loadu(terms + c * P + u * W) * inverse_sum[u]; };
+    if (with_probabilities) {
+      write_block_rows(g, static_cast<scalar_t*>(pr.probabilities), out_offset, count,
+                       thread_buffer(gradient_buffer, C * P), probability);
+    }
     if (with_gradient) {
       t.gather_grad(pr, first, count);
-      Vec inverse_sum[kVectorsPerBlock];
-      for (int u = 0; u < kVectorsPerBlock; ++u) inverse_sum[u] = Vec(acc_t(1)) / stats.sums[u].sum;
-      const auto probability = [&](int64_t c, int u) { return Vec::loadu(terms + c * P + u * W) * inverse_sum[u]; };
       write_block_gradient<scalar_t, acc_t, kSmoothing>(pr, t, softmax, probability, class_weight_total, count,
                                                         out_offset, thread_buffer(gradient_buffer, C * P));
     }
@@ -309,6 +309,145 @@ void cross_entropy_backward(const CrossEntropyProblem& pr) {
     const auto probability = [&](int64_t c, int u) {
       return L::exp(log_probability(Vec::loadu(rows.row(c) + u * W), softmax.max[u], softmax.log_normalizer[u]));
     };
+    write_block_gradient<scalar_t, acc_t, kSmoothing>(pr, t, softmax, probability, class_weight_total, count,
+                                                      out_offset, thread_buffer(gradient_buffer, C * P));
+  });
+}
+
+// Class-probability targets (loss_math.h's ProbabilityTargetSums): the target's rows are read block by
+// block at the logits' offsets (the host code gives them the logits' dtype and strides). Every pixel
+// counts: the sums are {sum w l, number of pixels, sum w}. One kernel serves the forward, the fused
+// forward + backward (grad_input set, one incoming gradient) and the backward (per-pixel gradient;
+// the caller discards the sums): the softmax is recomputed rather than kept, as memory is the cost.
+template <typename scalar_t, typename acc_t, UncertaintySource kSource>
+void probability_target_cross_entropy(const CrossEntropyProblem& pr, double sums[3]) {
+  using Vec = Vectorized<acc_t>;
+  using L = Lanes<Vec>;
+  constexpr int W = Vec::size();
+  constexpr int P = pixels_per_block<acc_t>();
+  const PixelGeometry& g = pr.geometry;
+  const int64_t C = g.num_classes;
+  const auto* input = static_cast<const scalar_t*>(pr.input);
+  const auto* target = static_cast<const scalar_t*>(pr.target);
+  const auto* class_weight = static_cast<const acc_t*>(pr.class_weight);
+  const auto* uncertainty_map = static_cast<const acc_t*>(pr.uncertainty);
+  const auto* grad = static_cast<const acc_t*>(pr.grad);
+  auto* log_normalizer_out = static_cast<acc_t*>(pr.log_normalizer);
+  auto* loss_out = static_cast<acc_t*>(pr.pixel_loss);
+  auto* out = static_cast<scalar_t*>(pr.grad_input);
+  const acc_t label_smoothing = acc_t(pr.label_smoothing);
+  const acc_t smoothing_per_class = acc_t(pr.label_smoothing / static_cast<double>(C));
+
+  const int64_t inner = g.num_pixels ? g.size[g.ndim - 1] : 1;
+  std::vector<double> block_sums(3 * (g.num_pixels / inner) * ((inner + P - 1) / P));
+  parallel_blocks(g, P, [&](int64_t block, int64_t first, int64_t count, int64_t in_offset, int64_t out_offset) {
+    thread_local std::vector<acc_t> staging_buffer, target_buffer, terms_buffer, gradient_buffer;
+    const BlockRows<acc_t> rows = load_rows(g, input, in_offset, count, thread_buffer(staging_buffer, C * P));
+    const BlockRows<acc_t> targets = load_rows(g, target, in_offset, count, thread_buffer(target_buffer, C * P));
+    acc_t* terms = out ? thread_buffer(terms_buffer, C * P) : nullptr;
+    BlockSoftmaxTerms<acc_t> stats;
+    stats.template compute</*kSquares=*/false, /*kDot=*/kSource == UncertaintySource::kEntropy>(rows, C, terms);
+    const auto weighted_target = [&](int64_t c, int u) {
+      const acc_t w_c = class_weight ? class_weight[c] : acc_t(1);
+      return Vec(w_c) * smoothed_target(Vec::loadu(targets.row(c) + u * W), label_smoothing, smoothing_per_class);
+    };
+    ProbabilityTargetSums<Vec> target_sums[kVectorsPerBlock];
+    for (int64_t c = 0; c < C; ++c) {
+      for (int u = 0; u < kVectorsPerBlock; ++u) {
+        target_sums[u].add(weighted_target(c, u), Vec::loadu(rows.row(c) + u * W) - stats.max[u]);
+      }
+    }
+
+    alignas(64) acc_t lane_index[W];
+    for (int l = 0; l < W; ++l) lane_index[l] = static_cast<acc_t>(l);
+    Vec loss_sum(0), pixel_sum(0), weight_sum(0), coef[kVectorsPerBlock];
+    for (int u = 0; u < kVectorsPerBlock; ++u) {
+      const int lanes = lanes_left<acc_t>(count, u);
+      const Vec valid = Vec::loadu(lane_index) < Vec(static_cast<acc_t>(lanes));  // lanes past the block's end
+      const Vec log_normalizer = stats.sums[u].log_normalizer(stats.nan[u]);
+      if (log_normalizer_out && lanes > 0) log_normalizer.store(log_normalizer_out + first + u * W, lanes);
+      Vec w(acc_t(1));
+      if constexpr (kSource == UncertaintySource::kEntropy) {
+        w = pixel_weight<acc_t, kSource>(pr, stats.sums[u].entropy(log_normalizer), nullptr);
+      } else if constexpr (kSource == UncertaintySource::kMap) {
+        alignas(64) acc_t u_lanes[W] = {};
+        for (int l = 0; l < lanes; ++l) {
+          u_lanes[l] = uncertainty_map[first + u * W + l];
+          TORCH_CHECK_VALUE(!(u_lanes[l] < acc_t(0)), "uaal_cross_entropy: uncertainty must be >= 0, got ", u_lanes[l],
+                            " at pixel ", first + u * W + l, " (flat index over (N, *spatial))");
+        }
+        w = pixel_weight<acc_t, kSource>(pr, Vec(0), u_lanes);
+      }
+      const Vec weighted = L::select(valid, w * target_sums[u].loss(log_normalizer), Vec(0));
+      if (loss_out && lanes > 0) weighted.store(loss_out + first + u * W, lanes);
+      loss_sum = loss_sum + weighted;
+      pixel_sum = pixel_sum + L::select(valid, Vec(1), Vec(0));
+      weight_sum = weight_sum + L::select(valid, w, Vec(0));
+      if (out) {
+        alignas(64) acc_t g_lanes[W] = {};
+        for (int l = 0; l < lanes; ++l) g_lanes[l] = grad[(first + u * W + l) * pr.grad_stride];
+        // A pixel with NaN or +-inf logits has a NaN log_normalizer and gets a NaN gradient, as in PyTorch.
+        coef[u] = L::select(valid, Vec::loadu(g_lanes) * w + nan_if_not_finite(log_normalizer), Vec(0));
+      }
+    }
+    if (out) {
+      Vec inverse_sum[kVectorsPerBlock];
+      for (int u = 0; u < kVectorsPerBlock; ++u) inverse_sum[u] = Vec(acc_t(1)) / stats.sums[u].sum;
+      write_block_rows(g, out, out_offset, count, thread_buffer(gradient_buffer, C * P), [&](int64_t c, int u) {
+        const Vec p = Vec::loadu(terms + c * P + u * W) * inverse_sum[u];
+        return probability_target_logit_grad(p, coef[u], target_sums[u].mass, weighted_target(c, u));
+      });
+    }
+    alignas(64) acc_t lane_values[3][W];
+    loss_sum.store(lane_values[0]);
+    pixel_sum.store(lane_values[1]);
+    weight_sum.store(lane_values[2]);
+    for (int k = 0; k < 3; ++k) {
+      double total = 0;
+      for (int l = 0; l < W; ++l) total += lane_values[k][l];
+      block_sums[3 * block + k] = total;
+    }
+  });
+  sums[0] = sums[1] = sums[2] = 0;
+  for (size_t b = 0; b < block_sums.size(); b += 3) {
+    for (int k = 0; k < 3; ++k) sums[k] += block_sums[b + k];
+  }
+}
+
+// The second half of the by-weight fused call: grad_input holds the softmax p (the forward wrote it,
+// problem.probabilities) and pixel_weight the weights; the gradient g w d l / dz replaces p in
+// place, block by block (each value is read before it is overwritten). One read and one write of
+// a tensor shaped like the logits, no exp: the logits are not read again.
+template <typename scalar_t, typename acc_t, bool kSmoothing>
+void cross_entropy_gradient_from_probabilities(const CrossEntropyProblem& pr) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int W = Vec::size();
+  constexpr int P = pixels_per_block<acc_t>();
+  const int64_t C = pr.geometry.num_classes;
+  const auto* probabilities = static_cast<const scalar_t*>(pr.grad_input);
+  const auto* pixel_weight = static_cast<const acc_t*>(pr.pixel_weight);
+  acc_t class_weight_total = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    class_weight_total += pr.class_weight ? static_cast<const acc_t*>(pr.class_weight)[c] : acc_t(1);
+  }
+  // Blocks of the gradient read as if it were the input.
+  PixelGeometry layout = pr.geometry;
+  std::copy_n(layout.out_stride, kMaxPixelDims, layout.in_stride);
+  layout.in_channel_stride = layout.out_channel_stride;
+
+  parallel_blocks(layout, P, [&](int64_t, int64_t first, int64_t count, int64_t in_offset, int64_t out_offset) {
+    thread_local std::vector<acc_t> staging_buffer, gradient_buffer;
+    const BlockRows<acc_t> rows =
+        load_rows(layout, probabilities, in_offset, count, thread_buffer(staging_buffer, C * P));
+    BlockTargets<acc_t> t;
+    t.template gather<false, UncertaintySource::kNone>(pr, rows, first, count);
+    t.gather_grad(pr, first, count);
+    BlockSoftmax<acc_t> softmax;
+    for (int u = 0; u < kVectorsPerBlock; ++u) {
+      softmax.weight[u] = Vec::loadu(pixel_weight + first + u * W, lanes_left<acc_t>(count, u));
+      softmax.log_normalizer[u] = Vec(acc_t(0));  // the weight already carries the pixel's NaN
+    }
+    const auto probability = [&](int64_t c, int u) { return Vec::loadu(rows.row(c) + u * W); };
     write_block_gradient<scalar_t, acc_t, kSmoothing>(pr, t, softmax, probability, class_weight_total, count,
                                                       out_offset, thread_buffer(gradient_buffer, C * P));
   });
@@ -458,21 +597,25 @@ void pixel_entropy_backward(const EntropyProblem& pr) {
       grad_scale[u] = Vec::loadu(grad + first + u * W, lanes_left<acc_t>(count, u)) * Vec(acc_t(pr.scale)) +
                       nan_if_not_finite(log_normalizer[u]);
     }
-    const OutputPath path = output_path<scalar_t, acc_t>(g, out, out_offset, count);
-    for (int64_t c = 0; c < C; ++c) {
-      acc_t* dst = path == OutputPath::kStaged ? grads + c * P
-                                               : reinterpret_cast<acc_t*>(out + out_offset + c * g.out_channel_stride);
-      for (int u = 0; u < kVectorsPerBlock; ++u) {
-        const Vec log_p = log_probability(Vec::loadu(rows.row(c) + u * W), stats[u].max, log_normalizer[u]);
-        store_vector(entropy_logit_grad(Lanes<Vec>::exp(log_p), log_p, entropy[u], grad_scale[u]), dst + u * W, path);
-      }
-    }
-    if (path == OutputPath::kStaged) store_rows(g, out, out_offset, count, grads);
+    write_block_rows(g, out, out_offset, count, grads, [&](int64_t c, int u) {
+      const Vec log_p = log_probability(Vec::loadu(rows.row(c) + u * W), stats[u].max, log_normalizer[u]);
+      return entropy_logit_grad(Lanes<Vec>::exp(log_p), log_p, entropy[u], grad_scale[u]);
+    });
   });
 }
 
 // ---------------------------------------------------------------------------------------------
+void run_probability_target_cross_entropy(const CrossEntropyProblem& pr, double sums[3]) {
+  dispatch_float_type(pr.input_type, [&](auto scalar, auto acc) {
+    dispatch_constant<UncertaintySource::kNone, UncertaintySource::kEntropy, UncertaintySource::kMap>(pr.source,
+                                                                                                      [&](auto source) {
+      probability_target_cross_entropy<decltype(scalar), decltype(acc), decltype(source)::value>(pr, sums);
+    });
+  });
+}
+
 void run_cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
+  if (pr.soft_target) return run_probability_target_cross_entropy(pr, sums);
   dispatch_float_type(pr.input_type, [&](auto scalar, auto acc) {
     dispatch_variant(pr.source, pr.smoothing(), [&](auto source, auto smoothing) {
       using scalar_t = decltype(scalar);
@@ -483,9 +626,24 @@ void run_cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
 }
 
 void run_cross_entropy_backward(const CrossEntropyProblem& pr) {
+  if (pr.soft_target) {
+    CrossEntropyProblem gradient_only = pr;
+    gradient_only.log_normalizer = nullptr;  // the forward's, an input here: never written
+    gradient_only.pixel_loss = nullptr;
+    double unused[3];
+    return run_probability_target_cross_entropy(gradient_only, unused);
+  }
   dispatch_float_type(pr.input_type, [&](auto scalar, auto acc) {
     dispatch_variant(pr.source, pr.smoothing(), [&](auto source, auto smoothing) {
       cross_entropy_backward<decltype(scalar), decltype(acc), decltype(source)::value, decltype(smoothing)::value>(pr);
+    });
+  });
+}
+
+void run_cross_entropy_gradient_from_probabilities(const CrossEntropyProblem& pr) {
+  dispatch_float_type(pr.input_type, [&](auto scalar, auto acc) {
+    dispatch_constant<false, true>(pr.smoothing(), [&](auto smoothing) {
+      cross_entropy_gradient_from_probabilities<decltype(scalar), decltype(acc), decltype(smoothing)::value>(pr);
     });
   });
 }
@@ -504,8 +662,9 @@ void run_pixel_entropy_backward(const EntropyProblem& pr) {
 
 const KernelTable& kernel_table() {
   static const KernelTable table{
-      run_cross_entropy_forward, run_cross_entropy_backward, target_weight_total,
-      map_weight_total,          run_pixel_entropy_forward,  run_pixel_entropy_backward,
+      run_cross_entropy_forward,  run_cross_entropy_backward, run_cross_entropy_gradient_from_probabilities,
+      target_weight_total,        map_weight_total,           run_pixel_entropy_forward,
+      run_pixel_entropy_backward,
   };
   return table;
 }

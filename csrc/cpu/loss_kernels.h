@@ -12,6 +12,9 @@ struct KernelTable {
   // thread count), {sum w l, sum c_y, sum c_y w}.
   void (*cross_entropy_forward)(const CrossEntropyProblem&, double sums[3]);
   void (*cross_entropy_backward)(const CrossEntropyProblem&);
+  // Overwrites grad_input, which holds the softmax the forward wrote (problem.probabilities), with
+  // the gradient, from the forward's per-pixel weights and the scalar grad: reads no logits.
+  void (*cross_entropy_gradient_from_probabilities)(const CrossEntropyProblem&);
   double (*target_weight_total)(const CrossEntropyProblem&);  // sum of c_y over valid pixels
   // sum of c_y w over valid pixels, w from the uncertainty map (source kMap): reads no logits
   double (*map_weight_total)(const CrossEntropyProblem&);

@@ -225,6 +225,23 @@ void store_rows(const PixelGeometry& g, scalar_t* out, int64_t offset, int64_t c
   }
 }
 
+// Writes a block of rows shaped like the logits: value(c, u) is the u-th vector of class c's row,
+// asked for the classes in reverse order (ReverseProbabilities' walk). Stored straight into `out`,
+// streamed, or through `staging` (C rows of pixels_per_block()) as output_path decides.
+template <typename scalar_t, typename acc_t, typename Value>
+void write_block_rows(const PixelGeometry& g, scalar_t* out, int64_t out_offset, int64_t count, acc_t* staging,
+                      Value&& value) {
+  constexpr int W = Vectorized<acc_t>::size();
+  constexpr int P = pixels_per_block<acc_t>();
+  const OutputPath path = output_path<scalar_t, acc_t>(g, out, out_offset, count);
+  for (int64_t c = g.num_classes - 1; c >= 0; --c) {
+    acc_t* dst = path == OutputPath::kStaged ? staging + c * P
+                                             : reinterpret_cast<acc_t*>(out + out_offset + c * g.out_channel_stride);
+    for (int u = 0; u < kVectorsPerBlock; ++u) store_vector(value(c, u), dst + u * W, path);
+  }
+  if (path == OutputPath::kStaged) store_rows(g, out, out_offset, count, staging);
+}
+
 template <typename acc_t>
 int lanes_left(int64_t count, int u) {
   return static_cast<int>(std::clamp<int64_t>(count - u * Vectorized<acc_t>::size(), 0, Vectorized<acc_t>::size()));

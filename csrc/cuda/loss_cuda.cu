@@ -221,6 +221,9 @@ struct CudaLauncher {
 
   static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) { return at::empty(sizes, options); }
   static at::Tensor empty_like(const at::Tensor& like) { return at::empty_like(like); }
+  // The by-weight mean of the entropy weight keeps its pre-pass here: a GPU's exps are cheap next to
+  // its memory traffic, and both designs move the same bytes.
+  static constexpr bool kGradientFromProbabilities = false;
 
   template <UncertaintySource kSource>
   static at::Tensor weight_total(const CrossEntropyProblem& pr, const at::TensorOptions& options) {

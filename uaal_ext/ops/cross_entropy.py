@@ -112,12 +112,41 @@ def _cross_entropy_setup_context(ctx, inputs, output):
 
 def _cross_entropy_backward(ctx, grad_loss, _grad_log_normalizer, _grad_sums):
     input, target, uncertainty, weight, log_normalizer = ctx.saved_tensors
-    grad_input = None
+    grad_input = grad_target = None
     if ctx.needs_input_grad[0] and grad_loss is not None:
         grad_input = _ops.cross_entropy_backward(
             grad_loss, input, target, log_normalizer, uncertainty, weight, *ctx.scalars
         )
-    return (grad_input,) + (None,) * 10
+    if ctx.needs_input_grad[1] and grad_loss is not None:
+        grad_target = _probability_target_gradient(grad_loss, input, target, uncertainty, weight, *ctx.scalars)
+    return (grad_input, grad_target) + (None,) * 9
+
+
+def _probability_target_gradient(
+    grad_loss, input, target, uncertainty, weight, ignore_index, label_smoothing, alpha, exponent, inv_scale, s_max
+):
+    """d loss / d target for class-probability targets that require a gradient (distillation from a
+    teacher being trained): ``-g w c_c (1 - eps) log p_c`` per logit, no kernel of its own. It is
+    the reference's gradient (``ops/reference.py``), so the two cannot drift apart."""
+    from .reference import uaal_cross_entropy_reference
+
+    with torch.enable_grad():
+        probabilities = target.detach().requires_grad_()
+        loss = uaal_cross_entropy_reference(
+            input.detach().to(accumulation_dtype(input.dtype)),
+            probabilities,
+            uncertainty,
+            weight=weight,
+            label_smoothing=label_smoothing,
+            alpha=alpha,
+            exponent=exponent,
+            # inv_scale is 0 only for the entropy of one class, which the default scale handles.
+            uncertainty_scale=1.0 / inv_scale if inv_scale > 0 else None,
+            s_max=None if math.isinf(s_max) else s_max,
+            reduction="sum" if grad_loss.dim() == 0 else "none",
+        )
+        (grad,) = torch.autograd.grad(loss, probabilities, grad_loss.to(loss.dtype))
+    return grad
 
 
 torch.library.register_autograd(
@@ -220,7 +249,12 @@ def uaal_cross_entropy(
         input: logits ``(N, C, *spatial)``, ``(N, C)`` or unbatched ``(C,)``; float64, float32,
             float16 or bfloat16 (float32 accumulation), any strides.
         target: class indices of shape ``(N, *spatial)`` (``()`` for unbatched input); int64, int32
-            or uint8. Values are in ``[0, C)`` or equal ``ignore_index``.
+            or uint8. Values are in ``[0, C)`` or equal ``ignore_index``. Or, as in
+            ``torch.nn.functional.cross_entropy``, class probabilities shaped like ``input``
+            (floating point; label smoothing by hand, distillation, MixUp/CutMix): every pixel
+            counts, ``ignore_index`` must stay -100, the ``mean`` divides by the number of pixels
+            (``sum(w)`` with ``normalize_by_weight``), and they are read in ``input``'s dtype
+            (docs/math.md#probability-targets).
         uncertainty: optional per-pixel uncertainty ``U >= 0`` shaped like ``target``. When None, the
             softmax entropy of ``input`` itself is used (computed in the same pass).
         weight, ignore_index, reduction, label_smoothing: as in ``torch.nn.functional.cross_entropy``.
@@ -229,7 +263,8 @@ def uaal_cross_entropy(
         uncertainty_scale: ``u = U / uncertainty_scale``. Default: ``log C`` for the entropy
             (normalised entropy in [0, 1]) and 1 for a given map (pass ``eta`` for kernel-noise sigma).
         s_max: optional cap on ``u ** E``.
-        normalize_by_weight: divide the ``mean`` by ``sum(c_y * w)`` instead of ``sum(c_y)``.
+        normalize_by_weight: divide the ``mean`` by ``sum(c_y * w)`` instead of ``sum(c_y)``
+            (class probabilities: ``sum(w)`` instead of the number of pixels).
 
     Returns:
         The loss in ``input``'s dtype (float32 for half logits under autocast, as torch's
@@ -243,7 +278,8 @@ def uaal_cross_entropy(
     # divided by the mean's denominator (~1 / (N H W)) and before a GradScaler's scale reaches it, so
     # most of it would fall below float16's normal range and flush to 0; the backward op applies the
     # incoming (scaled) gradient first.
-    fused = input.dtype != torch.float16
+    # A probability target that needs a gradient takes the two ops too: only their autograd gives it one.
+    fused = input.dtype != torch.float16 and not (target.is_floating_point() and target.requires_grad)
     if fused and torch.is_grad_enabled() and input.requires_grad and reduction != "none":
         # A training step: the gradient is computed while the logits are in cache (see
         # cross_entropy_forward_backward in csrc/ops.cpp); backward() then costs nothing.
@@ -301,9 +337,15 @@ def _op_arguments(input, target, uncertainty, weight, ignore_index, label_smooth
     """The ops' positional arguments from the functional ones; unbatched ``(C,)`` input made a batch of one."""
     if not isinstance(input, Tensor) or not isinstance(target, Tensor):
         raise TypeError(f"input and target must be tensors, got {type(input).__name__} and {type(target).__name__}")
+    if target.is_floating_point() and ignore_index != -100:
+        # As torch.nn.functional.cross_entropy: a probability target has no pixel to ignore.
+        raise ValueError(
+            f"ignore_index is not supported for a target of class probabilities (got ignore_index={ignore_index}); "
+            "leave it at -100"
+        )
     unbatched = input.dim() == 1
     if unbatched:
-        # torch's convention: (C,) logits with a 0-dim target are one sample.
+        # torch's convention: (C,) logits with a 0-dim target (or (C,) probabilities) are one sample.
         input, target = input.unsqueeze(0), target.unsqueeze(0)
         uncertainty = uncertainty.unsqueeze(0) if uncertainty is not None else None
     num_classes = input.shape[1] if input.dim() >= 2 else 0

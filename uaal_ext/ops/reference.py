@@ -74,7 +74,9 @@ def uaal_cross_entropy_reference(
 
     Args:
         input: logits ``(N, C, *spatial)`` or ``(N, C)``.
-        target: class indices ``(N, *spatial)`` (any integer dtype).
+        target: class indices ``(N, *spatial)`` (any integer dtype), or class probabilities shaped
+            like ``input`` (floating point; every pixel counts, ``ignore_index`` is not used, and the
+            ``mean`` divides by the number of pixels, or by ``sum(w)``: PyTorch's convention).
         uncertainty: per-pixel ``U >= 0`` of the target's shape; ``None`` uses the entropy of
             ``input`` with a default scale of ``log C`` (i.e. the normalized entropy).
         weight: class weights ``c`` of shape ``(C,)``.
@@ -87,20 +89,19 @@ def uaal_cross_entropy_reference(
     """
     num_classes = input.shape[1]
     eps = label_smoothing
+    if target.is_floating_point():
+        return _probability_target_reference(
+            input, target, uncertainty, alpha=alpha, exponent=exponent, uncertainty_scale=uncertainty_scale,
+            s_max=s_max, normalize_by_weight=normalize_by_weight, weight=weight, reduction=reduction,
+            label_smoothing=label_smoothing,
+        )
     target = target.long()
     valid = target != ignore_index
     safe_target = torch.where(valid, target, torch.zeros_like(target)).unsqueeze(1)
 
-    # The weight is a constant for autograd: no gradient flows through the uncertainty.
-    with torch.no_grad():
-        if uncertainty is None:
-            u = pixel_entropy_reference(input, normalized=uncertainty_scale is None)
-        else:
-            u = uncertainty.to(input.dtype)
-        if uncertainty_scale is not None:
-            u = u / uncertainty_scale
-        w = uncertainty_weight_reference(u, alpha=alpha, exponent=exponent, s_max=s_max)
-
+    w = _uaal_weight_reference(
+        input, uncertainty, alpha=alpha, exponent=exponent, uncertainty_scale=uncertainty_scale, s_max=s_max
+    )
     c = torch.ones(num_classes, dtype=input.dtype, device=input.device) if weight is None else weight.to(input.dtype)
     c_b = c.view(1, num_classes, *([1] * (input.dim() - 2)))
     nll = -torch.log_softmax(input, dim=1)  # lse_i - z_ic
@@ -117,6 +118,40 @@ def uaal_cross_entropy_reference(
     if reduction == "mean":
         denom = c_y * w if normalize_by_weight else c_y
         return loss.sum() / torch.where(valid, denom, torch.zeros_like(denom)).sum()
+    raise ValueError(f"reduction must be 'none', 'sum' or 'mean', got {reduction!r}")
+
+
+def _uaal_weight_reference(input, uncertainty, *, alpha, exponent, uncertainty_scale, s_max):
+    # The weight is a constant for autograd: no gradient flows through the uncertainty.
+    with torch.no_grad():
+        if uncertainty is None:
+            u = pixel_entropy_reference(input, normalized=uncertainty_scale is None)
+        else:
+            u = uncertainty.to(input.dtype)
+        if uncertainty_scale is not None:
+            u = u / uncertainty_scale
+        return uncertainty_weight_reference(u, alpha=alpha, exponent=exponent, s_max=s_max)
+
+
+def _probability_target_reference(
+    input, target, uncertainty, *, alpha, exponent, uncertainty_scale, s_max, normalize_by_weight, weight, reduction,
+    label_smoothing,
+):
+    """``l = -sum_c c_c t'_c log p_c`` with ``t' = (1 - eps) t + eps / C`` (docs/math.md#probability-targets)."""
+    num_classes = input.shape[1]
+    w = _uaal_weight_reference(
+        input, uncertainty, alpha=alpha, exponent=exponent, uncertainty_scale=uncertainty_scale, s_max=s_max
+    )
+    smoothed = target.to(input.dtype) * (1 - label_smoothing) + label_smoothing / num_classes
+    c = torch.ones(num_classes, dtype=input.dtype, device=input.device) if weight is None else weight.to(input.dtype)
+    c_b = c.view(1, num_classes, *([1] * (input.dim() - 2)))
+    loss = w * -(c_b * smoothed * torch.log_softmax(input, dim=1)).sum(dim=1)
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.sum() / (w.sum() if normalize_by_weight else loss.numel())
     raise ValueError(f"reduction must be 'none', 'sum' or 'mean', got {reduction!r}")
 
 
