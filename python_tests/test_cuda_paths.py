@@ -1,7 +1,8 @@
 """The CUDA paths a reading of the launchers called for tests of: float16 autocast (the loss's dtype,
 the gradient under a GradScaler's scale), narrow target dtypes, the gradient's channels-last layout,
-empty and > 2^31-element inputs, the current stream, tensors on another device, dropout replay on a
-CUDA generator, CPU/CUDA parity on non-finite logits. Most run on the CPU too (DEVICES)."""
+the group-of-lanes kernels that read channels-last logits, empty and > 2^31-element inputs, the
+current stream, tensors on another device, dropout replay on a CUDA generator, CPU/CUDA parity on
+non-finite logits. Most run on the CPU too (DEVICES)."""
 
 import pytest
 import torch
@@ -118,6 +119,52 @@ def test_channels_last_gradients_keep_the_layout(device, dtype, seed):
     for name, grad in grads.items():
         assert grad.stride() == x.stride(), name
         assert_close(grad, contiguous[name], dtype)
+
+
+def _channels_last_kernel_outputs(x, y, uncertainty, weight, grad):
+    """The outputs of every op with a group-of-lanes CUDA kernel: the loss's forward, backward and fused
+    forward-backward (modes 0, 1, 2) in each kernel variant (no weight, entropy weight, given map; with
+    and without label smoothing), pixel_entropy and its backward, the single-prediction scores."""
+    outputs = []
+    for alpha, u, smoothing, w in [
+        (0.0, None, 0.0, None),
+        (0.0, None, 0.1, weight),
+        (1.0, None, 0.0, weight),
+        (1.0, None, 0.1, None),
+        (1.0, uncertainty, 0.0, None),
+        (1.0, uncertainty, 0.1, weight),
+    ]:
+        scalars = (-100, smoothing, alpha, 2.0, 1.0, float("inf"))
+        loss, logz, sums = ops.cross_entropy_forward(x, y, u, w, *scalars, False)
+        outputs += [loss, logz, sums, ops.cross_entropy_forward(x, y, u, w, *scalars, True)[0]]
+        outputs.append(ops.cross_entropy_backward(grad, x, y, logz, u, w, *scalars))
+        for mode in (0, 1, 2):
+            outputs += ops.cross_entropy_forward_backward(x, y, u, w, *scalars, mode)
+    for normalized in (False, True):
+        outputs += [ops.pixel_entropy(x, normalized), ops.pixel_entropy_backward(grad, x, normalized)]
+    outputs += [ops.pixel_scores(x, method) for method in ("entropy", "margin", "least_confidence")]
+    return outputs
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+@pytest.mark.parametrize("C", [1, 3, 19, 40, 150])
+def test_channels_last_cuda_kernels_match_the_cpu(C, dtype, seed):
+    """Channels-last logits on CUDA take a group of 4, 8, 16 or 32 lanes per pixel (C = 3, 19, 40, 150;
+    C = 1 keeps one thread per pixel): the same results as the CPU for an empty batch, one pixel, and
+    37 x 61 pixels, no multiple of a group, a warp or a block."""
+    for n, h, w in [(0, 3, 5), (1, 1, 1), (3, 37, 61)]:
+        x = random_logits((n, C, h, w)).to(dtype).contiguous(memory_format=torch.channels_last)
+        y = random_target((n, h, w), C, ignore_index=-100)
+        uncertainty = torch.rand(n, h, w)
+        weight = torch.rand(C) + 0.5
+        grad = torch.rand(n, h, w)
+        expected = _channels_last_kernel_outputs(x, y, uncertainty, weight, grad)
+        got = _channels_last_kernel_outputs(*(t.cuda() for t in (x, y, uncertainty, weight, grad)))
+        for a, b in zip(got, expected):
+            if b.shape == x.shape:
+                assert a.stride() == x.stride()
+            assert_close(a.cpu(), b, dtype)
 
 
 # --- 4. empty and huge inputs ------------------------------------------------------------------------
@@ -269,11 +316,15 @@ def test_record_dropout_and_replay_on_cuda(amp, seed):
 
 
 @cuda_only
-def test_cpu_and_cuda_agree_on_nonfinite_inputs(seed):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpu_and_cuda_agree_on_nonfinite_inputs(channels_last, seed):
     x = random_logits((2, 5, 6, 7)).float()
     x[0, :, 0, 0] = float("nan")
     x[0, 2, 1, 1] = float("inf")
     x[1, 3, 3, 3] = float("-inf")
+    x[1, 1, 4, 4] = float("nan")  # one NaN class, seen by one lane of a channels-last pixel's group
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     y = random_target((2, 6, 7), 5, ignore_index=-100)
     y[0, 0, 0] = 1  # the NaN pixel is valid
     for a, b in zip(_all_ops(x, y), _all_ops(x.cuda(), y.cuda())):

@@ -2,7 +2,9 @@
 
 Sizes are the ones kernels get wrong: an empty batch, a single pixel, and a pixel count that is no
 multiple of any block (37 x 61), at C = 19 and C = 150, contiguous and channels-last logits, in
-float32, float16, bfloat16 and float64. Each call's outputs are checked to be finite where they
+float32, float16, bfloat16 and float64. Channels-last logits take the CUDA kernels with a group of
+lanes per pixel (8 lanes at C = 19, 32 at C = 150); C = 3 and C = 40 (4 and 16 lanes) add the other
+group sizes, channels-last at 37 x 61 only. Each call's outputs are checked to be finite where they
 should be, so a launch that wrote garbage fails here too; the sanitizer reports out-of-bounds
 accesses and races. On the CPU the same calls run the CPU kernels (``scripts/gpu_check.sh --cpu-smoke``).
 
@@ -32,6 +34,7 @@ from uaal_ext.ops.scores import AGGREGATIONS, MONTE_CARLO_KERNELS, PIXEL_SCORE_K
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 SIZES = {"empty": (0, 5, 7), "one pixel": (1, 1, 1), "odd": (3, 37, 61)}  # (N, H, W)
 CLASSES = (19, 150)
+GROUP_CLASSES = (3, 40)  # channels-last only: the group sizes C = 19 and 150 do not reach
 IGNORE = 255
 
 
@@ -124,9 +127,9 @@ def main() -> int:
     generator = torch.Generator().manual_seed(0)
     dtypes = DTYPES[:1] if args.quick else DTYPES
     started, calls = time.perf_counter(), 0
-    for dtype, c, (size_name, (n, h, w)), channels_last in itertools.product(
-        dtypes, CLASSES, SIZES.items(), (False, True)
-    ):
+    cases = list(itertools.product(dtypes, CLASSES, SIZES.items(), (False, True)))
+    cases += list(itertools.product(dtypes, GROUP_CLASSES, [("odd", SIZES["odd"])], (True,)))
+    for dtype, c, (size_name, (n, h, w)), channels_last in cases:
         case = f"{dtype}, C={c}, {size_name}, {'channels-last' if channels_last else 'contiguous'}"
         try:
             logits = _logits(n, c, h, w, dtype, device, channels_last, generator)
@@ -142,7 +145,8 @@ def main() -> int:
         torch.cuda.synchronize()
     print(
         f"gpu_kernel_sweep: {calls} op calls on {device} ({len(dtypes)} dtypes, C in {CLASSES}, sizes "
-        f"{list(SIZES)}, contiguous and channels-last) passed in {time.perf_counter() - started:.1f} s; "
+        f"{list(SIZES)}, contiguous and channels-last; channels-last C in {GROUP_CLASSES}) passed in "
+        f"{time.perf_counter() - started:.1f} s; "
         f"kernels built: {uaal_ext.build_info()}"
     )
     return 0

@@ -1,6 +1,9 @@
 // CUDA implementations of pixel_scores and aggregate_scores. The per-pixel math is
-// acquisition_math.h's (the code the CPU tests exercise); this file maps threads to pixels (one
-// thread per pixel) and blocks to images (aggregation), and launches.
+// acquisition_math.h's (the code the CPU tests exercise); this file maps threads to pixels and blocks
+// to images (aggregation), and launches. Pixels map to threads as in cuda/pixel_index.cuh: one thread
+// per pixel, except the single-prediction scores (entropy, margin, least confidence) of channels-last
+// logits (a pixel's classes contiguous), which take a group of lanes per pixel so that a warp's
+// loads are consecutive. The Monte-Carlo scores keep one thread per pixel in every layout.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -29,6 +32,63 @@ __global__ void __launch_bounds__(kThreads) single_prediction_scores_kernel(cons
   OnlineTopTwo<acc_t, kMethod> stats;
   for (int64_t c = 0; c < g.num_classes; ++c) stats.update(static_cast<acc_t>(z[c * g.in_channel_stride]));
   static_cast<acc_t*>(pr.scores)[pixel] = stats.score();
+}
+
+// Channels-last: a group of lanes per pixel, lane j on classes j, j + lanes, ... OnlineTopTwo's
+// statistics are rebuilt from two looks at the logits instead of its online updates, whose running
+// max would differ from lane to lane: the max and the first class holding it (the one OnlineTopTwo
+// keeps as the max: later ties only add their term 1 to the others), then, relative to that max, the
+// terms of every other class (others), the largest other logit (second) and dot. Those are the values
+// OnlineTopTwo ends with after every update, and its score() turns them into the score, NaN guard
+// included (CUDA's exp carries a NaN logit into others). Every thread reaches every shuffle; threads
+// of a pixel past the end look at no class and write nothing.
+template <typename scalar_t, typename acc_t, ScoreMethod kMethod>
+__global__ void __launch_bounds__(kThreads)
+    single_prediction_scores_group_kernel(const PixelScoreProblem pr, int lanes) {
+  using Stats = OnlineTopTwo<acc_t, kMethod>;
+  const PixelGeometry& g = pr.geometry;
+  const PixelGroup grp = pixel_group(lanes, g.num_pixels);
+  int64_t in_offset = 0, unused = 0;
+  if (grp.valid) pixel_offsets(g, grp.pixel, in_offset, unused);
+  const scalar_t* z = static_cast<const scalar_t*>(pr.input) + in_offset;
+  const int64_t C = grp.valid ? g.num_classes : 0;
+
+  // Look 1: the max and its class; -1 while every logit seen is -inf or NaN (skipped, as by the
+  // online updates, whose max only grows on z > max from the same finite start).
+  acc_t max = std::numeric_limits<acc_t>::lowest();
+  int argmax = -1;
+  for (int c = grp.lane; c < C; c += grp.lanes) {
+    const acc_t logit = static_cast<acc_t>(z[c * g.in_channel_stride]);
+    if (logit > max) {
+      max = logit;
+      argmax = c;
+    }
+  }
+  for (int offset = grp.lanes / 2; offset > 0; offset /= 2) {  // the larger max; the first class on ties
+    const acc_t other_max = __shfl_xor_sync(kFullWarp, max, offset, grp.lanes);
+    const int other_argmax = __shfl_xor_sync(kFullWarp, argmax, offset, grp.lanes);
+    if (other_max > max || (other_max == max && other_argmax < argmax)) {
+      max = other_max;
+      argmax = other_argmax;
+    }
+  }
+  // Look 2: the other classes' terms relative to the max.
+  KnownMaxSums<acc_t> sums;  // dot (its sum, which counts the max's term too, is not used)
+  acc_t others = 0, second = std::numeric_limits<acc_t>::lowest();
+  for (int c = grp.lane; c < C; c += grp.lanes) {
+    const acc_t logit = static_cast<acc_t>(z[c * g.in_channel_stride]);
+    const acc_t e = sums.template add<Stats::kTrackDot>(logit, max);
+    if (c != argmax) {
+      others += e;
+      second = OnlineSoftmax<acc_t>::running_max(second, logit);
+    }
+  }
+  Stats stats;
+  stats.max = max;
+  stats.others = group_sum(others, grp.lanes);
+  if constexpr (Stats::kTrackSecond) stats.second = group_max(second, grp.lanes);
+  if constexpr (Stats::kTrackDot) stats.dot = group_sum(sums.dot, grp.lanes);
+  if (grp.valid && grp.lane == 0) static_cast<acc_t*>(pr.scores)[grp.pixel] = stats.score();
 }
 
 // Pass 1 over the samples gives each softmax's max and 1/sum (parked in scratch, [t][2][pixel]) and
@@ -123,8 +183,13 @@ struct CudaAcquisitionLauncher {
   static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) { return at::empty(sizes, options); }
 
   static void pixel_scores(PixelScoreProblem pr, const at::TensorOptions& options) {
-    const unsigned int blocks = blocks_for(pr.geometry.num_pixels);
-    if (blocks == 0) return;
+    // Single-prediction scores of channels-last logits take a group of lanes per pixel: one thread
+    // per pixel would have a warp's loads C values apart there. NCHW keeps one thread per pixel
+    // (coalesced in that layout), and so do the Monte-Carlo scores, whose per-pixel scratch and
+    // passes over the samples are written for one thread per pixel.
+    const PixelMapping mapping = is_monte_carlo(pr.method) ? PixelMapping{1, blocks_for(pr.geometry.num_pixels)}
+                                                           : pixel_mapping(pr.geometry, /*writes_out=*/false);
+    if (mapping.blocks == 0) return;
     at::Tensor scratch;
     if (is_monte_carlo(pr.method)) {
       scratch = at::empty({2 * pr.num_samples * pr.geometry.num_pixels}, options);
@@ -137,9 +202,12 @@ struct CudaAcquisitionLauncher {
       dispatch_score_method(pr.method, [&](auto method) {
         constexpr ScoreMethod kMethod = decltype(method)::value;
         if constexpr (is_monte_carlo(kMethod)) {
-          monte_carlo_scores_kernel<scalar_t, acc_t, kMethod><<<blocks, kThreads, 0, stream>>>(pr);
+          monte_carlo_scores_kernel<scalar_t, acc_t, kMethod><<<mapping.blocks, kThreads, 0, stream>>>(pr);
+        } else if (mapping.lanes > 1) {
+          single_prediction_scores_group_kernel<scalar_t, acc_t, kMethod>
+              <<<mapping.blocks, kThreads, 0, stream>>>(pr, mapping.lanes);
         } else {
-          single_prediction_scores_kernel<scalar_t, acc_t, kMethod><<<blocks, kThreads, 0, stream>>>(pr);
+          single_prediction_scores_kernel<scalar_t, acc_t, kMethod><<<mapping.blocks, kThreads, 0, stream>>>(pr);
         }
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });

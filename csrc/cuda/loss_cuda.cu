@@ -1,7 +1,12 @@
-// CUDA implementations of the UAAL cross-entropy and pixel entropy ops. One thread per pixel;
-// consecutive threads take consecutive pixels, so in NCHW every channel's load is coalesced. The
-// per-pixel math is loss_math.h's and core/online_softmax.h's (the same code the CPU tests
-// exercise); this file only maps threads to pixels, reduces per-block sums and launches.
+// CUDA implementations of the UAAL cross-entropy and pixel entropy ops, in two thread mappings
+// (cuda/pixel_index.cuh), picked at launch from the logits' layout:
+// - NCHW (a pixel's classes a plane apart): one thread per pixel, consecutive threads on
+//   consecutive pixels, so every class's load is coalesced; the softmax is the one-pass online one.
+// - channels-last (a pixel's classes contiguous, and so is the gradient written): a group of lanes
+//   per pixel, lane j on classes j, j + lanes, ..., so a warp reads and writes consecutive
+//   addresses; the group agrees on the exact max, then on the sums relative to it, by shuffles.
+// The per-pixel math is loss_math.h's and core/online_softmax.h's (the same code the CPU tests
+// exercise); this file only maps threads to pixels, reduces (per group, per block) and launches.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -36,12 +41,15 @@ __device__ __forceinline__ acc_t pixel_weight(const CrossEntropyProblem& pr, int
   }
 }
 
-// d(g w l)/dz for every class of one pixel, shared by the fused forward and the backward: the
-// pixel's logits are re-read (from L1/L2) and its gradient written once.
-template <typename scalar_t, typename acc_t, bool kSmoothing>
+// d(g w l)/dz for the classes first_class, first_class + class_step, ... of one pixel (all of them
+// with one thread per pixel; lane j's of a group of class_step lanes), shared by the fused forward
+// and the backward: the pixel's logits are re-read (from L1/L2) and its gradient written once.
+// class_t is the group kernels' int class index (cuda/pixel_index.cuh, kMaxGroupClasses).
+template <typename scalar_t, typename acc_t, bool kSmoothing, typename class_t = int64_t>
 __device__ __forceinline__ void write_pixel_gradient(const CrossEntropyProblem& pr, const scalar_t* z,
                                                      scalar_t* grad_out, int64_t y, acc_t max, acc_t log_normalizer,
-                                                     acc_t weight, acc_t incoming_grad, acc_t class_weight_total) {
+                                                     acc_t weight, acc_t incoming_grad, acc_t class_weight_total,
+                                                     class_t first_class = 0, class_t class_step = 1) {
   const PixelGeometry& g = pr.geometry;
   acc_t target_coef = 0, smooth_coef = 0;
   if (y != pr.ignore_index) {
@@ -50,7 +58,7 @@ __device__ __forceinline__ void write_pixel_gradient(const CrossEntropyProblem& 
     target_coef = scaled_grad * (acc_t(1) - acc_t(pr.label_smoothing)) * class_weight_of<acc_t>(pr, y);
     smooth_coef = scaled_grad * acc_t(pr.label_smoothing) / static_cast<acc_t>(g.num_classes);
   }
-  for (int64_t c = 0; c < g.num_classes; ++c) {
+  for (class_t c = first_class; c < g.num_classes; c += class_step) {
     const acc_t p =
         Lanes<acc_t>::exp(log_probability(static_cast<acc_t>(z[c * g.in_channel_stride]), max, log_normalizer));
     const acc_t grad = cross_entropy_logit_grad<kSmoothing>(p, c == y, target_coef, smooth_coef, class_weight_total,
@@ -213,6 +221,185 @@ __global__ void __launch_bounds__(kThreads) pixel_entropy_backward_kernel(const 
   }
 }
 
+// ---- channels-last: a group of lanes per pixel (PixelGroup, cuda/pixel_index.cuh) -------------
+// The same per-pixel math as the kernels above. The softmax takes two looks at a pixel's logits, as
+// the CPU's BlockSoftmaxTerms does: the exact max, then every term relative to it (KnownMaxSums).
+// Sums relative to one max add up over disjoint sets of classes, so each lane sums its own classes
+// and the group adds the lanes' sums; the online softmax's running max would differ from lane to
+// lane. The group's results are the same in all of its lanes; per-pixel outputs and the block's
+// sums take them from lane 0 only, the gradient is written by every lane for its own classes.
+//
+// Every thread of a block reaches every shuffle (group_max, group_sum) and the block reduction:
+// threads of a pixel past the end look at no class (num_classes 0 below) and write nothing.
+
+// Softmax statistics of a group's pixel.
+template <typename acc_t>
+struct GroupSoftmax {
+  acc_t max;
+  KnownMaxSums<acc_t> sums;  // sum, and dot when kDot
+  acc_t log_normalizer;      // log(sum) plus the pixel's softmax_nan_guard
+};
+
+// A lane looks at classes lane, lane + lanes, ... below num_classes (0 for a pixel past the end).
+template <bool kDot, typename acc_t, typename scalar_t>
+__device__ __forceinline__ GroupSoftmax<acc_t> group_softmax(const PixelGroup& grp, const scalar_t* z,
+                                                             int64_t num_classes, int64_t channel_stride) {
+  acc_t max = OnlineSoftmax<acc_t>::initial_max(), logit_sum = 0;
+  for (int c = grp.lane; c < num_classes; c += grp.lanes) {
+    const acc_t logit = static_cast<acc_t>(z[c * channel_stride]);
+    max = OnlineSoftmax<acc_t>::running_max(max, logit);
+    logit_sum += logit;
+  }
+  max = group_max(max, grp.lanes);
+  logit_sum = group_sum(logit_sum, grp.lanes);
+  KnownMaxSums<acc_t> sums;
+  for (int c = grp.lane; c < num_classes; c += grp.lanes) {
+    sums.template add<kDot>(static_cast<acc_t>(z[c * channel_stride]), max);
+  }
+  sums.sum = group_sum(sums.sum, grp.lanes);
+  if constexpr (kDot) sums.dot = group_sum(sums.dot, grp.lanes);
+  return {max, sums, sums.log_normalizer(softmax_nan_guard(logit_sum, max))};
+}
+
+template <typename scalar_t, typename acc_t, UncertaintySource kSource, bool kSmoothing>
+__global__ void __launch_bounds__(kThreads)
+    cross_entropy_forward_group_kernel(const CrossEntropyProblem pr, acc_t* block_sums, int lanes) {
+  const PixelGeometry& g = pr.geometry;
+  const PixelGroup grp = pixel_group(lanes, g.num_pixels);
+  int64_t in_offset = 0, out_offset = 0;
+  if (grp.valid) pixel_offsets(g, grp.pixel, in_offset, out_offset);
+  const scalar_t* z = static_cast<const scalar_t*>(pr.input) + in_offset;
+  const int64_t C = grp.valid ? g.num_classes : 0;
+  const GroupSoftmax<acc_t> s =
+      group_softmax<kSource == UncertaintySource::kEntropy, acc_t>(grp, z, C, g.in_channel_stride);
+  // Label smoothing: sum_c c_c (z_c - max) and sum_c c_c, a third look at the logits (in L1).
+  acc_t shifted_sum = 0, class_weight_total = 0;
+  if constexpr (kSmoothing) {
+    for (int c = grp.lane; c < C; c += grp.lanes) {
+      const acc_t class_weight = class_weight_of<acc_t>(pr, c);
+      shifted_sum += class_weight * (static_cast<acc_t>(z[c * g.in_channel_stride]) - s.max);
+      class_weight_total += class_weight;
+    }
+    shifted_sum = group_sum(shifted_sum, grp.lanes);
+    class_weight_total = group_sum(class_weight_total, grp.lanes);
+  }
+  // This thread's share of the block's sums: its pixel's values in lane 0, zeros in the other lanes.
+  acc_t loss = 0, target_weight = 0, weighted_target_weight = 0;
+  if (grp.valid) {
+    const int64_t y = read_target(pr.target, pr.target_type, grp.pixel);
+    acc_t w = 1;
+    if (y != pr.ignore_index) {
+      CUDA_KERNEL_ASSERT(y >= 0 && y < g.num_classes && "uaal_cross_entropy: target outside [0, C)");
+      w = pixel_weight<acc_t, kSource>(
+          pr, grp.pixel, kSource == UncertaintySource::kEntropy ? s.sums.entropy(s.log_normalizer) : acc_t(0));
+      if (grp.lane == 0) {  // z_y: one load per pixel
+        target_weight = class_weight_of<acc_t>(pr, y);
+        loss = w * pixel_cross_entropy<kSmoothing>(s.max, s.log_normalizer,
+                                                   static_cast<acc_t>(z[y * g.in_channel_stride]), target_weight,
+                                                   class_weight_total, shifted_sum, acc_t(pr.label_smoothing),
+                                                   acc_t(1) / static_cast<acc_t>(g.num_classes));
+        weighted_target_weight = target_weight * w;
+      }
+    }
+    if (grp.lane == 0) {
+      if (pr.log_normalizer) static_cast<acc_t*>(pr.log_normalizer)[grp.pixel] = s.log_normalizer;
+      if (pr.pixel_loss) static_cast<acc_t*>(pr.pixel_loss)[grp.pixel] = loss;
+    }
+    if (pr.grad_input) {  // fused forward + backward: the incoming gradient is one scalar
+      write_pixel_gradient<scalar_t, acc_t, kSmoothing>(
+          pr, z, static_cast<scalar_t*>(pr.grad_input) + out_offset, y, s.max, s.log_normalizer, w,
+          static_cast<const acc_t*>(pr.grad)[0], class_weight_total, grp.lane, grp.lanes);
+    }
+  }
+  // Per-block partial sums as in cross_entropy_forward_kernel: deterministic, no atomics.
+  using BlockReduce = cub::BlockReduce<LossSums<acc_t>, kThreads>;
+  __shared__ typename BlockReduce::TempStorage scratch;
+  const LossSums<acc_t> total = BlockReduce(scratch).Sum(LossSums<acc_t>{loss, target_weight, weighted_target_weight});
+  if (threadIdx.x == 0) {
+    const int64_t b = 3 * static_cast<int64_t>(blockIdx.x);
+    block_sums[b + 0] = total.loss;
+    block_sums[b + 1] = total.target_weight;
+    block_sums[b + 2] = total.weighted_target_weight;
+  }
+}
+
+template <typename scalar_t, typename acc_t, UncertaintySource kSource, bool kSmoothing>
+__global__ void __launch_bounds__(kThreads)
+    cross_entropy_backward_group_kernel(const CrossEntropyProblem pr, int lanes) {
+  const PixelGeometry& g = pr.geometry;
+  const PixelGroup grp = pixel_group(lanes, g.num_pixels);
+  int64_t in_offset = 0, out_offset = 0;
+  if (grp.valid) pixel_offsets(g, grp.pixel, in_offset, out_offset);
+  const scalar_t* z = static_cast<const scalar_t*>(pr.input) + in_offset;
+  const int64_t C = grp.valid ? g.num_classes : 0;
+  const acc_t log_normalizer = grp.valid ? static_cast<const acc_t*>(pr.log_normalizer)[grp.pixel] : acc_t(0);
+
+  // Pass 0: the pixel's max logit again (cheaper to recompute than to store: memory bound).
+  acc_t max = OnlineSoftmax<acc_t>::initial_max();
+  for (int c = grp.lane; c < C; c += grp.lanes) {
+    max = OnlineSoftmax<acc_t>::running_max(max, static_cast<acc_t>(z[c * g.in_channel_stride]));
+  }
+  max = group_max(max, grp.lanes);
+  // Pass 1 (only when needed): the entropy for the weight, the class-weight total for smoothing.
+  acc_t entropy = 0, class_weight_total = 0;
+  if constexpr (kSource == UncertaintySource::kEntropy || kSmoothing) {
+    for (int c = grp.lane; c < C; c += grp.lanes) {
+      if constexpr (kSource == UncertaintySource::kEntropy) {
+        const acc_t log_p = log_probability(static_cast<acc_t>(z[c * g.in_channel_stride]), max, log_normalizer);
+        entropy += entropy_term(Lanes<acc_t>::exp(log_p), log_p);
+      }
+      if constexpr (kSmoothing) class_weight_total += class_weight_of<acc_t>(pr, c);
+    }
+    if constexpr (kSource == UncertaintySource::kEntropy) entropy = group_sum(entropy, grp.lanes);
+    if constexpr (kSmoothing) class_weight_total = group_sum(class_weight_total, grp.lanes);
+  }
+  if (!grp.valid) return;  // after the last shuffle
+  const int64_t y = read_target(pr.target, pr.target_type, grp.pixel);
+  acc_t w = 1;
+  if (y != pr.ignore_index) {
+    CUDA_KERNEL_ASSERT(y >= 0 && y < g.num_classes && "uaal_cross_entropy: target outside [0, C)");
+    w = pixel_weight<acc_t, kSource>(pr, grp.pixel, entropy);
+  }
+  write_pixel_gradient<scalar_t, acc_t, kSmoothing>(
+      pr, z, static_cast<scalar_t*>(pr.grad_input) + out_offset, y, max, log_normalizer, w,
+      static_cast<const acc_t*>(pr.grad)[grp.pixel * pr.grad_stride], class_weight_total, grp.lane, grp.lanes);
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads) pixel_entropy_group_kernel(const EntropyProblem pr, int lanes) {
+  const PixelGeometry& g = pr.geometry;
+  const PixelGroup grp = pixel_group(lanes, g.num_pixels);
+  int64_t in_offset = 0, unused = 0;
+  if (grp.valid) pixel_offsets(g, grp.pixel, in_offset, unused);
+  const scalar_t* z = static_cast<const scalar_t*>(pr.input) + in_offset;
+  const GroupSoftmax<acc_t> s =
+      group_softmax</*kDot=*/true, acc_t>(grp, z, grp.valid ? g.num_classes : 0, g.in_channel_stride);
+  if (grp.valid && grp.lane == 0) {
+    static_cast<acc_t*>(pr.entropy)[grp.pixel] = s.sums.entropy(s.log_normalizer) * acc_t(pr.scale);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads) pixel_entropy_backward_group_kernel(const EntropyProblem pr, int lanes) {
+  const PixelGeometry& g = pr.geometry;
+  const PixelGroup grp = pixel_group(lanes, g.num_pixels);
+  int64_t in_offset = 0, out_offset = 0;
+  if (grp.valid) pixel_offsets(g, grp.pixel, in_offset, out_offset);
+  const scalar_t* z = static_cast<const scalar_t*>(pr.input) + in_offset;
+  const GroupSoftmax<acc_t> s =
+      group_softmax</*kDot=*/true, acc_t>(grp, z, grp.valid ? g.num_classes : 0, g.in_channel_stride);
+  if (!grp.valid) return;  // after the last shuffle
+  scalar_t* grad_out = static_cast<scalar_t*>(pr.grad_input) + out_offset;
+  const acc_t entropy = s.sums.entropy(s.log_normalizer);
+  const acc_t grad_scale =
+      static_cast<const acc_t*>(pr.grad)[grp.pixel] * acc_t(pr.scale) + nan_if_not_finite(s.log_normalizer);
+  for (int c = grp.lane; c < g.num_classes; c += grp.lanes) {
+    const acc_t log_p = log_probability(static_cast<acc_t>(z[c * g.in_channel_stride]), s.max, s.log_normalizer);
+    grad_out[c * g.out_channel_stride] =
+        static_cast<scalar_t>(entropy_logit_grad(Lanes<acc_t>::exp(log_p), log_p, entropy, grad_scale));
+  }
+}
+
 struct CudaLauncher {
   struct Guard {
     c10::cuda::CUDAGuard device_guard;
@@ -247,17 +434,29 @@ struct CudaLauncher {
     return weight_total<UncertaintySource::kMap>(prep.problem, options);
   }
 
+  // The kernels that read the logits come in both mappings of cuda/pixel_index.cuh. With a
+  // pixel's classes contiguous (channels-last), one thread per pixel would have a warp's 32 loads
+  // (and gradient stores) C values apart, and for C = 150 a warp's footprint would not stay in L1:
+  // those calls take the group-of-lanes kernels (mapping.lanes > 1). NCHW keeps one thread per pixel,
+  // coalesced in that layout.
   static at::Tensor cross_entropy_forward(const CrossEntropyProblem& pr, const at::TensorOptions& options) {
-    const unsigned int blocks = blocks_for(pr.geometry.num_pixels);
-    if (blocks == 0) return at::zeros({3}, options);
-    at::Tensor block_sums = at::empty({static_cast<int64_t>(blocks), 3}, options);
+    const PixelMapping mapping = pixel_mapping(pr.geometry, /*writes_out=*/pr.grad_input != nullptr);
+    if (mapping.blocks == 0) return at::zeros({3}, options);
+    at::Tensor block_sums = at::empty({static_cast<int64_t>(mapping.blocks), 3}, options);
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     dispatch_float_type(pr.input_type, [&](auto scalar, auto acc) {
       using scalar_t = decltype(scalar);
       using acc_t = decltype(acc);
       dispatch_variant(pr.source, pr.smoothing(), [&](auto source, auto smoothing) {
-        cross_entropy_forward_kernel<scalar_t, acc_t, decltype(source)::value, decltype(smoothing)::value>
-            <<<blocks, kThreads, 0, stream>>>(pr, block_sums.data_ptr<acc_t>());
+        constexpr UncertaintySource kSource = decltype(source)::value;
+        constexpr bool kSmoothing = decltype(smoothing)::value;
+        if (mapping.lanes > 1) {
+          cross_entropy_forward_group_kernel<scalar_t, acc_t, kSource, kSmoothing>
+              <<<mapping.blocks, kThreads, 0, stream>>>(pr, block_sums.data_ptr<acc_t>(), mapping.lanes);
+        } else {
+          cross_entropy_forward_kernel<scalar_t, acc_t, kSource, kSmoothing>
+              <<<mapping.blocks, kThreads, 0, stream>>>(pr, block_sums.data_ptr<acc_t>());
+        }
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
@@ -265,34 +464,56 @@ struct CudaLauncher {
   }
 
   static void cross_entropy_backward(const CrossEntropyProblem& pr) {
-    const unsigned int blocks = blocks_for(pr.geometry.num_pixels);
-    if (blocks == 0) return;
+    const PixelMapping mapping = pixel_mapping(pr.geometry, /*writes_out=*/true);
+    if (mapping.blocks == 0) return;
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     dispatch_float_type(pr.input_type, [&](auto scalar, auto acc) {
+      using scalar_t = decltype(scalar);
+      using acc_t = decltype(acc);
       dispatch_variant(pr.source, pr.smoothing(), [&](auto source, auto smoothing) {
-        cross_entropy_backward_kernel<decltype(scalar), decltype(acc), decltype(source)::value,
-                                      decltype(smoothing)::value><<<blocks, kThreads, 0, stream>>>(pr);
+        constexpr UncertaintySource kSource = decltype(source)::value;
+        constexpr bool kSmoothing = decltype(smoothing)::value;
+        if (mapping.lanes > 1) {
+          cross_entropy_backward_group_kernel<scalar_t, acc_t, kSource, kSmoothing>
+              <<<mapping.blocks, kThreads, 0, stream>>>(pr, mapping.lanes);
+        } else {
+          cross_entropy_backward_kernel<scalar_t, acc_t, kSource, kSmoothing>
+              <<<mapping.blocks, kThreads, 0, stream>>>(pr);
+        }
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
   }
 
   static void pixel_entropy_forward(const EntropyProblem& pr) {
-    const unsigned int blocks = blocks_for(pr.geometry.num_pixels);
-    if (blocks == 0) return;
+    const PixelMapping mapping = pixel_mapping(pr.geometry, /*writes_out=*/false);
+    if (mapping.blocks == 0) return;
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     dispatch_float_type(pr.input_type, [&](auto scalar, auto acc) {
-      pixel_entropy_kernel<decltype(scalar), decltype(acc)>
-          <<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(pr);
+      using scalar_t = decltype(scalar);
+      using acc_t = decltype(acc);
+      if (mapping.lanes > 1) {
+        pixel_entropy_group_kernel<scalar_t, acc_t><<<mapping.blocks, kThreads, 0, stream>>>(pr, mapping.lanes);
+      } else {
+        pixel_entropy_kernel<scalar_t, acc_t><<<mapping.blocks, kThreads, 0, stream>>>(pr);
+      }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
 
   static void pixel_entropy_backward(const EntropyProblem& pr) {
-    const unsigned int blocks = blocks_for(pr.geometry.num_pixels);
-    if (blocks == 0) return;
+    const PixelMapping mapping = pixel_mapping(pr.geometry, /*writes_out=*/true);
+    if (mapping.blocks == 0) return;
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     dispatch_float_type(pr.input_type, [&](auto scalar, auto acc) {
-      pixel_entropy_backward_kernel<decltype(scalar), decltype(acc)>
-          <<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(pr);
+      using scalar_t = decltype(scalar);
+      using acc_t = decltype(acc);
+      if (mapping.lanes > 1) {
+        pixel_entropy_backward_group_kernel<scalar_t, acc_t>
+            <<<mapping.blocks, kThreads, 0, stream>>>(pr, mapping.lanes);
+      } else {
+        pixel_entropy_backward_kernel<scalar_t, acc_t><<<mapping.blocks, kThreads, 0, stream>>>(pr);
+      }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
