@@ -43,6 +43,10 @@ def _logits(n, c, h, w, dtype, device, channels_last, generator):
     return logits.contiguous(memory_format=torch.channels_last) if channels_last else logits
 
 
+def _memory_format(logits):
+    return torch.channels_last if logits.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
 def _target(n, c, h, w, device, generator):
     target = torch.randint(0, c, (n, h, w), generator=generator)
     target[torch.rand(n, h, w, generator=generator) < 0.1] = IGNORE
@@ -79,6 +83,17 @@ def loss_calls(logits, target, generator):
         loss.sum().backward()  # "none": forward + backward ops; "mean"/"sum": the fused op (mode 0, 1, 2)
         if n * h * w:
             _finite(f"uaal_cross_entropy({reduction}, by_weight={by_weight})", x.grad)
+        calls += 2
+    # Class-probability targets (their own kernel, in both mappings): forward + backward ops and the
+    # fused op, with the entropy and with a map.
+    probabilities = torch.softmax(torch.randn(logits.shape, generator=generator).to(logits.device), dim=1)
+    probabilities = probabilities.to(logits.dtype).contiguous(memory_format=_memory_format(logits))
+    for reduction, given in itertools.product(("none", "mean"), (None, uncertainty)):
+        x = logits.detach().clone().requires_grad_()
+        loss = uaal_cross_entropy(x, probabilities, given, weight=weight, reduction=reduction, alpha=1.0)
+        loss.sum().backward()
+        if n * h * w:
+            _finite(f"uaal_cross_entropy(probabilities, {reduction})", x.grad)
         calls += 2
     x = logits.detach().clone().requires_grad_()
     for normalized in (False, True):

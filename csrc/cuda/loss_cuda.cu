@@ -400,6 +400,71 @@ __global__ void __launch_bounds__(kThreads) pixel_entropy_backward_group_kernel(
   }
 }
 
+// ---- class-probability targets (loss_math.h's ProbabilityTargetSums) -----------------------------
+// One kernel for both mappings: lanes == 1 is one thread per pixel (NCHW: coalesced as above), more
+// lanes the channels-last group (the shuffles of a one-lane group do nothing). The target's values
+// sit at the logits' offsets (the host code gives them the logits' dtype and strides). Every pixel
+// counts: the block sums are {sum w l, pixels, sum w}. It serves the forward, the fused forward +
+// backward (one incoming gradient) and the backward (per-pixel gradient, sums discarded).
+template <typename scalar_t, typename acc_t, UncertaintySource kSource>
+__global__ void __launch_bounds__(kThreads)
+    probability_target_kernel(const CrossEntropyProblem pr, acc_t* block_sums, int lanes) {
+  const PixelGeometry& g = pr.geometry;
+  const PixelGroup grp = pixel_group(lanes, g.num_pixels);
+  int64_t in_offset = 0, out_offset = 0;
+  if (grp.valid) pixel_offsets(g, grp.pixel, in_offset, out_offset);
+  const int64_t cs = g.in_channel_stride;
+  const scalar_t* z = static_cast<const scalar_t*>(pr.input) + in_offset;
+  const scalar_t* t = static_cast<const scalar_t*>(pr.target) + in_offset;
+  const int64_t C = grp.valid ? g.num_classes : 0;
+  const GroupSoftmax<acc_t> s = group_softmax<kSource == UncertaintySource::kEntropy, acc_t>(grp, z, C, cs);
+  const acc_t label_smoothing = acc_t(pr.label_smoothing);
+  const acc_t smoothing_per_class = acc_t(pr.label_smoothing / static_cast<double>(g.num_classes));
+  const auto weighted_target = [&](int c) {
+    return class_weight_of<acc_t>(pr, c) *
+           smoothed_target(static_cast<acc_t>(t[c * cs]), label_smoothing, smoothing_per_class);
+  };
+  ProbabilityTargetSums<acc_t> target_sums;
+  for (int c = grp.lane; c < C; c += grp.lanes) {
+    target_sums.add(weighted_target(c), static_cast<acc_t>(z[c * cs]) - s.max);
+  }
+  target_sums.mass = group_sum(target_sums.mass, grp.lanes);
+  target_sums.shifted = group_sum(target_sums.shifted, grp.lanes);
+  // This thread's share of the block's sums: its pixel's values in lane 0, zeros in the other lanes.
+  acc_t loss = 0, pixels = 0, weight_total = 0;
+  if (grp.valid) {
+    const acc_t w = pixel_weight<acc_t, kSource>(
+        pr, grp.pixel, kSource == UncertaintySource::kEntropy ? s.sums.entropy(s.log_normalizer) : acc_t(0));
+    if (grp.lane == 0) {
+      loss = w * target_sums.loss(s.log_normalizer);
+      pixels = 1;
+      weight_total = w;
+      if (pr.log_normalizer) static_cast<acc_t*>(pr.log_normalizer)[grp.pixel] = s.log_normalizer;
+      if (pr.pixel_loss) static_cast<acc_t*>(pr.pixel_loss)[grp.pixel] = loss;
+    }
+    if (pr.grad_input) {
+      // A pixel with NaN or +-inf logits has a NaN log_normalizer and gets a NaN gradient, as in PyTorch.
+      const acc_t coef =
+          static_cast<const acc_t*>(pr.grad)[grp.pixel * pr.grad_stride] * w + nan_if_not_finite(s.log_normalizer);
+      scalar_t* grad_out = static_cast<scalar_t*>(pr.grad_input) + out_offset;
+      for (int c = grp.lane; c < C; c += grp.lanes) {
+        const acc_t p = Lanes<acc_t>::exp(log_probability(static_cast<acc_t>(z[c * cs]), s.max, s.log_normalizer));
+        grad_out[c * g.out_channel_stride] =
+            static_cast<scalar_t>(probability_target_logit_grad(p, coef, target_sums.mass, weighted_target(c)));
+      }
+    }
+  }
+  using BlockReduce = cub::BlockReduce<LossSums<acc_t>, kThreads>;
+  __shared__ typename BlockReduce::TempStorage scratch;
+  const LossSums<acc_t> total = BlockReduce(scratch).Sum(LossSums<acc_t>{loss, pixels, weight_total});
+  if (threadIdx.x == 0) {
+    const int64_t b = 3 * static_cast<int64_t>(blockIdx.x);
+    block_sums[b + 0] = total.loss;
+    block_sums[b + 1] = total.target_weight;
+    block_sums[b + 2] = total.weighted_target_weight;
+  }
+}
+
 struct CudaLauncher {
   struct Guard {
     c10::cuda::CUDAGuard device_guard;
@@ -440,6 +505,7 @@ struct CudaLauncher {
   // those calls take the group-of-lanes kernels (mapping.lanes > 1). NCHW keeps one thread per pixel,
   // coalesced in that layout.
   static at::Tensor cross_entropy_forward(const CrossEntropyProblem& pr, const at::TensorOptions& options) {
+    if (pr.soft_target) return probability_target_cross_entropy(pr, options);
     const PixelMapping mapping = pixel_mapping(pr.geometry, /*writes_out=*/pr.grad_input != nullptr);
     if (mapping.blocks == 0) return at::zeros({3}, options);
     at::Tensor block_sums = at::empty({static_cast<int64_t>(mapping.blocks), 3}, options);
@@ -464,6 +530,14 @@ struct CudaLauncher {
   }
 
   static void cross_entropy_backward(const CrossEntropyProblem& pr) {
+    if (pr.soft_target) {
+      CrossEntropyProblem gradient_only = pr;
+      gradient_only.log_normalizer = nullptr;  // the forward's, an input here: never written
+      gradient_only.pixel_loss = nullptr;
+      const at::ScalarType acc = pr.input_type == FloatType::kFloat64 ? at::kDouble : at::kFloat;
+      probability_target_cross_entropy(gradient_only, at::TensorOptions().dtype(acc).device(at::kCUDA));
+      return;
+    }
     const PixelMapping mapping = pixel_mapping(pr.geometry, /*writes_out=*/true);
     if (mapping.blocks == 0) return;
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -483,6 +557,26 @@ struct CudaLauncher {
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
+  }
+
+  // {sum w l, pixels, sum w} of a call with class-probability targets.
+  static at::Tensor probability_target_cross_entropy(const CrossEntropyProblem& pr, const at::TensorOptions& options) {
+    TORCH_CHECK_VALUE(pr.geometry.num_classes <= kMaxGroupClasses, "uaal_cross_entropy: ", pr.geometry.num_classes,
+                      " classes are more than the CUDA kernels index (", kMaxGroupClasses, ")");
+    const PixelMapping mapping = pixel_mapping(pr.geometry, /*writes_out=*/pr.grad_input != nullptr);
+    if (mapping.blocks == 0) return at::zeros({3}, options);
+    at::Tensor block_sums = at::empty({static_cast<int64_t>(mapping.blocks), 3}, options);
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    dispatch_float_type(pr.input_type, [&](auto scalar, auto acc) {
+      using acc_t = decltype(acc);
+      dispatch_constant<UncertaintySource::kNone, UncertaintySource::kEntropy, UncertaintySource::kMap>(
+          pr.source, [&](auto source) {
+        probability_target_kernel<decltype(scalar), acc_t, decltype(source)::value>
+            <<<mapping.blocks, kThreads, 0, stream>>>(pr, block_sums.data_ptr<acc_t>(), mapping.lanes);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+    return block_sums.to(at::kDouble).sum(0).to(options.dtype());
   }
 
   static void pixel_entropy_forward(const EntropyProblem& pr) {
