@@ -161,9 +161,10 @@ def test_gradcheck(device, shape, normalized, seed):
 
 
 # Full blocks of more than 8 classes go through contiguous staging on the CPU (csrc/cpu/pixel_blocks.h);
-# channels-last full blocks are gathered from one pixel-major run.
+# channels-last full blocks are converted from one pixel-major run: by gathers below 16 classes, by
+# 16 x 16 transposes from 16 (17: a last tile overlapping all but one class of the first).
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("num_classes", [8, 9, 19, 150])
+@pytest.mark.parametrize("num_classes", [8, 9, 16, 17, 19, 150])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_wide_rows_around_the_staging_threshold(dtype, num_classes, layout, seed):
     _check("cpu", dtype, (2, num_classes, 3, 131), normalized=True, layout=layout)

@@ -117,7 +117,7 @@ def test_matches_f_cross_entropy_over_its_arguments(
 # 131 pixels a row: two full 64-pixel CPU blocks and a partial one; 8 / 9 classes on both sides of
 # the CPU's in-place / staged row threshold, 150 like ADE20K.
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("num_classes", [1, 2, 8, 9, 19, 150])
+@pytest.mark.parametrize("num_classes", [1, 2, 8, 9, 16, 17, 19, 150])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_wide_rows_and_class_counts(dtype, num_classes, layout, seed):
     for reduction in ("mean", "none"):

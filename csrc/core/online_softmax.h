@@ -108,26 +108,6 @@ UAAL_HOST_DEVICE V softmax_nan_guard(V logit_sum, V max) {
   return nan_if_not_finite(max) + L::select(logit_sum != logit_sum, V(std::numeric_limits<S>::quiet_NaN()), V(S(0)));
 }
 
-// Rebuilds probabilities from what OnlineSoftmax's updates returned, without another exp per logit,
-// visiting the classes in reverse. Class c's term relative to the running max m_c after its update
-// is 1 if it grew the max, else its e; and e^(m_c - m) is the product of the rescale factors e of
-// the later classes that grew the max. So p_c = term_c * factor, with factor starting at 1 / sum
-// and picking up e each time the walk passes a class that grew the max.
-template <typename V>
-struct ReverseProbabilities {
-  V factor;
-
-  ReverseProbabilities() = default;
-  UAAL_HOST_DEVICE explicit ReverseProbabilities(V sum) : factor(V(typename Lanes<V>::Scalar(1)) / sum) {}
-
-  // p of the class whose update returned (e, grew); the next call is for the class before it.
-  UAAL_HOST_DEVICE V previous(V e, typename Lanes<V>::Mask grew) {
-    const V p = Lanes<V>::select(grew, factor, e * factor);
-    factor = Lanes<V>::select(grew, factor * e, factor);
-    return p;
-  }
-};
-
 // Log-probability of a logit, from the pixel's max and log_normalizer (exact for offset logits).
 template <typename V>
 UAAL_HOST_DEVICE V log_probability(V z, V max, V log_normalizer) {

@@ -130,8 +130,8 @@ struct BlockSoftmax {
 };
 
 // Writes d(g w l)/dz for every class of a block, shared by the fused forward and the backward.
-// probability(c, u) gives p of class c for the u-th vector of pixels; it is called for the classes
-// in reverse order (see ReverseProbabilities).
+// probability(c, u) gives p of class c for the u-th vector of pixels (a pure function, see
+// write_block_rows).
 template <typename scalar_t, typename acc_t, bool kSmoothing, typename Probability>
 void write_block_gradient(const CrossEntropyProblem& pr, const BlockTargets<acc_t>& t,
                           const BlockSoftmax<acc_t>& softmax, Probability&& probability, acc_t class_weight_total,

@@ -147,30 +147,31 @@ inline int64_t tile_start(int64_t tile, int64_t C) { return std::min<int64_t>(ti
 inline int64_t tile_count(int64_t C) { return (C + kTile - 1) / kTile; }
 
 // Class rows (row c, pixel l at c * P + l) of a full block whose pixel l's C values are at run + l C.
-inline void transpose_to_class_rows(const float* run, int64_t C, float* rows) {
+// Each group of 16 pixels (16 C contiguous values) is first copied into `group_run`, a sequential
+// read at memory speed, and transposed from there in L1.
+inline void transpose_to_class_rows(const float* run, int64_t C, float* rows, float* group_run) {
   constexpr int P = pixels_per_block<float>();
   __m512 v[kTile];
   for (int group = 0; group < P / kTile; ++group) {
+    std::copy_n(run + group * kTile * C, kTile * C, group_run);
     for (int64_t tile = 0; tile < tile_count(C); ++tile) {
       const int64_t c0 = tile_start(tile, C);
-      for (int l = 0; l < kTile; ++l) v[l] = _mm512_loadu_ps(run + (group * kTile + l) * C + c0);
+      for (int l = 0; l < kTile; ++l) v[l] = _mm512_loadu_ps(group_run + l * C + c0);
       transpose_16x16(v);
       for (int k = 0; k < kTile; ++k) _mm512_storeu_ps(rows + (c0 + k) * P + group * kTile, v[k]);
     }
   }
 }
 
-// The inverse: a pixel-major run of the block from its class rows.
-inline void transpose_to_pixel_major(const float* rows, int64_t C, float* run) {
+// The inverse for one group of 16 pixels: their pixel-major run (16 C values) from the class rows.
+inline void transpose_group_to_pixel_major(const float* rows, int64_t C, int group, float* group_run) {
   constexpr int P = pixels_per_block<float>();
   __m512 v[kTile];
-  for (int group = 0; group < P / kTile; ++group) {
-    for (int64_t tile = 0; tile < tile_count(C); ++tile) {
-      const int64_t c0 = tile_start(tile, C);
-      for (int k = 0; k < kTile; ++k) v[k] = _mm512_loadu_ps(rows + (c0 + k) * P + group * kTile);
-      transpose_16x16(v);
-      for (int l = 0; l < kTile; ++l) _mm512_storeu_ps(run + (group * kTile + l) * C + c0, v[l]);
-    }
+  for (int64_t tile = 0; tile < tile_count(C); ++tile) {
+    const int64_t c0 = tile_start(tile, C);
+    for (int k = 0; k < kTile; ++k) v[k] = _mm512_loadu_ps(rows + (c0 + k) * P + group * kTile);
+    transpose_16x16(v);
+    for (int l = 0; l < kTile; ++l) _mm512_storeu_ps(group_run + l * C + c0, v[l]);
   }
 }
 #endif
@@ -214,7 +215,8 @@ BlockRows<acc_t> load_rows(const PixelGeometry& g, const scalar_t* input, int64_
 #if defined(CPU_CAPABILITY_AVX512)
       if constexpr (std::is_same_v<acc_t, float>) {
         if (C >= kTile) {
-          transpose_to_class_rows(input + offset, C, staging);
+          thread_local std::vector<float> group_buffer;
+          transpose_to_class_rows(input + offset, C, staging, thread_buffer(group_buffer, kTile * C));
           return {staging, P};
         }
       }
@@ -292,12 +294,16 @@ void store_rows(const PixelGeometry& g, scalar_t* out, int64_t offset, int64_t c
 #if defined(CPU_CAPABILITY_AVX512)
         if constexpr (std::is_same_v<acc_t, float>) {
           if (C >= kTile) {
-            // Transposed into a pixel-major copy in cache, then written out in order.
-            thread_local std::vector<float> run_buffer;
-            float* transposed = thread_buffer(run_buffer, P * C);
-            transpose_to_pixel_major(rows, C, transposed);
-            for (int64_t m = 0; m < P * C; m += W)
-              store_vector(Vectorized<acc_t>::loadu(transposed + m), run + m, path);
+            // 16 pixels at a time transposed into a pixel-major copy in L1, then written out in order.
+            thread_local std::vector<float> group_buffer;
+            float* group_run = thread_buffer(group_buffer, kTile * C);
+            for (int group = 0; group < P / kTile; ++group) {
+              transpose_group_to_pixel_major(rows, C, group, group_run);
+              acc_t* dst = run + group * kTile * C;
+              for (int64_t m = 0; m < kTile * C; m += W) {
+                store_vector(Vectorized<acc_t>::loadu(group_run + m), dst + m, path);
+              }
+            }
             return;
           }
         }
@@ -319,14 +325,51 @@ void store_rows(const PixelGeometry& g, scalar_t* out, int64_t offset, int64_t c
   }
 }
 
-// Writes a block of rows shaped like the logits: value(c, u) is the u-th vector of class c's row,
-// asked for the classes in reverse order (ReverseProbabilities' walk). Stored straight into `out`,
+#if defined(CPU_CAPABILITY_AVX512)
+// A full channels-last block of float output with at least 16 classes, without staging its class
+// rows: each group of 16 pixels takes its values 16 classes at a time into registers, transposes
+// them into a pixel-major copy in L1 and writes that out in order (streamed when large).
+template <typename Value>
+void write_channels_last_block(const PixelGeometry& g, float* out, int64_t out_offset, Value&& value) {
+  constexpr int W = Vectorized<float>::size();
+  const int64_t C = g.num_classes;
+  float* run = out + out_offset;
+  const OutputPath path = far_larger_than_caches<float>(g) && reinterpret_cast<uintptr_t>(run) % sizeof(__m512) == 0
+                              ? OutputPath::kStreaming
+                              : OutputPath::kDirect;
+  thread_local std::vector<float> group_buffer;
+  float* group_run = thread_buffer(group_buffer, kTile * C);
+  __m512 v[kTile];
+  for (int u = 0; u < kVectorsPerBlock; ++u) {  // W == kTile pixels each
+    for (int64_t tile = 0; tile < tile_count(C); ++tile) {
+      const int64_t c0 = tile_start(tile, C);
+      for (int k = 0; k < kTile; ++k) v[k] = value(c0 + k, u);
+      transpose_16x16(v);
+      for (int l = 0; l < kTile; ++l) _mm512_storeu_ps(group_run + l * C + c0, v[l]);
+    }
+    float* dst = run + u * kTile * C;
+    for (int64_t m = 0; m < kTile * C; m += W) store_vector(Vectorized<float>::loadu(group_run + m), dst + m, path);
+  }
+}
+#endif
+
+// Writes a block of rows shaped like the logits: value(c, u) is the u-th vector of class c's row
+// (a pure function: it may be asked for in any order, and twice). Stored straight into `out`,
 // streamed, or through `staging` (C rows of pixels_per_block()) as output_path decides.
 template <typename scalar_t, typename acc_t, typename Value>
 void write_block_rows(const PixelGeometry& g, scalar_t* out, int64_t out_offset, int64_t count, acc_t* staging,
                       Value&& value) {
   constexpr int W = Vectorized<acc_t>::size();
   constexpr int P = pixels_per_block<acc_t>();
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
+    if (g.out_channel_stride == 1 && g.out_stride[g.ndim - 1] == g.num_classes && count == P &&
+        g.num_classes >= kTile) {
+      write_channels_last_block(g, out, out_offset, value);
+      return;
+    }
+  }
+#endif
   const OutputPath path = output_path<scalar_t, acc_t>(g, out, out_offset, count);
   for (int64_t c = g.num_classes - 1; c >= 0; --c) {
     acc_t* dst = path == OutputPath::kStaged ? staging + c * P
