@@ -559,3 +559,19 @@ def test_a_large_channels_last_batch_gives_the_contiguous_results(normalize_by_w
         results.append((loss.detach(), x.grad.contiguous()))
     assert torch.equal(results[0][0], results[1][0])
     assert torch.equal(results[0][1], results[1][1])
+
+
+# Full blocks of int64 targets take a vectorised gather on AVX-512 CPUs (csrc/cpu/loss_kernels.cpp):
+# a bad target there is reported with its pixel like anywhere else, whichever lane it sits in.
+@pytest.mark.parametrize("pixel", [0, 15, 16, 77, 130])
+@pytest.mark.parametrize("bad", [19, -1])
+def test_a_bad_target_inside_a_full_block_is_named(bad, pixel, seed):
+    x = random_logits((1, 19, 1, 131)).float().requires_grad_()
+    target = random_target((1, 1, 131), 19)
+    target[0, 0, pixel] = bad
+    for call in (
+        lambda: uaal_ext.uaal_cross_entropy(x, target),
+        lambda: uaal_ext.uaal_cross_entropy(x.detach(), target),
+    ):
+        with pytest.raises(ValueError, match=rf"target holds class {bad} at pixel {pixel} "):
+            call()

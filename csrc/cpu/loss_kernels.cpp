@@ -6,6 +6,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <vector>
 
@@ -49,9 +50,22 @@ struct BlockTargets {
     const int64_t C = pr.geometry.num_classes;
     const auto* class_weight = static_cast<const acc_t*>(pr.class_weight);
     int64_t y[P];
+    bool out_of_range = false;
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<acc_t, float>) {
+      if (count == P && pr.target_type == IndexType::kInt64) {
+        out_of_range = gather_int64_targets<kNeedLogit>(pr, rows, first);
+        if (out_of_range) {
+          read_targets(pr, first, count, y);
+          report_bad_target(pr, first, y);
+        }
+        gather_uncertainty<kSource>(pr, first, count);
+        return;
+      }
+    }
+#endif
     read_targets(pr, first, count, y);
     // Branch-free over the lanes so the compiler can vectorise it; a bad target is reported after.
-    bool out_of_range = false;
     for (int64_t l = 0; l < P; ++l) {
       const bool is_valid = y[l] != pr.ignore_index;
       const bool in_range = y[l] >= 0 && y[l] < C;
@@ -63,6 +77,11 @@ struct BlockTargets {
       if constexpr (kNeedLogit) target_logit[l] = is_valid ? rows.row(safe_class)[l] : acc_t(0);
     }
     if (out_of_range) report_bad_target(pr, first, y);
+    gather_uncertainty<kSource>(pr, first, count);
+  }
+
+  template <UncertaintySource kSource>
+  void gather_uncertainty(const CrossEntropyProblem& pr, int64_t first, int64_t count) {
     if constexpr (kSource == UncertaintySource::kMap) {
       const auto* uncertainty_map = static_cast<const acc_t*>(pr.uncertainty);
       bool negative = false;
@@ -73,6 +92,60 @@ struct BlockTargets {
       if (negative) report_negative_uncertainty(first);
     }
   }
+
+#if defined(CPU_CAPABILITY_AVX512)
+  // The common case of a full block of int64 targets and float logits, 16 lanes at a time with mask
+  // registers (the lane loop above runs about 15 scalar operations per pixel). Returns whether a
+  // valid target lies outside [0, C); the caller reports it.
+  template <bool kNeedLogit>
+  bool gather_int64_targets(const CrossEntropyProblem& pr, const BlockRows<acc_t>& rows, int64_t first) {
+    static_assert(std::is_same_v<acc_t, float> && P % 16 == 0);
+    const auto* targets = static_cast<const int64_t*>(pr.target) + first;
+    const auto* class_weight = static_cast<const float*>(pr.class_weight);
+    const __m512i ignore = _mm512_set1_epi64(pr.ignore_index);
+    const __m512i classes = _mm512_set1_epi64(pr.geometry.num_classes);
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i row_stride = _mm512_set1_epi64(rows.row_stride);
+    const __m512i eight_lanes = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    __mmask16 out_of_range = 0;
+    for (int l0 = 0; l0 < P; l0 += 16) {
+      const __m512i y_low = _mm512_loadu_si512(targets + l0), y_high = _mm512_loadu_si512(targets + l0 + 8);
+      const auto valid_of = [&](__m512i y) { return _mm512_cmpneq_epi64_mask(y, ignore); };
+      const auto in_range_of = [&](__m512i y) {
+        return static_cast<__mmask8>(_mm512_cmpge_epi64_mask(y, zero) & _mm512_cmplt_epi64_mask(y, classes));
+      };
+      const __mmask16 is_valid = static_cast<__mmask16>(valid_of(y_low) | (valid_of(y_high) << 8));
+      const __mmask16 in_range = static_cast<__mmask16>(in_range_of(y_low) | (in_range_of(y_high) << 8));
+      out_of_range |= static_cast<__mmask16>(is_valid & ~in_range);
+      const __mmask16 safe = static_cast<__mmask16>(is_valid & in_range);
+      const __m512 y_float =
+          _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtepi64_ps(y_low)), _mm512_cvtepi64_ps(y_high), 1);
+      _mm512_store_ps(valid + l0, _mm512_mask_blend_ps(is_valid, _mm512_setzero_ps(), _mm512_set1_ps(1.0f)));
+      _mm512_store_ps(target_class + l0, _mm512_mask_blend_ps(is_valid, _mm512_set1_ps(-1.0f), y_float));
+      __m512 weight = _mm512_mask_blend_ps(safe, _mm512_setzero_ps(), _mm512_set1_ps(1.0f));
+      if (class_weight) {
+        const __m512i y_int =
+            _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(y_low)), _mm512_cvtepi64_epi32(y_high), 1);
+        weight = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), safe, y_int, class_weight, 4);
+      }
+      _mm512_store_ps(target_weight + l0, weight);
+      if constexpr (kNeedLogit) {
+        // z_y of lane l sits at rows.data + y * row_stride + l (64-bit offsets: in-place rows are a
+        // channel plane apart).
+        const auto logits_of = [&](__m512i y, int lane0, __mmask8 mask) {
+          const __m512i offset = _mm512_add_epi64(_mm512_mullo_epi64(y, row_stride),
+                                                  _mm512_add_epi64(eight_lanes, _mm512_set1_epi64(lane0)));
+          return _mm512_mask_i64gather_ps(_mm256_setzero_ps(), mask, offset, rows.data, 4);
+        };
+        const __m512 logits =
+            _mm512_insertf32x8(_mm512_castps256_ps512(logits_of(y_low, l0, static_cast<__mmask8>(safe))),
+                               logits_of(y_high, l0 + 8, static_cast<__mmask8>(safe >> 8)), 1);
+        _mm512_store_ps(target_logit + l0, logits);
+      }
+    }
+    return out_of_range != 0;
+  }
+#endif
 
   // Targets of the block's pixels; lanes past `count` read as ignore_index.
   static void read_targets(const CrossEntropyProblem& pr, int64_t first, int64_t count, int64_t* y) {
@@ -163,6 +236,27 @@ void write_block_gradient(const CrossEntropyProblem& pr, const BlockTargets<acc_
   });
 }
 
+// A block's three sums (vectors of per-lane partial sums) in double, in lane order; then the blocks'
+// sums added up in block order: the same result for any thread count.
+template <typename acc_t>
+void store_block_sums(const std::array<Vectorized<acc_t>, 3>& lanes, double* out) {
+  constexpr int W = Vectorized<acc_t>::size();
+  alignas(64) acc_t values[W];
+  for (int k = 0; k < 3; ++k) {
+    lanes[k].store(values);
+    double total = 0;
+    for (int l = 0; l < W; ++l) total += values[l];
+    out[k] = total;
+  }
+}
+
+void add_up_block_sums(const std::vector<double>& block_sums, double sums[3]) {
+  sums[0] = sums[1] = sums[2] = 0;
+  for (size_t b = 0; b < block_sums.size(); b += 3) {
+    for (int k = 0; k < 3; ++k) sums[k] += block_sums[b + k];
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 template <typename scalar_t, typename acc_t, UncertaintySource kSource, bool kSmoothing>
 void cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
@@ -242,20 +336,9 @@ void cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
       write_block_gradient<scalar_t, acc_t, kSmoothing>(pr, t, softmax, probability, class_weight_total, count,
                                                         out_offset, thread_buffer(gradient_buffer, C * P));
     }
-    alignas(64) acc_t lane_values[3][W];
-    loss_sum.store(lane_values[0]);
-    weight_sum.store(lane_values[1]);
-    weighted_weight_sum.store(lane_values[2]);
-    for (int k = 0; k < 3; ++k) {
-      double total = 0;
-      for (int l = 0; l < W; ++l) total += lane_values[k][l];
-      block_sums[3 * block + k] = total;
-    }
+    store_block_sums<acc_t>({loss_sum, weight_sum, weighted_weight_sum}, block_sums.data() + 3 * block);
   });
-  sums[0] = sums[1] = sums[2] = 0;
-  for (size_t b = 0; b < block_sums.size(); b += 3) {
-    for (int k = 0; k < 3; ++k) sums[k] += block_sums[b + k];
-  }
+  add_up_block_sums(block_sums, sums);
 }
 
 // Backward: one read of the logits, one write of the gradient. Pass 0 finds each pixel's max logit
@@ -398,20 +481,9 @@ void probability_target_cross_entropy(const CrossEntropyProblem& pr, double sums
         return probability_target_logit_grad(p, coef[u], target_sums[u].mass, weighted_target(c, u));
       });
     }
-    alignas(64) acc_t lane_values[3][W];
-    loss_sum.store(lane_values[0]);
-    pixel_sum.store(lane_values[1]);
-    weight_sum.store(lane_values[2]);
-    for (int k = 0; k < 3; ++k) {
-      double total = 0;
-      for (int l = 0; l < W; ++l) total += lane_values[k][l];
-      block_sums[3 * block + k] = total;
-    }
+    store_block_sums<acc_t>({loss_sum, pixel_sum, weight_sum}, block_sums.data() + 3 * block);
   });
-  sums[0] = sums[1] = sums[2] = 0;
-  for (size_t b = 0; b < block_sums.size(); b += 3) {
-    for (int k = 0; k < 3; ++k) sums[k] += block_sums[b + k];
-  }
+  add_up_block_sums(block_sums, sums);
 }
 
 // The second half of the by-weight fused call: grad_input holds the softmax p (the forward wrote it,
@@ -438,7 +510,7 @@ void cross_entropy_gradient_from_probabilities(const CrossEntropyProblem& pr) {
   parallel_blocks(layout, P, [&](int64_t, int64_t first, int64_t count, int64_t in_offset, int64_t out_offset) {
     thread_local std::vector<acc_t> staging_buffer, gradient_buffer;
     const BlockRows<acc_t> rows =
-        load_rows(layout, probabilities, in_offset, count, thread_buffer(staging_buffer, C * P));
+        load_rows(layout, probabilities, in_offset, count, thread_buffer(staging_buffer, C * P), /*single_look=*/true);
     BlockTargets<acc_t> t;
     t.template gather<false, UncertaintySource::kNone>(pr, rows, first, count);
     t.gather_grad(pr, first, count);

@@ -193,10 +193,11 @@ const at::vec::int_same_size_t<acc_t>* pixel_major_sources(int64_t C) {
 
 // Reads a block of logits: in place when they already are contiguous accumulation-type rows,
 // otherwise converted / gathered into `staging` (reduced precision, channels-last, strided views,
-// and the last partial block, whose missing lanes are padded with 0).
+// and the last partial block, whose missing lanes are padded with 0). `single_look`: the caller
+// reads each value once, so rows a plane apart cannot evict each other between looks.
 template <typename scalar_t, typename acc_t>
-BlockRows<acc_t> load_rows(const PixelGeometry& g, const scalar_t* input, int64_t offset, int64_t count,
-                           acc_t* staging) {
+BlockRows<acc_t> load_rows(const PixelGeometry& g, const scalar_t* input, int64_t offset, int64_t count, acc_t* staging,
+                           bool single_look = false) {
   constexpr int64_t P = pixels_per_block<acc_t>();
   const int64_t C = g.num_classes;
   const int64_t cs = g.in_channel_stride;
@@ -207,7 +208,7 @@ BlockRows<acc_t> load_rows(const PixelGeometry& g, const scalar_t* input, int64_
       // ways they evict each other between the block's looks (a plane of 2^k bytes puts every row
       // in one L1 set, and in one L2 set too when the pages are huge). A contiguous copy is read
       // from memory once, like the rows would be, and then stays in cache.
-      if (C <= kInPlaceRows) return {input + offset, cs};
+      if (C <= kInPlaceRows || single_look) return {input + offset, cs};
       for (int64_t c = 0; c < C; ++c) std::copy_n(input + offset + c * cs, P, staging + c * P);
       return {staging, P};
     }
