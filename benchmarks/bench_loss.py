@@ -10,7 +10,8 @@ Methods, all timed in one run (rounds interleaved so drift hits every method ali
   uaal_ext (two-pass)       the same loss through the separate forward and backward ops: the path
                             of reduction="none"
   uaal_ext (by weight)      uaal_ext.uaal_cross_entropy with normalize_by_weight=True (the mean divided
-                            by sum c_y w): the fused op after a pre-pass over the logits for that sum
+                            by sum c_y w): on the CPU the fused forward writes the softmax into the
+                            gradient's buffer and a second pass turns it into the gradient in place
   eager reference           `uaal_loss_eager` below: log_softmax, entropy from it, detached weights, nll
   torch.compile(reference)  torch.compile of that same function (compiled and warmed up first)
   torch.compile(by-weight reference)
@@ -24,8 +25,9 @@ with the same normalisation, loss and gradient).
 backward() of the mean loss. Peak extra memory of fwd+bwd is measured in a fresh subprocess per
 method (see `measure_memory`). The floor is the bytes-moved floor at the copy bandwidth measured in
 the same run: forward reads the logits once (L bytes), backward reads them once and writes the
-gradient once (fwd+bwd = 3L); the by-weight row's entropy pre-pass reads them once more (fwd 2L,
-fwd+bwd 4L); the per-pixel target/weights are left out of the floor.
+gradient once (fwd+bwd = 3L); the by-weight row moves a tensor of the logits' size once more (its
+second pass reads the kept softmax and writes the gradient over it, or a pre-pass reads the logits
+again: fwd 2L, fwd+bwd 4L); the per-pixel target/weights are left out of the floor.
 
     python benchmarks/bench_loss.py              # full run -> benchmarks/results/loss_cpu.md
     python benchmarks/bench_loss.py --quick      # smoke run, small shapes, seconds
@@ -463,7 +465,8 @@ def main(argv=None) -> int:
     log(
         "- floor: forward reads the logits once (L bytes), backward reads them once and writes the "
         "gradient once: fwd L/bw, fwd+bwd 3L/bw (targets and per-pixel tensors left out); "
-        f"{BY_WEIGHT}: its entropy pre-pass reads the logits once more: fwd 2L/bw, fwd+bwd 4L/bw"
+        f"{BY_WEIGHT}: a tensor of the logits' size moves once more (the kept softmax read and "
+        "overwritten by the gradient): fwd 2L/bw, fwd+bwd 4L/bw"
     )
     log()
     log("## Correctness (before timing)")
