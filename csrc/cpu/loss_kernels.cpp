@@ -413,7 +413,6 @@ void probability_target_cross_entropy(const CrossEntropyProblem& pr, double sums
   const auto* input = static_cast<const scalar_t*>(pr.input);
   const auto* target = static_cast<const scalar_t*>(pr.target);
   const auto* class_weight = static_cast<const acc_t*>(pr.class_weight);
-  const auto* uncertainty_map = static_cast<const acc_t*>(pr.uncertainty);
   const auto* grad = static_cast<const acc_t*>(pr.grad);
   auto* log_normalizer_out = static_cast<acc_t*>(pr.log_normalizer);
   auto* loss_out = static_cast<acc_t*>(pr.pixel_loss);
@@ -441,6 +440,12 @@ void probability_target_cross_entropy(const CrossEntropyProblem& pr, double sums
       }
     }
 
+    // The map's values, checked like the class-index kernels check them (every pixel of the block counts).
+    BlockTargets<acc_t> pixels;
+    if constexpr (kSource == UncertaintySource::kMap) {
+      for (int l = 0; l < P; ++l) pixels.valid[l] = l < count ? acc_t(1) : acc_t(0);
+      pixels.template gather_uncertainty<kSource>(pr, first, count);
+    }
     alignas(64) acc_t lane_index[W];
     for (int l = 0; l < W; ++l) lane_index[l] = static_cast<acc_t>(l);
     Vec loss_sum(0), pixel_sum(0), weight_sum(0), coef[kVectorsPerBlock];
@@ -449,18 +454,8 @@ void probability_target_cross_entropy(const CrossEntropyProblem& pr, double sums
       const Vec valid = Vec::loadu(lane_index) < Vec(static_cast<acc_t>(lanes));  // lanes past the block's end
       const Vec log_normalizer = stats.sums[u].log_normalizer(stats.nan[u]);
       if (log_normalizer_out && lanes > 0) log_normalizer.store(log_normalizer_out + first + u * W, lanes);
-      Vec w(acc_t(1));
-      if constexpr (kSource == UncertaintySource::kEntropy) {
-        w = pixel_weight<acc_t, kSource>(pr, stats.sums[u].entropy(log_normalizer), nullptr);
-      } else if constexpr (kSource == UncertaintySource::kMap) {
-        alignas(64) acc_t u_lanes[W] = {};
-        for (int l = 0; l < lanes; ++l) {
-          u_lanes[l] = uncertainty_map[first + u * W + l];
-          TORCH_CHECK_VALUE(!(u_lanes[l] < acc_t(0)), "uaal_cross_entropy: uncertainty must be >= 0, got ", u_lanes[l],
-                            " at pixel ", first + u * W + l, " (flat index over (N, *spatial))");
-        }
-        w = pixel_weight<acc_t, kSource>(pr, Vec(0), u_lanes);
-      }
+      const Vec entropy = kSource == UncertaintySource::kEntropy ? stats.sums[u].entropy(log_normalizer) : Vec(0);
+      const Vec w = pixel_weight<acc_t, kSource>(pr, entropy, pixels.uncertainty + u * W);
       const Vec weighted = L::select(valid, w * target_sums[u].loss(log_normalizer), Vec(0));
       if (loss_out && lanes > 0) weighted.store(loss_out + first + u * W, lanes);
       loss_sum = loss_sum + weighted;

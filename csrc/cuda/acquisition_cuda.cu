@@ -47,11 +47,9 @@ __global__ void __launch_bounds__(kThreads)
     single_prediction_scores_group_kernel(const PixelScoreProblem pr, int lanes) {
   using Stats = OnlineTopTwo<acc_t, kMethod>;
   const PixelGeometry& g = pr.geometry;
-  const PixelGroup grp = pixel_group(lanes, g.num_pixels);
-  int64_t in_offset = 0, unused = 0;
-  if (grp.valid) pixel_offsets(g, grp.pixel, in_offset, unused);
-  const scalar_t* z = static_cast<const scalar_t*>(pr.input) + in_offset;
-  const int64_t C = grp.valid ? g.num_classes : 0;
+  const PixelGroup grp = pixel_group(lanes, g);
+  const scalar_t* z = static_cast<const scalar_t*>(pr.input) + grp.in_offset;
+  const int64_t C = grp.num_classes;
 
   // Look 1: the max and its class; -1 while every logit seen is -inf or NaN (skipped, as by the
   // online updates, whose max only grows on z > max from the same finite start).

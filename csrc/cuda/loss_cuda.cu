@@ -265,11 +265,9 @@ template <typename scalar_t, typename acc_t, UncertaintySource kSource, bool kSm
 __global__ void __launch_bounds__(kThreads)
     cross_entropy_forward_group_kernel(const CrossEntropyProblem pr, acc_t* block_sums, int lanes) {
   const PixelGeometry& g = pr.geometry;
-  const PixelGroup grp = pixel_group(lanes, g.num_pixels);
-  int64_t in_offset = 0, out_offset = 0;
-  if (grp.valid) pixel_offsets(g, grp.pixel, in_offset, out_offset);
-  const scalar_t* z = static_cast<const scalar_t*>(pr.input) + in_offset;
-  const int64_t C = grp.valid ? g.num_classes : 0;
+  const PixelGroup grp = pixel_group(lanes, g);
+  const scalar_t* z = static_cast<const scalar_t*>(pr.input) + grp.in_offset;
+  const int64_t C = grp.num_classes;
   const GroupSoftmax<acc_t> s =
       group_softmax<kSource == UncertaintySource::kEntropy, acc_t>(grp, z, C, g.in_channel_stride);
   // Label smoothing: sum_c c_c (z_c - max) and sum_c c_c, a third look at the logits (in L1).
@@ -307,7 +305,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     if (pr.grad_input) {  // fused forward + backward: the incoming gradient is one scalar
       write_pixel_gradient<scalar_t, acc_t, kSmoothing>(
-          pr, z, static_cast<scalar_t*>(pr.grad_input) + out_offset, y, s.max, s.log_normalizer, w,
+          pr, z, static_cast<scalar_t*>(pr.grad_input) + grp.out_offset, y, s.max, s.log_normalizer, w,
           static_cast<const acc_t*>(pr.grad)[0], class_weight_total, grp.lane, grp.lanes);
     }
   }
@@ -327,11 +325,9 @@ template <typename scalar_t, typename acc_t, UncertaintySource kSource, bool kSm
 __global__ void __launch_bounds__(kThreads)
     cross_entropy_backward_group_kernel(const CrossEntropyProblem pr, int lanes) {
   const PixelGeometry& g = pr.geometry;
-  const PixelGroup grp = pixel_group(lanes, g.num_pixels);
-  int64_t in_offset = 0, out_offset = 0;
-  if (grp.valid) pixel_offsets(g, grp.pixel, in_offset, out_offset);
-  const scalar_t* z = static_cast<const scalar_t*>(pr.input) + in_offset;
-  const int64_t C = grp.valid ? g.num_classes : 0;
+  const PixelGroup grp = pixel_group(lanes, g);
+  const scalar_t* z = static_cast<const scalar_t*>(pr.input) + grp.in_offset;
+  const int64_t C = grp.num_classes;
   const acc_t log_normalizer = grp.valid ? static_cast<const acc_t*>(pr.log_normalizer)[grp.pixel] : acc_t(0);
 
   // Pass 0: the pixel's max logit again (cheaper to recompute than to store: memory bound).
@@ -361,19 +357,16 @@ __global__ void __launch_bounds__(kThreads)
     w = pixel_weight<acc_t, kSource>(pr, grp.pixel, entropy);
   }
   write_pixel_gradient<scalar_t, acc_t, kSmoothing>(
-      pr, z, static_cast<scalar_t*>(pr.grad_input) + out_offset, y, max, log_normalizer, w,
+      pr, z, static_cast<scalar_t*>(pr.grad_input) + grp.out_offset, y, max, log_normalizer, w,
       static_cast<const acc_t*>(pr.grad)[grp.pixel * pr.grad_stride], class_weight_total, grp.lane, grp.lanes);
 }
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) pixel_entropy_group_kernel(const EntropyProblem pr, int lanes) {
   const PixelGeometry& g = pr.geometry;
-  const PixelGroup grp = pixel_group(lanes, g.num_pixels);
-  int64_t in_offset = 0, unused = 0;
-  if (grp.valid) pixel_offsets(g, grp.pixel, in_offset, unused);
-  const scalar_t* z = static_cast<const scalar_t*>(pr.input) + in_offset;
-  const GroupSoftmax<acc_t> s =
-      group_softmax</*kDot=*/true, acc_t>(grp, z, grp.valid ? g.num_classes : 0, g.in_channel_stride);
+  const PixelGroup grp = pixel_group(lanes, g);
+  const scalar_t* z = static_cast<const scalar_t*>(pr.input) + grp.in_offset;
+  const GroupSoftmax<acc_t> s = group_softmax</*kDot=*/true, acc_t>(grp, z, grp.num_classes, g.in_channel_stride);
   if (grp.valid && grp.lane == 0) {
     static_cast<acc_t*>(pr.entropy)[grp.pixel] = s.sums.entropy(s.log_normalizer) * acc_t(pr.scale);
   }
@@ -382,14 +375,11 @@ __global__ void __launch_bounds__(kThreads) pixel_entropy_group_kernel(const Ent
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) pixel_entropy_backward_group_kernel(const EntropyProblem pr, int lanes) {
   const PixelGeometry& g = pr.geometry;
-  const PixelGroup grp = pixel_group(lanes, g.num_pixels);
-  int64_t in_offset = 0, out_offset = 0;
-  if (grp.valid) pixel_offsets(g, grp.pixel, in_offset, out_offset);
-  const scalar_t* z = static_cast<const scalar_t*>(pr.input) + in_offset;
-  const GroupSoftmax<acc_t> s =
-      group_softmax</*kDot=*/true, acc_t>(grp, z, grp.valid ? g.num_classes : 0, g.in_channel_stride);
+  const PixelGroup grp = pixel_group(lanes, g);
+  const scalar_t* z = static_cast<const scalar_t*>(pr.input) + grp.in_offset;
+  const GroupSoftmax<acc_t> s = group_softmax</*kDot=*/true, acc_t>(grp, z, grp.num_classes, g.in_channel_stride);
   if (!grp.valid) return;  // after the last shuffle
-  scalar_t* grad_out = static_cast<scalar_t*>(pr.grad_input) + out_offset;
+  scalar_t* grad_out = static_cast<scalar_t*>(pr.grad_input) + grp.out_offset;
   const acc_t entropy = s.sums.entropy(s.log_normalizer);
   const acc_t grad_scale =
       static_cast<const acc_t*>(pr.grad)[grp.pixel] * acc_t(pr.scale) + nan_if_not_finite(s.log_normalizer);
@@ -410,13 +400,11 @@ template <typename scalar_t, typename acc_t, UncertaintySource kSource>
 __global__ void __launch_bounds__(kThreads)
     probability_target_kernel(const CrossEntropyProblem pr, acc_t* block_sums, int lanes) {
   const PixelGeometry& g = pr.geometry;
-  const PixelGroup grp = pixel_group(lanes, g.num_pixels);
-  int64_t in_offset = 0, out_offset = 0;
-  if (grp.valid) pixel_offsets(g, grp.pixel, in_offset, out_offset);
+  const PixelGroup grp = pixel_group(lanes, g);
   const int64_t cs = g.in_channel_stride;
-  const scalar_t* z = static_cast<const scalar_t*>(pr.input) + in_offset;
-  const scalar_t* t = static_cast<const scalar_t*>(pr.target) + in_offset;
-  const int64_t C = grp.valid ? g.num_classes : 0;
+  const scalar_t* z = static_cast<const scalar_t*>(pr.input) + grp.in_offset;
+  const scalar_t* t = static_cast<const scalar_t*>(pr.target) + grp.in_offset;
+  const int64_t C = grp.num_classes;
   const GroupSoftmax<acc_t> s = group_softmax<kSource == UncertaintySource::kEntropy, acc_t>(grp, z, C, cs);
   const acc_t label_smoothing = acc_t(pr.label_smoothing);
   const acc_t smoothing_per_class = acc_t(pr.label_smoothing / static_cast<double>(g.num_classes));
@@ -446,7 +434,7 @@ __global__ void __launch_bounds__(kThreads)
       // A pixel with NaN or +-inf logits has a NaN log_normalizer and gets a NaN gradient, as in PyTorch.
       const acc_t coef =
           static_cast<const acc_t*>(pr.grad)[grp.pixel * pr.grad_stride] * w + nan_if_not_finite(s.log_normalizer);
-      scalar_t* grad_out = static_cast<scalar_t*>(pr.grad_input) + out_offset;
+      scalar_t* grad_out = static_cast<scalar_t*>(pr.grad_input) + grp.out_offset;
       for (int c = grp.lane; c < C; c += grp.lanes) {
         const acc_t p = Lanes<acc_t>::exp(log_probability(static_cast<acc_t>(z[c * cs]), s.max, s.log_normalizer));
         grad_out[c * g.out_channel_stride] =

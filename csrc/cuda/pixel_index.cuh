@@ -83,17 +83,27 @@ inline PixelMapping pixel_mapping(const PixelGeometry& g, bool writes_out) {
 // Where a thread sits in the group mapping: block b holds pixels b * (kThreads / lanes) onwards,
 // threads [k lanes, (k + 1) lanes) of it take its k-th pixel. `lanes` divides the warp, so a group
 // never straddles two warps. A group whose pixel is past the end still runs (valid == false): its
-// lanes look at no class and write nothing, but take part in every shuffle of their warp.
+// lanes look at no class (num_classes 0) and write nothing, but take part in every shuffle of their
+// warp.
 struct PixelGroup {
   int64_t pixel;
   int lane;   // 0 .. lanes - 1
   int lanes;  // a power of two dividing kWarpSize
   bool valid;
+  int64_t in_offset, out_offset;  // the pixel's offsets (pixel_offsets), 0 past the end
+  int64_t num_classes;            // the classes its lanes look at: g.num_classes, 0 past the end
 };
 
-__device__ __forceinline__ PixelGroup pixel_group(int lanes, int64_t num_pixels) {
-  const int64_t pixel = static_cast<int64_t>(blockIdx.x) * (kThreads / lanes) + threadIdx.x / lanes;
-  return {pixel, static_cast<int>(threadIdx.x) & (lanes - 1), lanes, pixel < num_pixels};
+__device__ __forceinline__ PixelGroup pixel_group(int lanes, const PixelGeometry& g) {
+  PixelGroup grp;
+  grp.pixel = static_cast<int64_t>(blockIdx.x) * (kThreads / lanes) + threadIdx.x / lanes;
+  grp.lane = static_cast<int>(threadIdx.x) & (lanes - 1);
+  grp.lanes = lanes;
+  grp.valid = grp.pixel < g.num_pixels;
+  grp.in_offset = grp.out_offset = 0;
+  if (grp.valid) pixel_offsets(g, grp.pixel, grp.in_offset, grp.out_offset);
+  grp.num_classes = grp.valid ? g.num_classes : 0;
+  return grp;
 }
 
 // Sum and max over the lanes of each group, the result in every lane. Butterfly shuffles: at each
