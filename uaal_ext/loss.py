@@ -129,7 +129,11 @@ class UAALLoss(nn.Module):
         if self.normalize != "scale" and self.current_alpha != 0:
             raw = uncertainty if uncertainty is not None else pixel_entropy(input.detach())
             # Class probabilities have no ignored pixels: every pixel counts in the normalisation.
-            pixels = target if not target.is_floating_point() else torch.zeros_like(raw, dtype=torch.long)
+            pixels = (
+                target
+                if not target.is_floating_point()
+                else torch.zeros((), dtype=torch.long, device=raw.device).expand(raw.shape)
+            )
             uncertainty = normalize_uncertainty(
                 raw.detach(), pixels, self.ignore_index, self.normalize, sync_ranks=ranks > 1
             )
