@@ -4,7 +4,8 @@
 Setting: fp32 logits (N, C, H, W), ignore_index=255 with ~5% ignored pixels, reduction "mean",
 alpha=1, exponent=2, default uncertainty (normalized entropy of the same logits).
 
-Methods, all timed in one run (rounds interleaved so drift hits every method alike):
+Methods, all timed in one run (rounds interleaved so drift hits every method and both logits
+layouts alike):
   uaal_ext                  uaal_ext.uaal_cross_entropy (for logits that need a gradient: the fused
                             loss + gradient op, whose "fwd" already holds the gradient)
   uaal_ext (two-pass)       the same loss through the separate forward and backward ops: the path
@@ -381,15 +382,20 @@ def build_table(rows: list[dict]) -> tuple[str, list[str]]:
 
 def layout_comparison(rows: list[dict]) -> list[str]:
     """uaal_ext's fwd+bwd time with channels-last logits over its time with contiguous ones, per shape
-    and per uaal_ext method, each with the bar (docs/performance.md)."""
-    times = {(r["base_shape"], r["method"], r["layout"]): r["fwd_bwd_ms"] for r in rows}
+    and per uaal_ext method, each with the bar (docs/performance.md). The ratio is the median of the
+    per-round ratios (both layouts are timed in every round); the medians of the times are beside it."""
+    by_key = {(r["base_shape"], r["method"], r["layout"]): r for r in rows}
     lines = []
-    for (shape, method, layout), ms in times.items():
-        contiguous = times.get((shape, method, "contiguous"))
+    for (shape, method, layout), r in by_key.items():
+        contiguous = by_key.get((shape, method, "contiguous"))
         if layout != "channels_last" or contiguous is None or not method.startswith("uaal_ext"):
             continue
-        ratio = ms / contiguous
-        lines.append(f"{shape}, {method}: {ms:.1f} ms vs {contiguous:.1f} ms = {ratio:.2f}x {mark(ratio <= 1.2)}")
+        pairs = zip(r["fwd_bwd_rounds_ms"], contiguous["fwd_bwd_rounds_ms"])
+        ratio = statistics.median(cl / nchw for cl, nchw in pairs)
+        lines.append(
+            f"{shape}, {method}: {r['fwd_bwd_ms']:.1f} ms vs {contiguous['fwd_bwd_ms']:.1f} ms (medians); "
+            f"median of the per-round ratios {ratio:.2f}x {mark(ratio <= 1.2)}"
+        )
     return lines
 
 
@@ -478,65 +484,76 @@ def main(argv=None) -> int:
     held_notes: list[str] = []
     load_notes: list[str] = []
     layouts = [name.strip() for name in args.layouts.split(",") if name.strip()]
-    for shape, layout in [(shape, layout) for shape in shapes for layout in layouts]:
-        label = shape_label(shape) + ("" if layout == "contiguous" else " channels-last")
-        print(f"\n[{label}] building methods (torch.compile compiles now) ...", flush=True)
-        x, t = make_inputs(shape, layout=layout)
-        methods = {name: get_method(name) for name in names}
-        check_correctness(methods, x, t, lambda s: log(f"{s} [{label}]"))
-        for fn in methods.values():  # warm-up (and compilation) for both steps
-            for step in (run_fwd, run_fwd_bwd):
-                for _ in range(args.warmup):
-                    time_once(step, fn, x, t)
-        times = {name: {"fwd": [], "fwd_bwd": []} for name in methods}
+    for shape in shapes:
+        # Both layouts are timed in the same rounds (layout by layout, method by method within a
+        # round), so that the channels-last / contiguous ratio is a paired comparison.
+        setups = {}
+        for layout in layouts:
+            label = shape_label(shape) + ("" if layout == "contiguous" else " channels-last")
+            print(f"\n[{label}] building methods (torch.compile compiles now) ...", flush=True)
+            x, t = make_inputs(shape, layout=layout)
+            methods = {name: get_method(name) for name in names}
+            check_correctness(methods, x, t, lambda s, label=label: log(f"{s} [{label}]"))
+            for fn in methods.values():  # warm-up (and compilation) for both steps
+                for step in (run_fwd, run_fwd_bwd):
+                    for _ in range(args.warmup):
+                        time_once(step, fn, x, t)
+            setups[layout] = (label, x, t, methods)
+        times = {layout: {name: {"fwd": [], "fwd_bwd": []} for name in names} for layout in layouts}
         snap = cpu_snapshot()
         for r in range(repeat):
-            print(f"[{label}] round {r + 1}/{repeat}", flush=True)
-            for name, fn in methods.items():
-                times[name]["fwd"].append(time_once(run_fwd, fn, x, t))
-                times[name]["fwd_bwd"].append(time_once(run_fwd_bwd, fn, x, t))
+            print(f"[{shape_label(shape)}] round {r + 1}/{repeat}", flush=True)
+            for layout, (_, x, t, methods) in setups.items():
+                for name, fn in methods.items():
+                    times[layout][name]["fwd"].append(time_once(run_fwd, fn, x, t))
+                    times[layout][name]["fwd_bwd"].append(time_once(run_fwd_bwd, fn, x, t))
         busy = other_load(snap, cpu_snapshot())
         load_notes.append(
-            f"{label}: other processes used {busy:.0%} of the machine's CPUs during "
+            f"{shape_label(shape)}: other processes used {busy:.0%} of the machine's CPUs during "
             f"the timed rounds" + (" -- WARNING: timings disturbed, rerun on an idle machine" if busy > 0.1 else "")
         )
-        x.grad = None
-        logits_bytes = x.numel() * x.element_size()
-        med = {n: {k: statistics.median(v) for k, v in d.items()} for n, d in times.items()}
-        del x, t, methods
+        logits_bytes = setups[layouts[0]][1].numel() * setups[layouts[0]][1].element_size()
+        labels = {layout: setup[0] for layout, setup in setups.items()}
+        del setups, x, t, methods
         gc.collect()
-        for name in names:
-            mem = None
-            if not args.no_memory:
-                print(f"[{label}] peak memory: {name} (fresh subprocess) ...", flush=True)
-                m = memory_in_subprocess(name, shape, args.threads, layout)
-                mem = m["extra_x_logits"]
-                held = m.get("held_between_calls_x_logits", 0.0)
-                if held > 0.05:
-                    held_notes.append(f"{label} {name}: keeps {held:.2f}x logits between calls (counted in its peak)")
-                memory_note = memory_note or m.get("how")
-                if m.get("how", "").startswith("failed"):
-                    print(f"  {m['how']}", file=sys.stderr)
-            ours = med.get(OURS)
-            reads_fwd, reads_fwd_bwd = FLOOR_LOGITS.get(name, DEFAULT_FLOOR_LOGITS)
-            floor_fwd, floor_fb = reads_fwd * logits_bytes / bw, reads_fwd_bwd * logits_bytes / bw
-            rows.append(
-                {
-                    "shape": label,
-                    "method": name,
-                    "fwd_ms": med[name]["fwd"] * 1e3,
-                    "fwd_bwd_ms": med[name]["fwd_bwd"] * 1e3,
-                    "fwd_speedup": med[name]["fwd"] / ours["fwd"] if ours else None,
-                    "fwd_bwd_speedup": med[name]["fwd_bwd"] / ours["fwd_bwd"] if ours else None,
-                    "mem_x_logits": mem,
-                    "floor_fwd_ms": floor_fwd * 1e3,
-                    "floor_fwd_bwd_ms": floor_fb * 1e3,
-                    "fwd_bwd_over_floor": med[name]["fwd_bwd"] / floor_fb,
-                    "logits_bytes": logits_bytes,
-                    "layout": layout,
-                    "base_shape": shape_label(shape),
-                }
-            )
+        for layout in layouts:
+            label = labels[layout]
+            med = {n: {k: statistics.median(v) for k, v in d.items()} for n, d in times[layout].items()}
+            for name in names:
+                mem = None
+                if not args.no_memory:
+                    print(f"[{label}] peak memory: {name} (fresh subprocess) ...", flush=True)
+                    m = memory_in_subprocess(name, shape, args.threads, layout)
+                    mem = m["extra_x_logits"]
+                    held = m.get("held_between_calls_x_logits", 0.0)
+                    if held > 0.05:
+                        held_notes.append(
+                            f"{label} {name}: keeps {held:.2f}x logits between calls (counted in its peak)"
+                        )
+                    memory_note = memory_note or m.get("how")
+                    if m.get("how", "").startswith("failed"):
+                        print(f"  {m['how']}", file=sys.stderr)
+                ours = med.get(OURS)
+                reads_fwd, reads_fwd_bwd = FLOOR_LOGITS.get(name, DEFAULT_FLOOR_LOGITS)
+                floor_fwd, floor_fb = reads_fwd * logits_bytes / bw, reads_fwd_bwd * logits_bytes / bw
+                rows.append(
+                    {
+                        "shape": label,
+                        "method": name,
+                        "fwd_ms": med[name]["fwd"] * 1e3,
+                        "fwd_bwd_ms": med[name]["fwd_bwd"] * 1e3,
+                        "fwd_speedup": med[name]["fwd"] / ours["fwd"] if ours else None,
+                        "fwd_bwd_speedup": med[name]["fwd_bwd"] / ours["fwd_bwd"] if ours else None,
+                        "mem_x_logits": mem,
+                        "floor_fwd_ms": floor_fwd * 1e3,
+                        "floor_fwd_bwd_ms": floor_fb * 1e3,
+                        "fwd_bwd_over_floor": med[name]["fwd_bwd"] / floor_fb,
+                        "logits_bytes": logits_bytes,
+                        "layout": layout,
+                        "base_shape": shape_label(shape),
+                        "fwd_bwd_rounds_ms": [v * 1e3 for v in times[layout][name]["fwd_bwd"]],
+                    }
+                )
 
     table, bars = build_table(rows)
     log()

@@ -491,10 +491,10 @@ def test_method_lists():
 
 
 # Full blocks of more than 8 classes go through contiguous staging on the CPU (csrc/cpu/pixel_blocks.h),
-# channels-last ones are gathered from a pixel-major run: rows of 131 pixels hold two full blocks and
-# a partial one.
+# channels-last ones are converted from a pixel-major run (gathers below 4 classes, four classes at
+# a time from 4): rows of 131 pixels hold two full blocks and a partial one.
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("num_classes", [8, 9, 19])
+@pytest.mark.parametrize("num_classes", [3, 5, 8, 9, 19])
 @pytest.mark.parametrize("method", MAP_METHODS)
 def test_wide_rows_around_the_staging_threshold(method, num_classes, channels_last, seed):
     logits = (random_logits((2, num_classes, 3, 131)) * 2).float()

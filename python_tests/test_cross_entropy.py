@@ -516,14 +516,15 @@ def test_gradcheck(device, kwargs, seed):
 
 
 # The CPU kernels copy a full block's rows into contiguous staging when there are more than 8
-# classes (csrc/cpu/pixel_blocks.h), and read them in place otherwise; channels-last full blocks are
-# converted from (and their gradient back into) one pixel-major run, by gathers below 16 classes and
-# by 16 x 16 transposes from 16 (17: a last tile overlapping all but one class of the first). A full
-# block needs a row of at least 64 pixels: 131 gives two full blocks and a partial one.
+# classes (csrc/cpu/pixel_blocks.h), and read them in place otherwise. Channels-last full blocks of
+# float logits are converted from one pixel-major run by gathers below 4 classes and four classes at
+# a time from 4 (5: a last quad overlapping three of the first); their gradient goes back 16 classes
+# at a time and the rest four at a time (16: no rest; 17: one quad overlapping the tile; 20: one
+# quad). A full block needs a row of at least 64 pixels: 131 gives two full blocks and a partial one.
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("normalize_by_weight", [False, True])
 @pytest.mark.parametrize("use_uncertainty", [False, True])
-@pytest.mark.parametrize("num_classes", [8, 9, 16, 17, 19, 150])
+@pytest.mark.parametrize("num_classes", [3, 4, 5, 8, 9, 16, 17, 19, 20, 150])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_wide_rows_around_the_staging_threshold(dtype, num_classes, use_uncertainty, normalize_by_weight, layout, seed):
     _check(

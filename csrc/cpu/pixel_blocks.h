@@ -83,9 +83,9 @@ acc_t* thread_buffer(std::vector<acc_t>& buffer, int64_t size) {
 }
 
 // Channels-last blocks. A full block of pixels is one contiguous pixel-major run (pixel l's C values
-// at l * C); the kernels work on class rows (class c's P pixels at c * P). The two orders are
-// converted with vector gathers from the L1-resident side: a tile transpose of rows C = 19 or 150
-// long needs masked, misaligned partial tiles, and costs several times more (bench_loss.py --layouts).
+// at l * C); the kernels work on class rows (class c's P pixels at c * P). With AVX-512 and float
+// values of at least 4 classes the two orders are converted by in-register transposes (below);
+// otherwise by vector gathers from an L1-resident copy.
 template <typename acc_t>
 using IndexVec = Vectorized<at::vec::int_same_size_t<acc_t>>;
 
@@ -104,11 +104,18 @@ void gather_class_rows(const acc_t* run, int64_t C, acc_t* rows) {
 }
 
 #if defined(CPU_CAPABILITY_AVX512)
-// Channels-last blocks of float logits with at least 16 classes are converted 16 pixels x 16 classes
-// at a time by an in-register transpose (shuffles only, about a quarter of a gather's cost per
-// value); the class tiles start at 0, 16, ... and the last one at C - 16, overlapping its neighbour
-// (the overlap is written twice with the same values).
+// Channels-last float blocks are converted 16 pixels (one vector) at a time. 512-bit shuffles have
+// one port, which the kernels' arithmetic also needs, so each direction moves what it can through the
+// load and store ports instead:
+// - into class rows, four classes at a time: each 128-bit lane is loaded from its own pixel's row
+//   (a masked broadcast, no shuffle), then one 4 x 4 transpose inside every lane (8 shuffles);
+// - back to pixel-major order, 16 classes at a time by a 16 x 16 transpose into an L1 copy of the
+//   16 pixels' run, which is then streamed out in whole vectors; the C mod 16 classes left over go
+//   four at a time, each lane stored to its own pixel's row.
+// Quads start at 0, 4, ... and the last one at C - 4, overlapping its neighbour (the overlap holds the
+// same values twice), so no load or store is masked by class.
 constexpr int kTile = 16;
+constexpr int kQuad = 4;
 
 // v[i] (row i, 16 values) becomes column i. Four rounds of two-source shuffles: 32-bit pairs, 64-bit
 // pairs, then 128-bit lanes twice.
@@ -142,36 +149,55 @@ inline void transpose_16x16(__m512 (&v)[kTile]) {
   }
 }
 
-// First class of each tile of C >= 16 classes: 0, 16, ..., and C - 16 for the last.
-inline int64_t tile_start(int64_t tile, int64_t C) { return std::min<int64_t>(tile * kTile, C - kTile); }
-inline int64_t tile_count(int64_t C) { return (C + kTile - 1) / kTile; }
+// Transposes the 4 x 4 matrix held in each 128-bit lane of z (its row r in z[r]); its own inverse.
+inline void transpose_lane_quads(__m512 (&z)[kQuad]) {
+  const __m512d t0 = _mm512_castps_pd(_mm512_unpacklo_ps(z[0], z[1]));
+  const __m512d t1 = _mm512_castps_pd(_mm512_unpackhi_ps(z[0], z[1]));
+  const __m512d t2 = _mm512_castps_pd(_mm512_unpacklo_ps(z[2], z[3]));
+  const __m512d t3 = _mm512_castps_pd(_mm512_unpackhi_ps(z[2], z[3]));
+  z[0] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
+  z[1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
+  z[2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
+  z[3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
+}
 
-// Class rows (row c, pixel l at c * P + l) of a full block whose pixel l's C values are at run + l C.
-// Each group of 16 pixels (16 C contiguous values) is first copied into `group_run`, a sequential
-// read at memory speed, and transposed from there in L1.
-inline void transpose_to_class_rows(const float* run, int64_t C, float* rows, float* group_run) {
-  constexpr int P = pixels_per_block<float>();
-  __m512 v[kTile];
-  for (int group = 0; group < P / kTile; ++group) {
-    std::copy_n(run + group * kTile * C, kTile * C, group_run);
-    for (int64_t tile = 0; tile < tile_count(C); ++tile) {
-      const int64_t c0 = tile_start(tile, C);
-      for (int l = 0; l < kTile; ++l) v[l] = _mm512_loadu_ps(group_run + l * C + c0);
-      transpose_16x16(v);
-      for (int k = 0; k < kTile; ++k) _mm512_storeu_ps(rows + (c0 + k) * P + group * kTile, v[k]);
-    }
+// Classes c0..c0+3 of 16 pixels whose values are at src + l C: z[r]'s lane q = pixel 4q + r's four.
+inline void load_pixel_quads(const float* src, int64_t C, int64_t c0, __m512 (&z)[kQuad]) {
+  for (int r = 0; r < kQuad; ++r) {
+    __m512 v = _mm512_castps128_ps512(_mm_loadu_ps(src + r * C + c0));
+    v = _mm512_mask_broadcast_f32x4(v, 0x00F0, _mm_loadu_ps(src + (4 + r) * C + c0));
+    v = _mm512_mask_broadcast_f32x4(v, 0x0F00, _mm_loadu_ps(src + (8 + r) * C + c0));
+    z[r] = _mm512_mask_broadcast_f32x4(v, 0xF000, _mm_loadu_ps(src + (12 + r) * C + c0));
   }
 }
 
-// The inverse for one group of 16 pixels: their pixel-major run (16 C values) from the class rows.
-inline void transpose_group_to_pixel_major(const float* rows, int64_t C, int group, float* group_run) {
+// The inverse: z[r]'s lane q to dst + (4q + r) C + c0. Lanes 1-3 are extracted (one shuffle each)
+// rather than stored with a one-lane mask, which was slower.
+inline void store_pixel_quads(const __m512 (&z)[kQuad], int64_t C, int64_t c0, float* dst) {
+  for (int r = 0; r < kQuad; ++r) {
+    _mm_storeu_ps(dst + r * C + c0, _mm512_castps512_ps128(z[r]));
+    _mm_storeu_ps(dst + (4 + r) * C + c0, _mm512_extractf32x4_ps(z[r], 1));
+    _mm_storeu_ps(dst + (8 + r) * C + c0, _mm512_extractf32x4_ps(z[r], 2));
+    _mm_storeu_ps(dst + (12 + r) * C + c0, _mm512_extractf32x4_ps(z[r], 3));
+  }
+}
+
+inline int64_t quad_start(int64_t quad, int64_t C) { return std::min<int64_t>(quad * kQuad, C - kQuad); }
+inline int64_t quad_count(int64_t C) { return (C + kQuad - 1) / kQuad; }
+
+// Class rows (row c, pixel l at c * P + l) of a full block whose pixel l's C >= 4 values are at
+// run + l C, read in place (copying the run into L1 first was slower: its 128-bit loads then
+// straddle the copy's stores).
+inline void transpose_to_class_rows(const float* run, int64_t C, float* rows) {
   constexpr int P = pixels_per_block<float>();
-  __m512 v[kTile];
-  for (int64_t tile = 0; tile < tile_count(C); ++tile) {
-    const int64_t c0 = tile_start(tile, C);
-    for (int k = 0; k < kTile; ++k) v[k] = _mm512_loadu_ps(rows + (c0 + k) * P + group * kTile);
-    transpose_16x16(v);
-    for (int l = 0; l < kTile; ++l) _mm512_storeu_ps(group_run + l * C + c0, v[l]);
+  __m512 z[kQuad];
+  for (int group = 0; group < P / kTile; ++group) {
+    for (int64_t quad = 0; quad < quad_count(C); ++quad) {
+      const int64_t c0 = quad_start(quad, C);
+      load_pixel_quads(run + group * kTile * C, C, c0, z);
+      transpose_lane_quads(z);
+      for (int k = 0; k < kQuad; ++k) _mm512_storeu_ps(rows + (c0 + k) * P + group * kTile, z[k]);
+    }
   }
 }
 #endif
@@ -215,9 +241,8 @@ BlockRows<acc_t> load_rows(const PixelGeometry& g, const scalar_t* input, int64_
     if (cs == 1 && ps == C && count == P) {  // channels-last: the block is one pixel-major run of P * C
 #if defined(CPU_CAPABILITY_AVX512)
       if constexpr (std::is_same_v<acc_t, float>) {
-        if (C >= kTile) {
-          thread_local std::vector<float> group_buffer;
-          transpose_to_class_rows(input + offset, C, staging, thread_buffer(group_buffer, kTile * C));
+        if (C >= kQuad) {
+          transpose_to_class_rows(input + offset, C, staging);
           return {staging, P};
         }
       }
@@ -292,23 +317,6 @@ void store_rows(const PixelGeometry& g, scalar_t* out, int64_t offset, int64_t c
         const bool streaming =
             far_larger_than_caches<acc_t>(g) && reinterpret_cast<uintptr_t>(run) % sizeof(Vectorized<acc_t>) == 0;
         const OutputPath path = streaming ? OutputPath::kStreaming : OutputPath::kDirect;
-#if defined(CPU_CAPABILITY_AVX512)
-        if constexpr (std::is_same_v<acc_t, float>) {
-          if (C >= kTile) {
-            // 16 pixels at a time transposed into a pixel-major copy in L1, then written out in order.
-            thread_local std::vector<float> group_buffer;
-            float* group_run = thread_buffer(group_buffer, kTile * C);
-            for (int group = 0; group < P / kTile; ++group) {
-              transpose_group_to_pixel_major(rows, C, group, group_run);
-              acc_t* dst = run + group * kTile * C;
-              for (int64_t m = 0; m < kTile * C; m += W) {
-                store_vector(Vectorized<acc_t>::loadu(group_run + m), dst + m, path);
-              }
-            }
-            return;
-          }
-        }
-#endif
         const auto* sources = pixel_major_sources<acc_t>(C);
         for (int64_t m = 0; m < P * C; m += W) {
           const Vectorized<acc_t> v = at::vec::gather<sizeof(acc_t)>(rows, IndexVec<acc_t>::loadu(sources + m));
@@ -327,26 +335,33 @@ void store_rows(const PixelGeometry& g, scalar_t* out, int64_t offset, int64_t c
 }
 
 #if defined(CPU_CAPABILITY_AVX512)
-// A full channels-last block of float output with at least 16 classes, without staging its class
-// rows: each group of 16 pixels takes its values 16 classes at a time into registers, transposes
-// them into a pixel-major copy in L1 and writes that out in order (streamed when large).
+// A full channels-last block of float output with at least 4 classes, without staging its class
+// rows: each group of 16 pixels is transposed into a pixel-major copy in L1 (see kTile above) and
+// written out in order (streamed when large).
 template <typename Value>
 void write_channels_last_block(const PixelGeometry& g, float* out, int64_t out_offset, Value&& value) {
   constexpr int W = Vectorized<float>::size();
   const int64_t C = g.num_classes;
+  const int64_t full_tiles = C / kTile;
   float* run = out + out_offset;
   const OutputPath path = far_larger_than_caches<float>(g) && reinterpret_cast<uintptr_t>(run) % sizeof(__m512) == 0
                               ? OutputPath::kStreaming
                               : OutputPath::kDirect;
   thread_local std::vector<float> group_buffer;
   float* group_run = thread_buffer(group_buffer, kTile * C);
-  __m512 v[kTile];
   for (int u = 0; u < kVectorsPerBlock; ++u) {  // W == kTile pixels each
-    for (int64_t tile = 0; tile < tile_count(C); ++tile) {
-      const int64_t c0 = tile_start(tile, C);
-      for (int k = 0; k < kTile; ++k) v[k] = value(c0 + k, u);
+    __m512 v[kTile];
+    for (int64_t tile = 0; tile < full_tiles; ++tile) {
+      for (int k = 0; k < kTile; ++k) v[k] = value(tile * kTile + k, u);
       transpose_16x16(v);
-      for (int l = 0; l < kTile; ++l) _mm512_storeu_ps(group_run + l * C + c0, v[l]);
+      for (int l = 0; l < kTile; ++l) _mm512_storeu_ps(group_run + l * C + tile * kTile, v[l]);
+    }
+    __m512 z[kQuad];
+    for (int64_t c = full_tiles * kTile; c < C; c += kQuad) {
+      const int64_t c0 = std::min<int64_t>(c, C - kQuad);
+      for (int k = 0; k < kQuad; ++k) z[k] = value(c0 + k, u);
+      transpose_lane_quads(z);
+      store_pixel_quads(z, C, c0, group_run);
     }
     float* dst = run + u * kTile * C;
     for (int64_t m = 0; m < kTile * C; m += W) store_vector(Vectorized<float>::loadu(group_run + m), dst + m, path);
@@ -365,7 +380,7 @@ void write_block_rows(const PixelGeometry& g, scalar_t* out, int64_t out_offset,
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
     if (g.out_channel_stride == 1 && g.out_stride[g.ndim - 1] == g.num_classes && count == P &&
-        g.num_classes >= kTile) {
+        g.num_classes >= kQuad) {
       write_channels_last_block(g, out, out_offset, value);
       return;
     }
