@@ -76,10 +76,11 @@ UAAL_HOST_DEVICE V pixel_cross_entropy(V max, V log_normalizer, V target_logit, 
 // Gradient of the weighted per-pixel loss with respect to one logit (derivation: d lse / d z_c = p_c):
 //   d(w l)/d z_c = target_coef (p_c - [c == y]) + smooth_coef (p_c sum_j c_j - c_c),
 // target_coef = g w (1 - eps) c_y and smooth_coef = g w eps / C, g the incoming gradient; both are 0
-// at ignored pixels.
-template <bool kSmoothing, typename V>
+// at ignored pixels. class_weight is c_c: one value, or one per lane where the lanes hold different
+// classes (a pixel-major run).
+template <bool kSmoothing, typename V, typename ClassWeight>
 UAAL_HOST_DEVICE V cross_entropy_logit_grad(V p, typename Lanes<V>::Mask is_target, V target_coef, V smooth_coef,
-                                            V class_weight_total, typename Lanes<V>::Scalar class_weight) {
+                                            V class_weight_total, ClassWeight class_weight) {
   V grad = target_coef * p;
   if constexpr (kSmoothing) {
     grad = grad + smooth_coef * (p * class_weight_total - V(class_weight));

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <optional>
 #include <vector>
 
 #include "cpu/loss_kernels.h"
@@ -202,6 +203,31 @@ struct BlockSoftmax {
   Vectorized<acc_t> weight[kVectorsPerBlock];  // the UAAL weight w
 };
 
+// The per-pixel factors of a block's d(g w l)/dz (cross_entropy_logit_grad), one vector per
+// kVectorsPerBlock lanes group.
+template <typename acc_t>
+struct GradientCoefficients {
+  using Vec = Vectorized<acc_t>;
+  Vec target_coef[kVectorsPerBlock], smooth_coef[kVectorsPerBlock], target_class[kVectorsPerBlock];
+
+  GradientCoefficients(const CrossEntropyProblem& pr, const BlockTargets<acc_t>& t,
+                       const BlockSoftmax<acc_t>& softmax) {
+    using L = Lanes<Vec>;
+    constexpr int W = Vec::size();
+    const acc_t target_share = acc_t(1) - acc_t(pr.label_smoothing);
+    const acc_t smooth_share = acc_t(pr.label_smoothing) / static_cast<acc_t>(pr.geometry.num_classes);
+    for (int u = 0; u < kVectorsPerBlock; ++u) {
+      const Vec valid = Vec::loadu(t.valid + u * W) > Vec(0);
+      // A pixel with NaN or +-inf logits has a NaN log_normalizer and gets a NaN gradient, as in PyTorch.
+      const Vec scaled_grad =
+          Vec::loadu(t.grad + u * W) * softmax.weight[u] + nan_if_not_finite(softmax.log_normalizer[u]);
+      target_coef[u] = L::select(valid, scaled_grad * Vec(target_share) * Vec::loadu(t.target_weight + u * W), Vec(0));
+      smooth_coef[u] = L::select(valid, scaled_grad * Vec(smooth_share), Vec(0));
+      target_class[u] = Vec::loadu(t.target_class + u * W);
+    }
+  }
+};
+
 // Writes d(g w l)/dz for every class of a block, shared by the fused forward and the backward.
 // probability(c, u) gives p of class c for the u-th vector of pixels (a pure function, see
 // write_block_rows).
@@ -210,31 +236,45 @@ void write_block_gradient(const CrossEntropyProblem& pr, const BlockTargets<acc_
                           const BlockSoftmax<acc_t>& softmax, Probability&& probability, acc_t class_weight_total,
                           int64_t count, int64_t out_offset, acc_t* staging) {
   using Vec = Vectorized<acc_t>;
-  using L = Lanes<Vec>;
-  constexpr int W = Vec::size();
-  constexpr int P = pixels_per_block<acc_t>();
-  const PixelGeometry& g = pr.geometry;
   const auto* class_weight = static_cast<const acc_t*>(pr.class_weight);
-  auto* out = static_cast<scalar_t*>(pr.grad_input);
-  const acc_t target_share = acc_t(1) - acc_t(pr.label_smoothing);
-  const acc_t smooth_share = acc_t(pr.label_smoothing) / static_cast<acc_t>(g.num_classes);
-
-  Vec target_coef[kVectorsPerBlock], smooth_coef[kVectorsPerBlock], target_class[kVectorsPerBlock];
-  for (int u = 0; u < kVectorsPerBlock; ++u) {
-    const Vec valid = Vec::loadu(t.valid + u * W) > Vec(0);
-    // A pixel with NaN or +-inf logits has a NaN log_normalizer and gets a NaN gradient, as in PyTorch.
-    const Vec scaled_grad =
-        Vec::loadu(t.grad + u * W) * softmax.weight[u] + nan_if_not_finite(softmax.log_normalizer[u]);
-    target_coef[u] = L::select(valid, scaled_grad * Vec(target_share) * Vec::loadu(t.target_weight + u * W), Vec(0));
-    smooth_coef[u] = L::select(valid, scaled_grad * Vec(smooth_share), Vec(0));
-    target_class[u] = Vec::loadu(t.target_class + u * W);
-  }
-  write_block_rows(g, out, out_offset, count, staging, [&](int64_t c, int u) {
+  const GradientCoefficients<acc_t> k(pr, t, softmax);
+  write_block_rows(pr.geometry, static_cast<scalar_t*>(pr.grad_input), out_offset, count, staging,
+                   [&](int64_t c, int u) {
     const acc_t w_c = class_weight ? class_weight[c] : acc_t(1);
-    return cross_entropy_logit_grad<kSmoothing>(probability(c, u), target_class[u] == Vec(static_cast<acc_t>(c)),
-                                                target_coef[u], smooth_coef[u], Vec(class_weight_total), w_c);
+    return cross_entropy_logit_grad<kSmoothing>(probability(c, u), k.target_class[u] == Vec(static_cast<acc_t>(c)),
+                                                k.target_coef[u], k.smooth_coef[u], Vec(class_weight_total), w_c);
   });
 }
+
+#if defined(CPU_CAPABILITY_AVX512)
+// The same gradient from a full channels-last block of float probabilities, computed in the run's
+// own pixel-major order and written over it: each of a 16-pixel group's C vectors takes its lanes'
+// per-pixel factors with one permute each (PixelMajorLanes), where the class-row route would cost
+// a transpose of the block in and another out. class_weight_lanes: c_c per lane of the C vectors
+// (null without class weights).
+template <bool kSmoothing>
+void write_pixel_major_gradient(const PixelGeometry& g, float* run, const GradientCoefficients<float>& k,
+                                const PixelMajorLanes& lanes, const float* class_weight_lanes,
+                                float class_weight_total) {
+  using Vec = Vectorized<float>;
+  const int64_t C = g.num_classes;
+  const OutputPath path = far_larger_than_caches<float>(g) && reinterpret_cast<uintptr_t>(run) % sizeof(__m512) == 0
+                              ? OutputPath::kStreaming
+                              : OutputPath::kDirect;
+  for (int u = 0; u < kVectorsPerBlock; ++u) {  // W == kTile pixels each
+    float* group = run + u * kTile * C;
+    for (int64_t v = 0; v < C; ++v) {
+      const Vec is_target = Vec(lanes.spread(k.target_class[u], v)) == Vec(lanes.classes(v));
+      const Vec smooth_coef = kSmoothing ? Vec(lanes.spread(k.smooth_coef[u], v)) : Vec(0.0f);
+      const Vec class_weight = class_weight_lanes ? Vec::loadu(class_weight_lanes + v * kTile) : Vec(1.0f);
+      const Vec grad = cross_entropy_logit_grad<kSmoothing>(Vec::loadu(group + v * kTile), is_target,
+                                                            Vec(lanes.spread(k.target_coef[u], v)), smooth_coef,
+                                                            Vec(class_weight_total), class_weight);
+      store_vector(grad, group + v * kTile, path);
+    }
+  }
+}
+#endif
 
 // A block's three sums (vectors of per-lane partial sums) in double, in lane order; then the blocks'
 // sums added up in block order: the same result for any thread count.
@@ -502,18 +542,47 @@ void cross_entropy_gradient_from_probabilities(const CrossEntropyProblem& pr) {
   std::copy_n(layout.out_stride, kMaxPixelDims, layout.in_stride);
   layout.in_channel_stride = layout.out_channel_stride;
 
+#if defined(CPU_CAPABILITY_AVX512)
+  // Full channels-last blocks of float values are worked on in their pixel-major order.
+  std::optional<PixelMajorLanes> lanes;
+  std::vector<float> class_weight_lanes;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (layout.out_channel_stride == 1 && layout.out_stride[layout.ndim - 1] == C) {
+      lanes.emplace(C);
+      if (kSmoothing && pr.class_weight) {
+        const auto* class_weight = static_cast<const float*>(pr.class_weight);
+        class_weight_lanes.resize(kTile * C);
+        for (int64_t m = 0; m < kTile * C; ++m) class_weight_lanes[m] = class_weight[m % C];
+      }
+    }
+  }
+#endif
+
   parallel_blocks(layout, P, [&](int64_t, int64_t first, int64_t count, int64_t in_offset, int64_t out_offset) {
     thread_local std::vector<acc_t> staging_buffer, gradient_buffer;
-    const BlockRows<acc_t> rows =
-        load_rows(layout, probabilities, in_offset, count, thread_buffer(staging_buffer, C * P), /*single_look=*/true);
-    BlockTargets<acc_t> t;
-    t.template gather<false, UncertaintySource::kNone>(pr, rows, first, count);
-    t.gather_grad(pr, first, count);
     BlockSoftmax<acc_t> softmax;
     for (int u = 0; u < kVectorsPerBlock; ++u) {
       softmax.weight[u] = Vec::loadu(pixel_weight + first + u * W, lanes_left<acc_t>(count, u));
       softmax.log_normalizer[u] = Vec(acc_t(0));  // the weight already carries the pixel's NaN
     }
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (lanes && count == P) {
+        BlockTargets<acc_t> t;
+        t.template gather<false, UncertaintySource::kNone>(pr, BlockRows<acc_t>{nullptr, 0}, first, count);
+        t.gather_grad(pr, first, count);
+        write_pixel_major_gradient<kSmoothing>(
+            pr.geometry, static_cast<float*>(pr.grad_input) + out_offset, GradientCoefficients<acc_t>(pr, t, softmax),
+            *lanes, class_weight_lanes.empty() ? nullptr : class_weight_lanes.data(), class_weight_total);
+        return;
+      }
+    }
+#endif
+    const BlockRows<acc_t> rows =
+        load_rows(layout, probabilities, in_offset, count, thread_buffer(staging_buffer, C * P), /*single_look=*/true);
+    BlockTargets<acc_t> t;
+    t.template gather<false, UncertaintySource::kNone>(pr, rows, first, count);
+    t.gather_grad(pr, first, count);
     const auto probability = [&](int64_t c, int u) { return Vec::loadu(rows.row(c) + u * W); };
     write_block_gradient<scalar_t, acc_t, kSmoothing>(pr, t, softmax, probability, class_weight_total, count,
                                                       out_offset, thread_buffer(gradient_buffer, C * P));

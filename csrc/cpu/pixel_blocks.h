@@ -182,6 +182,27 @@ inline void store_pixel_quads(const __m512 (&z)[kQuad], int64_t C, int64_t c0, f
   }
 }
 
+// Which pixel and class each lane of a 16-pixel group's pixel-major run holds, for work done on the
+// run where it lies, without transposes: the run's vector k (k < C), lane i holds value 16 k + i,
+// of the group's pixel (16 k + i) / C and class (16 k + i) mod C.
+struct PixelMajorLanes {
+  std::vector<int32_t> pixel;
+  std::vector<float> class_index;  // float: compared with BlockTargets::target_class
+
+  explicit PixelMajorLanes(int64_t C) : pixel(kTile * C), class_index(kTile * C) {
+    for (int64_t m = 0; m < kTile * C; ++m) {
+      pixel[m] = static_cast<int32_t>(m / C);
+      class_index[m] = static_cast<float>(m % C);
+    }
+  }
+
+  // Vector k of the run's lanes filled from per-pixel values (lane l: the group's pixel l).
+  __m512 spread(__m512 per_pixel, int64_t k) const {
+    return _mm512_permutexvar_ps(_mm512_loadu_si512(pixel.data() + kTile * k), per_pixel);
+  }
+  __m512 classes(int64_t k) const { return _mm512_loadu_ps(class_index.data() + kTile * k); }
+};
+
 inline int64_t quad_start(int64_t quad, int64_t C) { return std::min<int64_t>(quad * kQuad, C - kQuad); }
 inline int64_t quad_count(int64_t C) { return (C + kQuad - 1) / kQuad; }
 
