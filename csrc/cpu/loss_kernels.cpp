@@ -250,8 +250,8 @@ void write_block_gradient(const CrossEntropyProblem& pr, const BlockTargets<acc_
 // The same gradient from a full channels-last block of float probabilities, computed in the run's
 // own pixel-major order and written over it: each of a 16-pixel group's C vectors takes its lanes'
 // per-pixel factors with one permute each (PixelMajorLanes), where the class-row route would cost
-// a transpose of the block in and another out. class_weight_lanes: c_c per lane of the C vectors
-// (null without class weights).
+// a transpose of the block in and another out. class_weight_lanes: c_c per lane of the C vectors,
+// null when c_c is 1 or unused (only the label-smoothing term reads it).
 template <bool kSmoothing>
 void write_pixel_major_gradient(const PixelGeometry& g, float* run, const GradientCoefficients<float>& k,
                                 const PixelMajorLanes& lanes, const float* class_weight_lanes,
@@ -569,6 +569,7 @@ void cross_entropy_gradient_from_probabilities(const CrossEntropyProblem& pr) {
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (lanes && count == P) {
         BlockTargets<acc_t> t;
+        // No rows: without kNeedLogit the gather reads targets only.
         t.template gather<false, UncertaintySource::kNone>(pr, BlockRows<acc_t>{nullptr, 0}, first, count);
         t.gather_grad(pr, first, count);
         write_pixel_major_gradient<kSmoothing>(
