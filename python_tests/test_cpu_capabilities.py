@@ -37,6 +37,22 @@ for name, (logits, target) in {"float32": (x, y), "float64": (x64, y64)}.items()
     out[name] = {"loss": loss.item(), "grad": grad.flatten().tolist(), "entropy": entropy.flatten().tolist(),
                  "sigma": sigma.flatten().tolist(), "ns": ns.flatten().tolist(),
                  "noise": torch.cat([n.flatten() for n in noise]).tolist()}
+# Rows of 131 pixels hold full 64-pixel blocks (staging, streaming stores; channels-last: the
+# per-instruction-set conversions and the pixel-major by-weight pass) and a partial one.
+xw = torch.randn(2, 19, 2, 131).mul_(3)
+yw = torch.randint(0, 19, (2, 2, 131))
+yw[1, 0, 3:9] = 255
+ww = torch.rand(19) + 0.2
+for layout in ("contiguous", "channels_last"):
+    xl = xw.contiguous(memory_format=getattr(torch, "contiguous_format" if layout == "contiguous" else layout))
+    out[layout] = {"entropy": uaal_ext.pixel_entropy(xl, normalized=True).flatten().tolist()}
+    for by_weight in (False, True):
+        xg = xl.clone(memory_format=torch.preserve_format).requires_grad_()
+        loss = uaal_ext.uaal_cross_entropy(xg, yw, weight=ww, ignore_index=255, alpha=1.0, label_smoothing=0.1,
+                                           normalize_by_weight=by_weight)
+        (grad,) = torch.autograd.grad(loss, xg)
+        out[layout][f"loss by_weight={by_weight}"] = loss.item()
+        out[layout][f"grad by_weight={by_weight}"] = grad.contiguous().flatten().tolist()
 print(json.dumps(out))
 """
 
@@ -67,6 +83,16 @@ def test_kernel_table_matches_the_best_one(capability, seed):
     child = _run(capability, seed)
     assert child["capability"] == capability
     best = _run(torch.backends.cpu.get_cpu_capability(), seed)
+    for layout in ("contiguous", "channels_last"):
+        for key, value in best[layout].items():
+            # The gradient of a mean over ~1000 pixels is ~1e-3 and below: compared relatively.
+            torch.testing.assert_close(
+                torch.tensor(child[layout][key], dtype=torch.float64),
+                torch.tensor(value, dtype=torch.float64),
+                rtol=2e-5,
+                atol=1e-9 if key.startswith("grad") else 2e-5,
+                msg=lambda m, layout=layout, key=key: f"{capability} vs {best['capability']} ({layout} {key}): {m}",
+            )
     for dtype, tol in (("float32", 2e-5), ("float64", 1e-12)):
         for key in ("loss", "grad", "entropy", "sigma", "ns", "noise"):
             # The noise is float32 for every dtype, and log/sin/cos may differ in the last bit
