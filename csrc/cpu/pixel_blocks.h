@@ -378,8 +378,8 @@ void write_channels_last_block(const PixelGeometry& g, float* out, int64_t out_o
       for (int l = 0; l < kTile; ++l) _mm512_storeu_ps(group_run + l * C + tile * kTile, v[l]);
     }
     __m512 z[kQuad];
-    for (int64_t c = full_tiles * kTile; c < C; c += kQuad) {
-      const int64_t c0 = std::min<int64_t>(c, C - kQuad);
+    for (int64_t quad = full_tiles * (kTile / kQuad); quad < quad_count(C); ++quad) {  // the classes left over
+      const int64_t c0 = quad_start(quad, C);
       for (int k = 0; k < kQuad; ++k) z[k] = value(c0 + k, u);
       transpose_lane_quads(z);
       store_pixel_quads(z, C, c0, group_run);
