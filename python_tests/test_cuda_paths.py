@@ -124,7 +124,8 @@ def test_channels_last_gradients_keep_the_layout(device, dtype, seed):
 def _channels_last_kernel_outputs(x, y, uncertainty, weight, grad):
     """The outputs of every op with a group-of-lanes CUDA kernel: the loss's forward, backward and fused
     forward-backward (modes 0, 1, 2) in each kernel variant (no weight, entropy weight, given map; with
-    and without label smoothing), pixel_entropy and its backward, the single-prediction scores."""
+    and without label smoothing), pixel_entropy and its backward, the pixel scores (single-prediction
+    and Monte-Carlo) and perturbation_statistics."""
     outputs = []
     for alpha, u, smoothing, w in [
         (0.0, None, 0.0, None),
@@ -143,6 +144,17 @@ def _channels_last_kernel_outputs(x, y, uncertainty, weight, grad):
     for normalized in (False, True):
         outputs += [ops.pixel_entropy(x, normalized), ops.pixel_entropy_backward(grad, x, normalized)]
     outputs += [ops.pixel_scores(x, method) for method in ("entropy", "margin", "least_confidence")]
+    # Stacked samples keep a pixel's classes contiguous: torch.stack of channels-last logits (the
+    # sequential kernel-noise passes), and samples between the pixel and its classes (N, H, W, K, C),
+    # the layout torch.vmap gives the batched passes. The third sample moves every third pixel far, so
+    # perturbation_statistics takes its plain form for some pixels of a warp and its shifted one for others.
+    far = (torch.arange(x.shape[2:].numel(), device=x.device) % 3 == 0).reshape(x.shape[2:])
+    samples = [x, x + 0.01 * torch.sin(x), x + torch.where(far, 3 * x.flip(1) - x, 0.001).to(x.dtype)]
+    stacked = torch.stack(samples)
+    interleaved = torch.stack([s.permute(0, 2, 3, 1) for s in samples], dim=3).permute(3, 0, 4, 1, 2)
+    for perturbed in (stacked, interleaved):
+        outputs += [ops.pixel_scores(perturbed, method) for method in ("mc_entropy", "bald")]
+        outputs += ops.perturbation_statistics(x, perturbed)
     return outputs
 
 

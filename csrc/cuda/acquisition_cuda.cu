@@ -1,9 +1,8 @@
 // CUDA implementations of pixel_scores and aggregate_scores. The per-pixel math is
 // acquisition_math.h's (the code the CPU tests exercise); this file maps threads to pixels and blocks
 // to images (aggregation), and launches. Pixels map to threads as in cuda/pixel_index.cuh: one thread
-// per pixel, except the single-prediction scores (entropy, margin, least confidence) of channels-last
-// logits (a pixel's classes contiguous), which take a group of lanes per pixel so that a warp's
-// loads are consecutive. The Monte-Carlo scores keep one thread per pixel in every layout.
+// per pixel, except for channels-last logits (a pixel's classes contiguous), which take a group of
+// lanes per pixel so that a warp's loads are consecutive.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -16,6 +15,7 @@
 
 #include "acquisition_common.h"
 #include "core/online_softmax.h"
+#include "cuda/group_softmax.cuh"
 #include "cuda/pixel_index.cuh"
 
 namespace uaal::cuda {
@@ -90,49 +90,48 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Pass 1 over the samples gives each softmax's max and 1/sum (parked in scratch, [t][2][pixel]) and
-// the sum of their entropies; pass 2 rebuilds the mean prediction class by class.
+// the sum of their entropies; pass 2 rebuilds the mean prediction class by class. Both mappings of
+// pixel_index.cuh: `lanes` == 1 (a thread per pixel, NCHW) or a group of lanes per pixel (channels-last),
+// lane j on classes j, j + lanes, ... Each sample's max, logit sum and softmax sums then combine over
+// the group with shuffles, so every lane holds the pixel's values; lane 0 parks them in scratch and
+// the group reads them back after __syncwarp (which orders the warp's memory accesses); pass 2's
+// per-lane entropy terms add up over the group. Every thread reaches every shuffle and the
+// __syncwarp: the sample loops run in every thread, and one of a pixel past the end looks at no class.
 template <typename scalar_t, typename acc_t, ScoreMethod kMethod>
-__global__ void __launch_bounds__(kThreads) monte_carlo_scores_kernel(const PixelScoreProblem pr) {
-  const int64_t pixel = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+__global__ void __launch_bounds__(kThreads) monte_carlo_scores_kernel(const PixelScoreProblem pr, int lanes) {
   const PixelGeometry& g = pr.geometry;
-  if (pixel >= g.num_pixels) return;
-  int64_t in_offset, unused;
-  pixel_offsets(g, pixel, in_offset, unused);
-  const int64_t C = g.num_classes, cs = g.in_channel_stride, P = g.num_pixels;
-  auto logit = [&](int64_t t, int64_t c) {
-    return static_cast<acc_t>(static_cast<const scalar_t*>(pr.input)[t * pr.sample_stride + in_offset + c * cs]);
-  };
+  const PixelGroup grp = pixel_group(lanes, g);
+  const int64_t C = grp.num_classes, cs = g.in_channel_stride, P = g.num_pixels;
+  const auto* z = static_cast<const scalar_t*>(pr.input) + grp.in_offset;
+  auto logit = [&](int64_t t, int c) { return static_cast<acc_t>(z[t * pr.sample_stride + c * cs]); };
   auto* scratch = static_cast<acc_t*>(pr.scratch);
+  const bool writes = grp.valid && grp.lane == 0;
   acc_t entropy_sum = 0, nan = 0;
   for (int64_t t = 0; t < pr.num_samples; ++t) {
-    acc_t max = OnlineSoftmax<acc_t>::initial_max(), logit_sum = 0;
-    for (int64_t c = 0; c < C; ++c) {
-      max = OnlineSoftmax<acc_t>::running_max(max, logit(t, c));
-      logit_sum += logit(t, c);
+    const GroupSoftmax<acc_t> s = group_softmax</*kDot=*/true, acc_t>(grp, z + t * pr.sample_stride, C, cs);
+    nan += s.nan_guard;
+    entropy_sum += entropy_from_terms(s.sums.sum, s.sums.dot);
+    if (writes) {
+      scratch[(2 * t) * P + grp.pixel] = s.max;
+      scratch[(2 * t + 1) * P + grp.pixel] = acc_t(1) / s.sums.sum;
     }
-    nan += softmax_nan_guard(logit_sum, max);
-    acc_t sum = 0, dot = 0;
-    for (int64_t c = 0; c < C; ++c) {
-      const acc_t shift = logit(t, c) - max;
-      const acc_t e = Lanes<acc_t>::exp(shift);
-      sum += e;
-      dot += e * Lanes<acc_t>::clamp_min(shift, std::numeric_limits<acc_t>::lowest());
-    }
-    entropy_sum += entropy_from_terms(sum, dot);
-    scratch[(2 * t) * P + pixel] = max;
-    scratch[(2 * t + 1) * P + pixel] = acc_t(1) / sum;
   }
+  __syncwarp();
   const acc_t inv_num_samples = acc_t(1) / static_cast<acc_t>(pr.num_samples);
   acc_t mean_entropy = 0;
-  for (int64_t c = 0; c < C; ++c) {
+  for (int c = grp.lane; c < C; c += grp.lanes) {
     acc_t probability_sum = 0;
     for (int64_t t = 0; t < pr.num_samples; ++t) {
       probability_sum +=
-          Lanes<acc_t>::exp(logit(t, c) - scratch[(2 * t) * P + pixel]) * scratch[(2 * t + 1) * P + pixel];
+          Lanes<acc_t>::exp(logit(t, c) - scratch[(2 * t) * P + grp.pixel]) * scratch[(2 * t + 1) * P + grp.pixel];
     }
     mean_entropy += mean_prediction_entropy_term(probability_sum * inv_num_samples);
   }
-  static_cast<acc_t*>(pr.scores)[pixel] = monte_carlo_score<kMethod>(mean_entropy, entropy_sum, inv_num_samples) + nan;
+  mean_entropy = group_sum(mean_entropy, grp.lanes);
+  if (writes) {
+    static_cast<acc_t*>(pr.scores)[grp.pixel] =
+        monte_carlo_score<kMethod>(mean_entropy, entropy_sum, inv_num_samples) + nan;
+  }
 }
 
 // What one image's mean / sum / max need.
@@ -181,12 +180,13 @@ struct CudaAcquisitionLauncher {
   static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) { return at::empty(sizes, options); }
 
   static void pixel_scores(PixelScoreProblem pr, const at::TensorOptions& options) {
-    // Single-prediction scores of channels-last logits take a group of lanes per pixel: one thread
-    // per pixel would have a warp's loads C values apart there. NCHW keeps one thread per pixel
-    // (coalesced in that layout), and so do the Monte-Carlo scores, whose per-pixel scratch and
-    // passes over the samples are written for one thread per pixel.
-    const PixelMapping mapping = is_monte_carlo(pr.method) ? PixelMapping{1, blocks_for(pr.geometry.num_pixels)}
-                                                           : pixel_mapping(pr.geometry, /*writes_out=*/false);
+    // Channels-last logits (a pixel's classes contiguous, in every sample for the Monte-Carlo
+    // scores) take a group of lanes per pixel: one thread per pixel would have a warp's loads C values
+    // apart there. NCHW keeps one thread per pixel, coalesced in that layout.
+    TORCH_CHECK_VALUE(!is_monte_carlo(pr.method) || pr.geometry.num_classes <= kMaxGroupClasses,
+                      "pixel_scores: ", pr.geometry.num_classes,
+                      " classes are more than the Monte-Carlo CUDA kernel indexes (", kMaxGroupClasses, ")");
+    const PixelMapping mapping = pixel_mapping(pr.geometry, /*writes_out=*/false);
     if (mapping.blocks == 0) return;
     at::Tensor scratch;
     if (is_monte_carlo(pr.method)) {
@@ -200,7 +200,8 @@ struct CudaAcquisitionLauncher {
       dispatch_score_method(pr.method, [&](auto method) {
         constexpr ScoreMethod kMethod = decltype(method)::value;
         if constexpr (is_monte_carlo(kMethod)) {
-          monte_carlo_scores_kernel<scalar_t, acc_t, kMethod><<<mapping.blocks, kThreads, 0, stream>>>(pr);
+          monte_carlo_scores_kernel<scalar_t, acc_t, kMethod>
+              <<<mapping.blocks, kThreads, 0, stream>>>(pr, mapping.lanes);
         } else if (mapping.lanes > 1) {
           single_prediction_scores_group_kernel<scalar_t, acc_t, kMethod>
               <<<mapping.blocks, kThreads, 0, stream>>>(pr, mapping.lanes);

@@ -16,6 +16,7 @@
 
 #include <cub/block/block_reduce.cuh>
 
+#include "cuda/group_softmax.cuh"
 #include "cuda/pixel_index.cuh"
 #include "loss_common.h"
 
@@ -222,44 +223,12 @@ __global__ void __launch_bounds__(kThreads) pixel_entropy_backward_kernel(const 
 }
 
 // ---- channels-last: a group of lanes per pixel (PixelGroup, cuda/pixel_index.cuh) -------------
-// The same per-pixel math as the kernels above. The softmax takes two looks at a pixel's logits, as
-// the CPU's BlockSoftmaxTerms does: the exact max, then every term relative to it (KnownMaxSums).
-// Sums relative to one max add up over disjoint sets of classes, so each lane sums its own classes
-// and the group adds the lanes' sums; the online softmax's running max would differ from lane to
-// lane. The group's results are the same in all of its lanes; per-pixel outputs and the block's
-// sums take them from lane 0 only, the gradient is written by every lane for its own classes.
+// The same per-pixel math as the kernels above, the softmax from group_softmax (cuda/group_softmax.cuh).
+// The group's results are the same in all of its lanes; per-pixel outputs and the block's sums take
+// them from lane 0 only, the gradient is written by every lane for its own classes.
 //
 // Every thread of a block reaches every shuffle (group_max, group_sum) and the block reduction:
 // threads of a pixel past the end look at no class (num_classes 0 below) and write nothing.
-
-// Softmax statistics of a group's pixel.
-template <typename acc_t>
-struct GroupSoftmax {
-  acc_t max;
-  KnownMaxSums<acc_t> sums;  // sum, and dot when kDot
-  acc_t log_normalizer;      // log(sum) plus the pixel's softmax_nan_guard
-};
-
-// A lane looks at classes lane, lane + lanes, ... below num_classes (0 for a pixel past the end).
-template <bool kDot, typename acc_t, typename scalar_t>
-__device__ __forceinline__ GroupSoftmax<acc_t> group_softmax(const PixelGroup& grp, const scalar_t* z,
-                                                             int64_t num_classes, int64_t channel_stride) {
-  acc_t max = OnlineSoftmax<acc_t>::initial_max(), logit_sum = 0;
-  for (int c = grp.lane; c < num_classes; c += grp.lanes) {
-    const acc_t logit = static_cast<acc_t>(z[c * channel_stride]);
-    max = OnlineSoftmax<acc_t>::running_max(max, logit);
-    logit_sum += logit;
-  }
-  max = group_max(max, grp.lanes);
-  logit_sum = group_sum(logit_sum, grp.lanes);
-  KnownMaxSums<acc_t> sums;
-  for (int c = grp.lane; c < num_classes; c += grp.lanes) {
-    sums.template add<kDot>(static_cast<acc_t>(z[c * channel_stride]), max);
-  }
-  sums.sum = group_sum(sums.sum, grp.lanes);
-  if constexpr (kDot) sums.dot = group_sum(sums.dot, grp.lanes);
-  return {max, sums, sums.log_normalizer(softmax_nan_guard(logit_sum, max))};
-}
 
 template <typename scalar_t, typename acc_t, UncertaintySource kSource, bool kSmoothing>
 __global__ void __launch_bounds__(kThreads)

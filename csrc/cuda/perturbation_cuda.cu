@@ -2,7 +2,8 @@
 // (the code the CPU tests exercise); this file maps threads to work and launches:
 //   kernel_noise: one block per slot (a range of one norm group) for the sums and for the writes,
 //                 each thread taking whole Philox blocks of 4 elements; one thread per group between;
-//   perturbation_statistics: one thread per pixel, consecutive threads on consecutive pixels.
+//   perturbation_statistics: one thread per pixel, consecutive threads on consecutive pixels, or a
+//                            group of lanes per pixel for channels-last logits (cuda/pixel_index.cuh).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -13,6 +14,7 @@
 
 #include "core/dispatch.h"
 #include "core/online_softmax.h"
+#include "cuda/group_softmax.cuh"
 #include "cuda/pixel_index.cuh"
 #include "perturbation_common.h"
 
@@ -82,72 +84,69 @@ __global__ void __launch_bounds__(kThreads) noise_write_kernel(const KernelNoise
 }
 
 // ---- perturbation_statistics -----------------------------------------------------------------------
-// Softmax max and sum of one pixel's logits (C, stride), with the NaN term; optionally sum e^2.
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ void pixel_softmax(const scalar_t* z, int64_t C, int64_t stride, acc_t& max, acc_t& sum,
-                                              acc_t& sum_squares, acc_t& nan) {
-  max = OnlineSoftmax<acc_t>::initial_max();
-  acc_t logit_sum = 0;
-  for (int64_t c = 0; c < C; ++c) {
-    const acc_t zc = static_cast<acc_t>(z[c * stride]);
-    max = OnlineSoftmax<acc_t>::running_max(max, zc);
-    logit_sum += zc;
-  }
-  nan += softmax_nan_guard(logit_sum, max);
-  sum = sum_squares = acc_t(0);
-  for (int64_t c = 0; c < C; ++c) {
-    const acc_t e = Lanes<acc_t>::exp(static_cast<acc_t>(z[c * stride]) - max);
-    sum += e;
-    sum_squares += e * e;
-  }
-}
+// Both mappings of pixel_index.cuh: `lanes` == 1 (a thread per pixel, NCHW) or a group of lanes per
+// pixel (channels-last clean and perturbed logits), lane j on classes j, j + lanes, ... Sums and maxima
+// over a pixel's classes combine the group's lanes with shuffles, so every lane holds the pixel's
+// values. Every thread of a warp reaches every shuffle: the sample loop runs in every thread, one of a
+// pixel past the end looks at no class, and the plain form's softmax (which some pixels need) runs in
+// the whole warp when one of its pixels needs it.
 
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) perturbation_statistics_kernel(const PerturbationStatisticsProblem pr) {
-  const int64_t pixel = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+__global__ void __launch_bounds__(kThreads)
+    perturbation_statistics_kernel(const PerturbationStatisticsProblem pr, int lanes) {
   const PixelGeometry& g = pr.geometry;
-  if (pixel >= g.num_pixels) return;
-  int64_t clean_offset, perturbed_offset;
-  pixel_offsets(g, pixel, clean_offset, perturbed_offset);
-  const int64_t C = g.num_classes;
-  const scalar_t* z = static_cast<const scalar_t*>(pr.clean) + clean_offset;
+  const PixelGroup grp = pixel_group(lanes, g);
+  const int64_t C = grp.num_classes;
+  const scalar_t* z = static_cast<const scalar_t*>(pr.clean) + grp.in_offset;
   const int64_t zs = g.in_channel_stride;
-  acc_t max, sum, sum_squares, nan = acc_t(0);
-  pixel_softmax(z, C, zs, max, sum, sum_squares, nan);
-  const acc_t inv_sum = acc_t(1) / sum;
-  auto probability = [&](int64_t c) { return Lanes<acc_t>::exp(static_cast<acc_t>(z[c * zs]) - max) * inv_sum; };
+  const GroupSoftmax<acc_t> clean = group_softmax</*kDot=*/false, acc_t>(grp, z, C, zs);
+  acc_t nan = clean.nan_guard;
+  const acc_t inv_sum = acc_t(1) / clean.sums.sum;
+  auto probability = [&](int c) { return Lanes<acc_t>::exp(static_cast<acc_t>(z[c * zs]) - clean.max) * inv_sum; };
+  acc_t exp_squares = 0;  // sum_c e^(2 (z_c - max)), for ||p||^2
+  for (int c = grp.lane; c < C; c += grp.lanes) {
+    const acc_t e = Lanes<acc_t>::exp(static_cast<acc_t>(z[c * zs]) - clean.max);
+    exp_squares += e * e;
+  }
+  const acc_t clean_norm_squared = probability_norm_squared(group_sum(exp_squares, grp.lanes), clean.sums.sum);
 
   DeviationSums<acc_t> deviations;
   for (int64_t k = 0; k < pr.num_samples; ++k) {
-    const scalar_t* zk = static_cast<const scalar_t*>(pr.perturbed) + k * pr.sample_stride + perturbed_offset;
+    const scalar_t* zk = static_cast<const scalar_t*>(pr.perturbed) + k * pr.sample_stride + grp.out_offset;
     const int64_t zks = g.out_channel_stride;
-    auto shift_of = [&](int64_t c) {
-      return logit_shift(static_cast<acc_t>(zk[c * zks]), static_cast<acc_t>(z[c * zs]));
-    };
+    auto shift_of = [&](int c) { return logit_shift(static_cast<acc_t>(zk[c * zks]), static_cast<acc_t>(z[c * zs])); };
     LogitShiftSums<acc_t> shift;
-    for (int64_t c = 0; c < C; ++c) shift.add(probability(c), shift_of(c));
+    for (int c = grp.lane; c < C; c += grp.lanes) shift.add(probability(c), shift_of(c));
+    shift.shifted_sum = group_sum(shift.shifted_sum, grp.lanes);
+    // A NaN shift fails the test in its lane, and so in the whole group.
+    const bool precise = group_all(shift.max_abs_shift <= acc_t(kMaxPreciseLogitShift), grp.lanes);
     acc_t squares = 0;
-    if (shift.max_abs_shift <= acc_t(kMaxPreciseLogitShift)) {
+    if (precise) {
       const acc_t b = shift.normalizer_term();
-      for (int64_t c = 0; c < C; ++c) {
+      for (int c = grp.lane; c < C; c += grp.lanes) {
         const acc_t diff = deviation_from_shift(probability(c), shift_expm1(shift_of(c)), b);
         squares += diff * diff;
       }
-    } else {
-      acc_t max_k, sum_k, unused;
-      pixel_softmax(zk, C, zks, max_k, sum_k, unused, nan);
-      const acc_t inv_sum_k = acc_t(1) / sum_k;
-      for (int64_t c = 0; c < C; ++c) {
-        const acc_t p_k = Lanes<acc_t>::exp(static_cast<acc_t>(zk[c * zks]) - max_k) * inv_sum_k;
-        squares += squared_deviation(p_k, probability(c));
+    }
+    const bool plain_in_warp = grp.lanes == 1 ? !precise : __any_sync(kFullWarp, !precise);
+    if (plain_in_warp) {
+      const GroupSoftmax<acc_t> perturbed = group_softmax</*kDot=*/false, acc_t>(grp, zk, C, zks);
+      if (!precise) {
+        nan += perturbed.nan_guard;
+        const acc_t inv_sum_k = acc_t(1) / perturbed.sums.sum;
+        for (int c = grp.lane; c < C; c += grp.lanes) {
+          const acc_t p_k = Lanes<acc_t>::exp(static_cast<acc_t>(zk[c * zks]) - perturbed.max) * inv_sum_k;
+          squares += squared_deviation(p_k, probability(c));
+        }
       }
     }
-    deviations.add(squares);
+    deviations.add(group_sum(squares, grp.lanes));
   }
+  if (!grp.valid || grp.lane != 0) return;
   const acc_t inv_num_samples = acc_t(1) / static_cast<acc_t>(pr.num_samples);
-  static_cast<acc_t*>(pr.sigma)[pixel] = deviations.sigma(inv_num_samples) + nan;
-  static_cast<acc_t*>(pr.noise_stability)[pixel] =
-      deviations.noise_stability(inv_num_samples, probability_norm_squared(sum_squares, sum)) + nan;
+  static_cast<acc_t*>(pr.sigma)[grp.pixel] = deviations.sigma(inv_num_samples) + nan;
+  static_cast<acc_t*>(pr.noise_stability)[grp.pixel] =
+      deviations.noise_stability(inv_num_samples, clean_norm_squared) + nan;
 }
 
 struct CudaPerturbationLauncher {
@@ -175,12 +174,16 @@ struct CudaPerturbationLauncher {
     });
   }
 
+  // A group of lanes per pixel where both the clean and the perturbed logits hold a pixel's classes
+  // contiguously (the geometry's `out` side is the perturbed logits); one thread per pixel otherwise.
   static void perturbation_statistics(const PerturbationStatisticsProblem& pr) {
-    const unsigned int blocks = blocks_for(pr.geometry.num_pixels);
-    if (blocks == 0) return;
+    TORCH_CHECK_VALUE(pr.geometry.num_classes <= kMaxGroupClasses, "perturbation_statistics: ", pr.geometry.num_classes,
+                      " classes are more than the CUDA kernel indexes (", kMaxGroupClasses, ")");
+    const PixelMapping mapping = pixel_mapping(pr.geometry, /*writes_out=*/true);
+    if (mapping.blocks == 0) return;
     dispatch_float_type(pr.input_type, [&](auto scalar, auto acc) {
       perturbation_statistics_kernel<decltype(scalar), decltype(acc)>
-          <<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(pr);
+          <<<mapping.blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(pr, mapping.lanes);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }

@@ -84,7 +84,8 @@ inline PixelMapping pixel_mapping(const PixelGeometry& g, bool writes_out) {
 // threads [k lanes, (k + 1) lanes) of it take its k-th pixel. `lanes` divides the warp, so a group
 // never straddles two warps. A group whose pixel is past the end still runs (valid == false): its
 // lanes look at no class (num_classes 0) and write nothing, but take part in every shuffle of their
-// warp.
+// warp. With lanes == 1 this is the one-thread-per-pixel mapping (the group reductions below are then
+// no-ops), so a kernel written over PixelGroup serves both mappings.
 struct PixelGroup {
   int64_t pixel;
   int lane;   // 0 .. lanes - 1
@@ -126,6 +127,13 @@ __device__ __forceinline__ T group_max(T value, int lanes) {
     value = other > value ? other : value;
   }
   return value;
+}
+
+// Whether `predicate` holds in every lane of the group, in every lane. Same calling rule as group_sum.
+__device__ __forceinline__ bool group_all(bool predicate, int lanes) {
+  int all = predicate ? 1 : 0;
+  for (int offset = lanes / 2; offset > 0; offset /= 2) all &= __shfl_xor_sync(kFullWarp, all, offset, lanes);
+  return all != 0;
 }
 
 }  // namespace uaal::cuda
