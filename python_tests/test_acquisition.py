@@ -490,6 +490,20 @@ def test_method_lists():
     }
 
 
+@pytest.mark.parametrize("num_classes", [3, 19])
+@pytest.mark.parametrize("method", MC_METHODS)
+@pytest.mark.parametrize("device", DEVICES)
+def test_monte_carlo_samples_stored_next_to_the_classes(device, method, num_classes, seed):
+    """(T, N, C, H, W) samples stored as (N, H, W, T, C), the layout torch.vmap gives batched passes
+    over a channels-last model: each pixel's classes are contiguous (the CUDA kernel's group of lanes)
+    and the samples are C values apart."""
+    samples = (random_logits((4, 2, num_classes, 5, 37)) * 2).float()
+    stored = samples.permute(1, 3, 4, 0, 2).contiguous().permute(3, 0, 4, 1, 2)
+    assert stored.stride(2) == 1 and stored.stride(0) == num_classes
+    got = _check_map(method, stored, device)
+    assert_close(got.cpu(), pixel_scores(method, mc_logits=samples.contiguous()), torch.float32)
+
+
 # Full blocks of more than 8 classes go through contiguous staging on the CPU (csrc/cpu/pixel_blocks.h),
 # channels-last ones are converted from a pixel-major run (gathers below 4 classes, four classes at
 # a time from 4): rows of 131 pixels hold two full blocks and a partial one.

@@ -20,7 +20,9 @@ from uaal_ext.ops.perturbation import perturbation_statistics
 from uaal_ext.ops.reference import perturbation_statistics_reference
 
 ops = torch.ops.uaal_ext
-LAYOUTS = ["contiguous", "channels_last", "sliced", "transposed"]
+# samples_inner: the perturbed logits as (N, *spatial, K, C) in memory, the layout torch.vmap gives
+# KernelNoise's batched passes (classes contiguous, the samples next to them).
+LAYOUTS = ["contiguous", "channels_last", "samples_inner", "sliced", "transposed"]
 
 
 def _result_dtype(dtype):
@@ -31,8 +33,11 @@ def _laid_out(values, layout, channel_dim):
     """A tensor equal to `values` with `layout`'s strides (channels last: classes innermost)."""
     if layout == "contiguous" or values.dim() <= channel_dim + 1:
         return values.contiguous()
-    if layout == "channels_last":
+    if layout == "channels_last" or (layout == "samples_inner" and channel_dim == 1):
         return values.movedim(channel_dim, -1).contiguous().movedim(-1, channel_dim)
+    if layout == "samples_inner":  # (K, N, C, *spatial) stored as (N, *spatial, K, C)
+        stored = values.movedim(0, -1).movedim(channel_dim - 1, -1).contiguous()
+        return stored.movedim(-1, channel_dim - 1).movedim(-1, 0)
     if layout == "transposed":
         return values.transpose(-1, -2).contiguous().transpose(-1, -2)
     if layout == "sliced":  # every other row of each leading dim and an offset start in the last
@@ -68,7 +73,7 @@ def _check(clean, perturbed, device="cpu", layout="contiguous"):
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("device", DEVICES)
 def test_matches_reference(device, dtype, ndim, layout, seed):
-    if layout == "channels_last" and ndim == 0:
+    if layout in ("channels_last", "samples_inner") and ndim == 0:
         pytest.skip("(N, C) has no channels-last layout")
     clean, perturbed = _inputs((2, 5) + SPATIAL_SHAPES[ndim], 3, dtype)
     _check(clean, perturbed, device, layout)
