@@ -175,24 +175,36 @@ def bench_scores(args, clock, report, data) -> None:
         mean = logp.exp().mean(0)
         return -(mean * mean.clamp_min(1e-30).log()).sum(1) + (logp.exp() * logp).sum(2).mean(0)
 
-    report.table("Acquisition scores per pixel (ms)", ["score", "input", "uaal_ext", "eager", "speed-up"])
-    for name, inputs, eager in (
-        ("entropy", logits, entropy_eager),
-        ("margin", logits, margin_eager),
-        ("bald", samples, bald_eager),
-    ):
-        torch.testing.assert_close(pixel_score_map(inputs, name), eager(inputs), rtol=1e-4, atol=1e-4)
-        ours, theirs = clock(lambda: pixel_score_map(inputs, name)), clock(lambda: eager(inputs))
-        report.row(
-            [
-                name,
-                "x".join(map(str, inputs.shape)),
-                f"{ours * 1e3:.3g}",
-                f"{theirs * 1e3:.3g}",
-                f"{theirs / ours:.2f}x",
-            ]
-        )
-        data.setdefault("scores", []).append(dict(score=name, shape=list(inputs.shape), uaal_ext=ours, eager=theirs))
+    report.table("Acquisition scores per pixel (ms)", ["score", "input", "layout", "uaal_ext", "eager", "speed-up"])
+    for layout in ("contiguous", "channels_last"):
+        for name, inputs, eager in (
+            ("entropy", logits, entropy_eager),
+            ("margin", logits, margin_eager),
+            ("bald", samples, bald_eager),
+        ):
+            inputs = classes_last(inputs) if layout == "channels_last" else inputs
+            torch.testing.assert_close(pixel_score_map(inputs, name), eager(inputs), rtol=1e-4, atol=1e-4)
+            ours, theirs = clock(lambda: pixel_score_map(inputs, name)), clock(lambda: eager(inputs))
+            report.row(
+                [
+                    name,
+                    "x".join(map(str, inputs.shape)),
+                    layout,
+                    f"{ours * 1e3:.3g}",
+                    f"{theirs * 1e3:.3g}",
+                    f"{theirs / ours:.2f}x",
+                ]
+            )
+            data.setdefault("scores", []).append(
+                dict(score=name, shape=list(inputs.shape), layout=layout, uaal_ext=ours, eager=theirs)
+            )
+
+
+def classes_last(logits: torch.Tensor) -> torch.Tensor:
+    """`logits` (N, C, *spatial) or stacked samples (T, N, C, *spatial) with each pixel's classes
+    contiguous, as a channels-last model gives them (the samples stacked outermost)."""
+    channel_dim = logits.dim() - 3
+    return logits.movedim(channel_dim, -1).contiguous().movedim(-1, channel_dim)
 
 
 def bench_perturbation(args, clock, report, data) -> None:
@@ -212,11 +224,18 @@ def bench_perturbation(args, clock, report, data) -> None:
     generator = torch.Generator().manual_seed(2)
     clean = torch.randn(args.stats_shape, generator=generator).mul_(3).to(args.device)
     perturbed = clean + 0.05 * torch.randn((K, *args.stats_shape), generator=generator).to(args.device)
-    ours = clock(lambda: perturbation_statistics(clean, perturbed))
-    theirs = clock(lambda: perturbation_statistics_eager(clean, perturbed))
-    label = f"K={K} x " + "x".join(map(str, args.stats_shape))
-    report.row(["perturbation_statistics", label, f"{ours * 1e3:.3g}", f"{theirs * 1e3:.3g}", f"{theirs / ours:.2f}x"])
-    data["perturbation_statistics"] = dict(shape=list(args.stats_shape), uaal_ext=ours, eager=theirs)
+    for layout in ("contiguous", "channels_last"):
+        if layout == "channels_last":
+            clean, perturbed = classes_last(clean), classes_last(perturbed)
+        ours = clock(lambda: perturbation_statistics(clean, perturbed))
+        theirs = clock(lambda: perturbation_statistics_eager(clean, perturbed))
+        label = f"K={K} x " + "x".join(map(str, args.stats_shape)) + f", {layout}"
+        report.row(
+            ["perturbation_statistics", label, f"{ours * 1e3:.3g}", f"{theirs * 1e3:.3g}", f"{theirs / ours:.2f}x"]
+        )
+        data.setdefault("perturbation_statistics", []).append(
+            dict(shape=list(args.stats_shape), layout=layout, uaal_ext=ours, eager=theirs)
+        )
 
 
 def _step_cases():

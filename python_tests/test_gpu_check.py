@@ -55,7 +55,10 @@ def test_the_benchmarks_fill_every_table_and_project_every_paper_config(smoke):
     report = (smoke / "gpu_benchmarks_smoke.md").read_text()
     for title in ("Loss fwd+bwd", "Acquisition scores", "Perturbation", "Training step", "Projected GPU-hours"):
         assert f"## {title}" in report
-    assert report.count("| contiguous |") == report.count("| channels_last |") == 4
+    # Both layouts: 4 loss rows and 3 score rows each, and perturbation_statistics in each.
+    assert report.count("| contiguous |") == report.count("| channels_last |") == 7
+    for layout in ("contiguous", "channels_last"):
+        assert re.search(rf"^\| perturbation_statistics \| K=\S+ x \S+, {layout} \|", report, flags=re.MULTILINE)
     projected = re.findall(r"^\| ((?:cityscapes|ade20k)_\w+) \|", report, flags=re.MULTILINE)
     assert sorted(projected) == sorted(
         path.stem for path in (REPO / "configs").glob("*_*.yaml") if path.stem.startswith(("cityscapes", "ade20k"))
