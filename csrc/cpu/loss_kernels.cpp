@@ -568,6 +568,7 @@ void cross_entropy_gradient_from_probabilities(const CrossEntropyProblem& pr) {
 #if defined(CPU_CAPABILITY_AVX512)
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (lanes && count == P) {
+        prefetch_next_block(probabilities + in_offset, 1, 0, P * C, P * C);  // as load_rows does
         BlockTargets<acc_t> t;
         // No rows: without kNeedLogit the gather reads targets only.
         t.template gather<false, UncertaintySource::kNone>(pr, BlockRows<acc_t>{nullptr, 0}, first, count);

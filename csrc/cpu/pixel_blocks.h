@@ -12,6 +12,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <limits>
 #include <vector>
 
@@ -238,6 +239,25 @@ const at::vec::int_same_size_t<acc_t>* pixel_major_sources(int64_t C) {
   return sources.data();
 }
 
+// Requests the next block's logits into L2 while this one is worked on: `rows` runs of `run_values`
+// values, `row_stride` apart, the next block's runs `block_step` values further. A thread works
+// through its blocks in memory order, yet with the hardware prefetchers alone a block's loads still
+// waited on memory, most of all for a channels-last block, one short pixel-major run (see "Prefetching
+// the next block" in docs/performance.md). Addresses past the tensor's end are harmless: a prefetch
+// never faults.
+template <typename T>
+void prefetch_next_block(const T* block, int64_t rows, int64_t row_stride, int64_t run_values, int64_t block_step) {
+  constexpr int64_t kCacheLine = 64;
+  const uintptr_t next = reinterpret_cast<uintptr_t>(block) + static_cast<uintptr_t>(block_step * int64_t(sizeof(T)));
+  const int64_t run_bytes = run_values * int64_t(sizeof(T));
+  for (int64_t r = 0; r < rows; ++r) {
+    const uintptr_t run = next + static_cast<uintptr_t>(r * row_stride * int64_t(sizeof(T)));
+    for (int64_t b = 0; b < run_bytes; b += kCacheLine) {
+      __builtin_prefetch(reinterpret_cast<const void*>(run + static_cast<uintptr_t>(b)), /*rw=*/0, /*locality: L2=*/2);
+    }
+  }
+}
+
 // Reads a block of logits: in place when they already are contiguous accumulation-type rows,
 // otherwise converted / gathered into `staging` (reduced precision, channels-last, strided views,
 // and the last partial block, whose missing lanes are padded with 0). `single_look`: the caller
@@ -251,6 +271,7 @@ BlockRows<acc_t> load_rows(const PixelGeometry& g, const scalar_t* input, int64_
   const int64_t ps = g.in_stride[g.ndim - 1];
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     if (ps == 1 && count == P) {
+      prefetch_next_block(input + offset, C, cs, P, P);
       // A block's C rows lie a whole channel plane apart. With more rows than a cache set has
       // ways they evict each other between the block's looks (a plane of 2^k bytes puts every row
       // in one L1 set, and in one L2 set too when the pages are huge). A contiguous copy is read
@@ -260,6 +281,7 @@ BlockRows<acc_t> load_rows(const PixelGeometry& g, const scalar_t* input, int64_
       return {staging, P};
     }
     if (cs == 1 && ps == C && count == P) {  // channels-last: the block is one pixel-major run of P * C
+      prefetch_next_block(input + offset, 1, 0, P * C, P * C);
 #if defined(CPU_CAPABILITY_AVX512)
       if constexpr (std::is_same_v<acc_t, float>) {
         if (C >= kQuad) {
