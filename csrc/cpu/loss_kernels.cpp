@@ -258,9 +258,7 @@ void write_pixel_major_gradient(const PixelGeometry& g, float* run, const Gradie
                                 float class_weight_total) {
   using Vec = Vectorized<float>;
   const int64_t C = g.num_classes;
-  const OutputPath path = far_larger_than_caches<float>(g) && reinterpret_cast<uintptr_t>(run) % sizeof(__m512) == 0
-                              ? OutputPath::kStreaming
-                              : OutputPath::kDirect;
+  const OutputPath path = run_output_path(g, run);
   for (int u = 0; u < kVectorsPerBlock; ++u) {  // W == kTile pixels each
     float* group = run + u * kTile * C;
     for (int64_t v = 0; v < C; ++v) {

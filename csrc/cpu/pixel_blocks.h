@@ -336,6 +336,14 @@ OutputPath output_path(const PixelGeometry& g, const scalar_t* out, int64_t offs
   return aligned && far_larger_than_caches<acc_t>(g) ? OutputPath::kStreaming : OutputPath::kDirect;
 }
 
+// How a full channels-last block's output, one pixel-major run starting at `run`, is written:
+// streamed when the output is far larger than the caches and the run starts on a vector boundary.
+template <typename acc_t>
+OutputPath run_output_path(const PixelGeometry& g, const acc_t* run) {
+  const bool aligned = reinterpret_cast<uintptr_t>(run) % sizeof(Vectorized<acc_t>) == 0;
+  return aligned && far_larger_than_caches<acc_t>(g) ? OutputPath::kStreaming : OutputPath::kDirect;
+}
+
 template <typename acc_t>
 void store_vector(const Vectorized<acc_t>& v, acc_t* dst, OutputPath path) {
   if (path == OutputPath::kStreaming) {
@@ -357,9 +365,7 @@ void store_rows(const PixelGeometry& g, scalar_t* out, int64_t offset, int64_t c
         // order (streamed when large: whole lines, no read of what they overwrite).
         constexpr int W = Vectorized<acc_t>::size();
         acc_t* run = out + offset;
-        const bool streaming =
-            far_larger_than_caches<acc_t>(g) && reinterpret_cast<uintptr_t>(run) % sizeof(Vectorized<acc_t>) == 0;
-        const OutputPath path = streaming ? OutputPath::kStreaming : OutputPath::kDirect;
+        const OutputPath path = run_output_path(g, run);
         const auto* sources = pixel_major_sources<acc_t>(C);
         for (int64_t m = 0; m < P * C; m += W) {
           const Vectorized<acc_t> v = at::vec::gather<sizeof(acc_t)>(rows, IndexVec<acc_t>::loadu(sources + m));
@@ -387,9 +393,7 @@ void write_channels_last_block(const PixelGeometry& g, float* out, int64_t out_o
   const int64_t C = g.num_classes;
   const int64_t full_tiles = C / kTile;
   float* run = out + out_offset;
-  const OutputPath path = far_larger_than_caches<float>(g) && reinterpret_cast<uintptr_t>(run) % sizeof(__m512) == 0
-                              ? OutputPath::kStreaming
-                              : OutputPath::kDirect;
+  const OutputPath path = run_output_path(g, run);
   thread_local std::vector<float> group_buffer;
   float* group_run = thread_buffer(group_buffer, kTile * C);
   for (int u = 0; u < kVectorsPerBlock; ++u) {  // W == kTile pixels each
