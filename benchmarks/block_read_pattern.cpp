@@ -6,13 +6,16 @@
 // the softmax), stream the buffer out. Only where the block lies differs:
 //   nchw             19 rows of 256 B, a channel plane apart (the kernels' contiguous input)
 //   channels_last    one pixel-major run of 4864 B (the kernels' channels-last input)
-//   *_prefetched     the same, with the next block requested into L2 first (prefetch_next_block in
-//                    csrc/cpu/pixel_blocks.h)
-// Two threads, each on its half of the blocks in order, as the kernels run; the patterns alternate
+//   *_prefetched     the same, with the next block requested into L2 first, all at once as a block
+//                    starts (prefetch_next_block in csrc/cpu/pixel_blocks.h)
+//   channels_last_spread
+//                    the next block requested into L2 a line at a time, one line ahead of each of
+//                    the block's own loads (RunPrefetch in csrc/cpu/pixel_blocks.h)
+// Two threads (--threads), each on its share of the blocks in order, as the kernels run; the patterns alternate
 // within each round and the report gives the median over rounds of each one's time over nchw's.
 //
 //   g++ -O2 -mavx512f -pthread benchmarks/block_read_pattern.cpp -o /tmp/block_read_pattern
-//   /tmp/block_read_pattern [--work FMAS] [--rounds N]   > benchmarks/results/block_read_pattern.txt
+//   /tmp/block_read_pattern [--work FMAS] [--rounds N] [--threads N]   > benchmarks/results/block_read_pattern.txt
 #include <immintrin.h>
 
 #include <algorithm>
@@ -34,7 +37,7 @@ constexpr int64_t kPixels = int64_t(2) * 512 * 1024;  // the loss benchmark's 2 
 constexpr int64_t kCacheLine = 64;
 constexpr int kFloatsPerVector = 16;
 
-enum class Pattern { kNchw, kChannelsLast, kNchwPrefetched, kChannelsLastPrefetched };
+enum class Pattern { kNchw, kChannelsLast, kNchwPrefetched, kChannelsLastPrefetched, kChannelsLastSpread };
 
 struct Buffers {
   float* nchw_in;
@@ -83,7 +86,9 @@ void run_blocks(const Buffers& b, Pattern pattern, int work, int64_t first, int6
     } else {
       const float* in = b.channels_last_in + index * kBlockValues;
       if (prefetch && index + 1 < last) prefetch_lines(in + kBlockValues, kBlockValues);
+      const bool spread = pattern == Pattern::kChannelsLastSpread && index + 1 < last;
       for (int64_t m = 0; m < kBlockValues; m += kFloatsPerVector) {
+        if (spread) prefetch_lines(in + kBlockValues + m, kFloatsPerVector);  // one line per vector
         const __m512 v = _mm512_loadu_ps(in + m);
         sum = _mm512_add_ps(sum, v);
         _mm512_store_ps(block + m, v);
@@ -99,15 +104,14 @@ void run_blocks(const Buffers& b, Pattern pattern, int work, int64_t first, int6
   *sink = lanes[0];
 }
 
-double milliseconds(const Buffers& b, Pattern pattern, int work) {
-  constexpr int kThreads = 2;
+double milliseconds(const Buffers& b, Pattern pattern, int work, int thread_count) {
   const int64_t blocks = kPixels / kPixelsPerBlock;
-  float sinks[kThreads];
+  std::vector<float> sinks(thread_count);
   std::vector<std::thread> threads;
   const auto start = std::chrono::steady_clock::now();
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back(run_blocks, std::cref(b), pattern, work, blocks * t / kThreads, blocks * (t + 1) / kThreads,
-                         sinks + t);
+  for (int t = 0; t < thread_count; ++t) {
+    threads.emplace_back(run_blocks, std::cref(b), pattern, work, blocks * t / thread_count,
+                         blocks * (t + 1) / thread_count, sinks.data() + t);
   }
   for (auto& thread : threads) thread.join();
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
@@ -127,15 +131,17 @@ float* page_aligned_zeros(int64_t values) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int work = 150, rounds = 9;
+  int work = 150, rounds = 9, thread_count = 2;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
     if (flag == "--work") {
       work = std::atoi(argv[i + 1]);
     } else if (flag == "--rounds") {
       rounds = std::atoi(argv[i + 1]);
+    } else if (flag == "--threads") {
+      thread_count = std::max(1, std::atoi(argv[i + 1]));
     } else {
-      std::fprintf(stderr, "usage: %s [--work FMAS] [--rounds N]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--work FMAS] [--rounds N] [--threads N]\n", argv[0]);
       return 2;
     }
   }
@@ -143,24 +149,26 @@ int main(int argc, char** argv) {
   const Buffers b{page_aligned_zeros(values), page_aligned_zeros(values), page_aligned_zeros(values),
                   page_aligned_zeros(values)};
   const Pattern patterns[] = {Pattern::kNchw, Pattern::kChannelsLast, Pattern::kNchwPrefetched,
-                              Pattern::kChannelsLastPrefetched};
-  const char* names[] = {"nchw", "channels_last", "nchw_prefetched", "channels_last_prefetched"};
-  std::vector<std::vector<double>> ratios(4), times(4);
+                              Pattern::kChannelsLastPrefetched, Pattern::kChannelsLastSpread};
+  const char* names[] = {"nchw", "channels_last", "nchw_prefetched", "channels_last_prefetched",
+                         "channels_last_spread"};
+  constexpr int kPatterns = 5;
+  std::vector<std::vector<double>> ratios(kPatterns), times(kPatterns);
   for (int round = 0; round < rounds; ++round) {
     double nchw = 0;
-    for (int p = 0; p < 4; ++p) {
-      const double ms = milliseconds(b, patterns[p], work);
+    for (int p = 0; p < kPatterns; ++p) {
+      const double ms = milliseconds(b, patterns[p], work, thread_count);
       if (p == 0) nchw = ms;
       times[p].push_back(ms);
       ratios[p].push_back(ms / nchw);
     }
   }
   std::printf(
-      "block read pattern: 2 threads, %lld blocks of %lld pixels x %lld classes, %d FMAs per block, %d rounds\n",
-      static_cast<long long>(kPixels / kPixelsPerBlock), static_cast<long long>(kPixelsPerBlock),
+      "block read pattern: %d threads, %lld blocks of %lld pixels x %lld classes, %d FMAs per block, %d rounds\n",
+      thread_count, static_cast<long long>(kPixels / kPixelsPerBlock), static_cast<long long>(kPixelsPerBlock),
       static_cast<long long>(kClasses), work, rounds);
   std::printf("%-26s %10s %16s\n", "pattern", "median ms", "median / nchw");
-  for (int p = 0; p < 4; ++p) {
+  for (int p = 0; p < kPatterns; ++p) {
     std::sort(times[p].begin(), times[p].end());
     std::sort(ratios[p].begin(), ratios[p].end());
     std::printf("%-26s %10.2f %16.3f\n", names[p], times[p][rounds / 2], ratios[p][rounds / 2]);

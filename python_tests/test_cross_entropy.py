@@ -517,16 +517,20 @@ def test_gradcheck(device, kwargs, seed):
 
 # The CPU kernels copy a full block's rows into contiguous staging when there are more than 8
 # classes (csrc/cpu/pixel_blocks.h), and read them in place otherwise. Channels-last full blocks of
-# float logits are converted from one pixel-major run by gathers below 4 classes and four classes at
-# a time from 4 (5: a last quad overlapping three of the first); their gradient goes back 16 classes
-# at a time and the rest four at a time (16: no rest; 17: one quad overlapping the tile; 20: one
-# quad). A full block needs a row of at least 64 pixels: 131 gives two full blocks and a partial one.
+# float logits are read four classes of a pixel at a time from 4 classes (5: a last quad overlapping
+# three of the first) and below 4 by gathers; the loss and its gradient work on those quads as read
+# and write them back 16 classes at a time and the rest four at a time (16: no rest; 17: one quad
+# overlapping the tile; 20: one quad); the other ops transpose them to class rows. A full block needs
+# a row of at least 64 pixels: 131 gives two full blocks and a partial one. Reduction "none" takes
+# the forward and backward ops, "mean" the fused one.
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("normalize_by_weight", [False, True])
+@pytest.mark.parametrize("reduction,normalize_by_weight", [("none", False), ("mean", False), ("mean", True)])
 @pytest.mark.parametrize("use_uncertainty", [False, True])
 @pytest.mark.parametrize("num_classes", [3, 4, 5, 8, 9, 16, 17, 19, 20, 150])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_wide_rows_around_the_staging_threshold(dtype, num_classes, use_uncertainty, normalize_by_weight, layout, seed):
+def test_wide_rows_around_the_staging_threshold(
+    dtype, num_classes, use_uncertainty, reduction, normalize_by_weight, layout, seed
+):
     _check(
         "cpu",
         dtype,
@@ -536,7 +540,7 @@ def test_wide_rows_around_the_staging_threshold(dtype, num_classes, use_uncertai
         use_weight=True,
         use_uncertainty=use_uncertainty,
         ignore_index=-100,
-        reduction="mean",
+        reduction=reduction,
         label_smoothing=0.1,
         alpha=1.5,
         normalize_by_weight=normalize_by_weight,
@@ -544,22 +548,66 @@ def test_wide_rows_around_the_staging_threshold(dtype, num_classes, use_uncertai
 
 
 # Outputs far larger than the caches are written with streaming stores (csrc/cpu/pixel_blocks.h),
-# channels-last ones as whole pixel-major runs: the same numbers as the contiguous layout, bit for bit.
+# channels-last ones as whole pixel-major runs: the contiguous layout's numbers, to rounding (the
+# channels-last forward adds a pixel's class terms in another order, see "pixel quads" there).
+def _contiguous_and_channels_last(logits, target, **kwargs):
+    """uaal_cross_entropy and its gradient (as contiguous tensors) for `logits` in each layout."""
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = logits.clone(memory_format=layout).requires_grad_()
+        loss = uaal_ext.uaal_cross_entropy(x, target, **kwargs)
+        loss.backward(torch.ones_like(loss))
+        assert x.grad.is_contiguous(memory_format=layout)
+        results.append((loss.detach(), x.grad.contiguous()))
+    return results
+
+
 @pytest.mark.parametrize("normalize_by_weight", [False, True])
 def test_a_large_channels_last_batch_gives_the_contiguous_results(normalize_by_weight, seed):
     logits = random_logits((2, 19, 128, 513)).float()  # 20 MB of gradient; 513 = 8 full blocks and 1 pixel
     target = random_target((2, 128, 513), 19, ignore_index=255)
-    results = []
-    for layout in (torch.contiguous_format, torch.channels_last):
-        x = logits.clone(memory_format=layout).requires_grad_()
-        loss = uaal_ext.uaal_cross_entropy(
-            x, target, ignore_index=255, alpha=1.0, normalize_by_weight=normalize_by_weight
-        )
-        loss.backward()
-        assert x.grad.is_contiguous(memory_format=layout)
-        results.append((loss.detach(), x.grad.contiguous()))
-    assert torch.equal(results[0][0], results[1][0])
-    assert torch.equal(results[0][1], results[1][1])
+    (loss_contiguous, grad_contiguous), (loss_channels_last, grad_channels_last) = _contiguous_and_channels_last(
+        logits, target, ignore_index=255, alpha=1.0, normalize_by_weight=normalize_by_weight
+    )
+    assert_close(loss_channels_last, loss_contiguous, torch.float32)
+    assert_close(grad_channels_last, grad_contiguous, torch.float32)
+
+
+# Channels-last full blocks of float logits are worked on as loaded, four classes of a pixel to each
+# 128-bit lane (csrc/cpu/pixel_blocks.h, "pixel quads"): for a class count not divisible by 4 the last
+# quad repeats classes of the one before, and sums must count them once. NaN, +inf and -inf logits in
+# such a repeated class and elsewhere give what the contiguous layout gives, through the fused op
+# (reduction "mean") and the forward and backward ops (reduction "none").
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("normalize_by_weight", [False, True])
+@pytest.mark.parametrize("num_classes", [5, 19, 20])
+def test_nonfinite_logits_in_channels_last_full_blocks(num_classes, normalize_by_weight, reduction, seed):
+    if normalize_by_weight and reduction == "none":
+        pytest.skip("normalize_by_weight only changes the mean")
+    logits = random_logits((2, num_classes, 2, 64)).float()
+    repeated = num_classes - 4  # the first class of the last quad
+    logits[0, repeated, 0, 3] = float("inf")
+    logits[0, repeated, 0, 9] = float("nan")
+    logits[1, repeated, 1, 40] = float("-inf")
+    logits[1, :, 1, 17] = float("-inf")
+    logits[1, 0, 0, 63] = float("nan")
+    target = random_target((2, 2, 64), num_classes, ignore_index=255)
+    target[0, 0, 3], target[0, 0, 9], target[1, 1, 40], target[1, 1, 17], target[1, 0, 63] = 1, 2, 0, 3, 1
+    (loss_contiguous, grad_contiguous), (loss_channels_last, grad_channels_last) = _contiguous_and_channels_last(
+        logits,
+        target,
+        weight=torch.rand(num_classes) + 0.5,
+        ignore_index=255,
+        label_smoothing=0.1,
+        alpha=1.0,
+        reduction=reduction,
+        normalize_by_weight=normalize_by_weight,
+    )
+    assert_close(loss_channels_last, loss_contiguous, torch.float32)
+    assert_close(grad_channels_last, grad_contiguous, torch.float32)
+    assert grad_contiguous.isnan().any()
+    if reduction == "none" or not normalize_by_weight:
+        assert not grad_contiguous.isnan().all()
 
 
 # Full blocks of int64 targets take a vectorised gather on AVX-512 CPUs (csrc/cpu/loss_kernels.cpp):

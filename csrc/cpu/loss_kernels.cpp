@@ -75,7 +75,7 @@ struct BlockTargets {
       valid[l] = is_valid ? acc_t(1) : acc_t(0);
       target_class[l] = is_valid ? static_cast<acc_t>(y[l]) : acc_t(-1);
       target_weight[l] = is_valid ? (class_weight ? class_weight[safe_class] : acc_t(1)) : acc_t(0);
-      if constexpr (kNeedLogit) target_logit[l] = is_valid ? rows.row(safe_class)[l] : acc_t(0);
+      if constexpr (kNeedLogit) target_logit[l] = is_valid ? rows.value(safe_class, l) : acc_t(0);
     }
     if (out_of_range) report_bad_target(pr, first, y);
     gather_uncertainty<kSource>(pr, first, count);
@@ -107,6 +107,7 @@ struct BlockTargets {
     const __m512i classes = _mm512_set1_epi64(pr.geometry.num_classes);
     const __m512i zero = _mm512_setzero_si512();
     const __m512i row_stride = _mm512_set1_epi64(rows.row_stride);
+    const __m512i pixel_stride = _mm512_set1_epi64(rows.pixel_stride);
     const __m512i eight_lanes = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
     __mmask16 out_of_range = 0;
     for (int l0 = 0; l0 < P; l0 += 16) {
@@ -131,11 +132,12 @@ struct BlockTargets {
       }
       _mm512_store_ps(target_weight + l0, weight);
       if constexpr (kNeedLogit) {
-        // z_y of lane l sits at rows.data + y * row_stride + l (64-bit offsets: in-place rows are a
-        // channel plane apart).
+        // z_y of lane l sits at rows.data + y * row_stride + l * pixel_stride (64-bit offsets:
+        // in-place rows are a channel plane apart).
         const auto logits_of = [&](__m512i y, int lane0, __mmask8 mask) {
-          const __m512i offset = _mm512_add_epi64(_mm512_mullo_epi64(y, row_stride),
-                                                  _mm512_add_epi64(eight_lanes, _mm512_set1_epi64(lane0)));
+          const __m512i lanes = _mm512_add_epi64(eight_lanes, _mm512_set1_epi64(lane0));
+          const __m512i offset =
+              _mm512_add_epi64(_mm512_mullo_epi64(y, row_stride), _mm512_mullo_epi64(lanes, pixel_stride));
           return _mm512_mask_i64gather_ps(_mm256_setzero_ps(), mask, offset, rows.data, 4);
         };
         const __m512 logits =
@@ -259,9 +261,11 @@ void write_pixel_major_gradient(const PixelGeometry& g, float* run, const Gradie
   using Vec = Vectorized<float>;
   const int64_t C = g.num_classes;
   const OutputPath path = run_output_path(g, run);
+  const RunPrefetch next_block(run, pixels_per_block<float>() * C * int64_t(sizeof(float)), kVectorsPerBlock * C);
   for (int u = 0; u < kVectorsPerBlock; ++u) {  // W == kTile pixels each
     float* group = run + u * kTile * C;
     for (int64_t v = 0; v < C; ++v) {
+      next_block.share(u * C + v);
       const Vec is_target = Vec(lanes.spread(k.target_class[u], v)) == Vec(lanes.classes(v));
       const Vec smooth_coef = kSmoothing ? Vec(lanes.spread(k.smooth_coef[u], v)) : Vec(0.0f);
       const Vec class_weight = class_weight_lanes ? Vec::loadu(class_weight_lanes + v * kTile) : Vec(1.0f);
@@ -271,6 +275,48 @@ void write_pixel_major_gradient(const PixelGeometry& g, float* run, const Gradie
       store_vector(grad, group + v * kTile, path);
     }
   }
+}
+
+// The class weights c_c of quad `quad` in every lane (1 without class weights).
+inline __m512 quad_class_weights(const float* class_weight, int64_t quad, int64_t C) {
+  return class_weight ? _mm512_broadcast_f32x4(_mm_loadu_ps(class_weight + quad_start(quad, C))) : _mm512_set1_ps(1.0f);
+}
+
+// sum_c c_c (z_c - max) of each pixel of a block of pixel quads (the label smoothing's term).
+void pixel_quad_shifted_sum(const float* logits, int64_t C, const float* class_weight,
+                            const Vectorized<float> (&max)[kVectorsPerBlock],
+                            Vectorized<float> (&shifted_sum)[kVectorsPerBlock]) {
+  for (int u = 0; u < kVectorsPerBlock; ++u) {
+    __m512 sum[kQuad];
+    for (int r = 0; r < kQuad; ++r) sum[r] = _mm512_setzero_ps();
+    for (int64_t quad = 0; quad < quad_count(C); ++quad) {
+      const __mmask16 fresh = fresh_elements(quad, C);
+      const __m512 w = quad_class_weights(class_weight, quad, C);
+      for (int r = 0; r < kQuad; ++r) {
+        const __m512 shift = _mm512_sub_ps(_mm512_loadu_ps(logits + pixel_quad_vector(u, quad, r, C) * kTile),
+                                           spread_over_quad(max[u], r));
+        sum[r] = _mm512_mask_add_ps(sum[r], fresh, sum[r], _mm512_mul_ps(w, shift));
+      }
+    }
+    shifted_sum[u] = quad_sums(sum);
+  }
+}
+
+// write_block_gradient for a block of pixel quads: probability(u, quad, r) gives p in that layout.
+template <bool kSmoothing, typename Probability>
+void write_pixel_quad_gradient(const CrossEntropyProblem& pr, const BlockTargets<float>& t,
+                               const BlockSoftmax<float>& softmax, Probability&& probability, float class_weight_total,
+                               int64_t out_offset) {
+  using Vec = Vectorized<float>;
+  const int64_t C = pr.geometry.num_classes;
+  const auto* class_weight = static_cast<const float*>(pr.class_weight);
+  const GradientCoefficients<float> k(pr, t, softmax);
+  const SpreadOverQuads target_class(k.target_class), target_coef(k.target_coef), smooth_coef(k.smooth_coef);
+  write_pixel_quads(pr.geometry, static_cast<float*>(pr.grad_input), out_offset, [&](int u, int64_t quad, int r) {
+    return cross_entropy_logit_grad<kSmoothing>(
+        Vec(probability(u, quad, r)), Vec(quad_classes(quad, C)) == Vec(target_class(u, r)), Vec(target_coef(u, r)),
+        Vec(smooth_coef(u, r)), Vec(class_weight_total), Vec(quad_class_weights(class_weight, quad, C)));
+  });
 }
 #endif
 
@@ -319,20 +365,39 @@ void cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
   auto* weight_out = static_cast<acc_t*>(pr.pixel_weight);
   parallel_blocks(g, P, [&](int64_t block, int64_t first, int64_t count, int64_t in_offset, int64_t out_offset) {
     thread_local std::vector<acc_t> staging_buffer, gradient_buffer, terms_buffer;
-    const BlockRows<acc_t> rows = load_rows(g, input, in_offset, count, thread_buffer(staging_buffer, C * P));
     // With the gradient (or the probabilities), each logit's e^(z - max) is kept: p = e / sum
     // without another exp.
-    acc_t* terms = with_gradient || with_probabilities ? thread_buffer(terms_buffer, C * P) : nullptr;
+    const bool keep_terms = with_gradient || with_probabilities;
+    acc_t* terms = nullptr;
     BlockSoftmaxTerms<acc_t> stats;
-    stats.template compute</*kSquares=*/false, /*kDot=*/kSource == UncertaintySource::kEntropy>(rows, C, terms);
-    // sum_c c_c (z_c - max) for the label smoothing, a third look at the rows in cache.
+    constexpr bool kDot = kSource == UncertaintySource::kEntropy;
+    // sum_c c_c (z_c - max) for the label smoothing, a third look at the logits in cache.
     Vec shifted_sum[kVectorsPerBlock];
-    if constexpr (kSmoothing) {
-      for (int u = 0; u < kVectorsPerBlock; ++u) shifted_sum[u] = Vec(acc_t(0));
-      for (int64_t c = 0; c < C; ++c) {
-        const Vec w_c(class_weight ? class_weight[c] : acc_t(1));
-        for (int u = 0; u < kVectorsPerBlock; ++u) {
-          shifted_sum[u] = shifted_sum[u] + w_c * (Vec::loadu(rows.row(c) + u * W) - stats.max[u]);
+    BlockRows<acc_t> rows{nullptr, 0};
+    const bool quads = is_pixel_quad_block<scalar_t, acc_t>(g, count);
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
+      if (quads) {
+        const float* run = input + in_offset;
+        float* logits = thread_buffer(staging_buffer, pixel_quad_values(C));
+        if (keep_terms) terms = thread_buffer(terms_buffer, pixel_quad_values(C));
+        stats.template compute_pixel_quads<kDot>(run, C, logits, terms);
+        if constexpr (kSmoothing) pixel_quad_shifted_sum(logits, C, class_weight, stats.max, shifted_sum);
+        rows = {run, 1, C};  // for the target logits
+      }
+    }
+#endif
+    if (!quads) {
+      rows = load_rows(g, input, in_offset, count, thread_buffer(staging_buffer, C * P));
+      if (keep_terms) terms = thread_buffer(terms_buffer, C * P);
+      stats.template compute</*kSquares=*/false, kDot>(rows, C, terms);
+      if constexpr (kSmoothing) {
+        for (int u = 0; u < kVectorsPerBlock; ++u) shifted_sum[u] = Vec(acc_t(0));
+        for (int64_t c = 0; c < C; ++c) {
+          const Vec w_c(class_weight ? class_weight[c] : acc_t(1));
+          for (int u = 0; u < kVectorsPerBlock; ++u) {
+            shifted_sum[u] = shifted_sum[u] + w_c * (Vec::loadu(rows.row(c) + u * W) - stats.max[u]);
+          }
         }
       }
     }
@@ -364,6 +429,23 @@ void cross_entropy_forward(const CrossEntropyProblem& pr, double sums[3]) {
     }
     Vec inverse_sum[kVectorsPerBlock];
     for (int u = 0; u < kVectorsPerBlock; ++u) inverse_sum[u] = Vec(acc_t(1)) / stats.sums[u].sum;
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
+      if (quads) {
+        const SpreadOverQuads inverse_sums(inverse_sum);
+        const auto probability = [&](int u, int64_t quad, int r) {
+          return _mm512_mul_ps(_mm512_loadu_ps(terms + pixel_quad_vector(u, quad, r, C) * kTile), inverse_sums(u, r));
+        };
+        if (with_probabilities) write_pixel_quads(g, static_cast<float*>(pr.probabilities), out_offset, probability);
+        if (with_gradient) {
+          t.gather_grad(pr, first, count);
+          write_pixel_quad_gradient<kSmoothing>(pr, t, softmax, probability, class_weight_total, out_offset);
+        }
+        store_block_sums<acc_t>({loss_sum, weight_sum, weighted_weight_sum}, block_sums.data() + 3 * block);
+        return;
+      }
+    }
+#endif
     const auto probability = [&](int64_t c, int u) { return Vec::loadu(terms + c * P + u * W) * inverse_sum[u]; };
     if (with_probabilities) {
       write_block_rows(g, static_cast<scalar_t*>(pr.probabilities), out_offset, count,
@@ -399,23 +481,63 @@ void cross_entropy_backward(const CrossEntropyProblem& pr) {
 
   parallel_blocks(g, P, [&](int64_t, int64_t first, int64_t count, int64_t in_offset, int64_t out_offset) {
     thread_local std::vector<acc_t> staging_buffer, gradient_buffer;
-    const BlockRows<acc_t> rows = load_rows(g, input, in_offset, count, thread_buffer(staging_buffer, C * P));
-    BlockTargets<acc_t> t;
-    t.template gather<false, kSource>(pr, rows, first, count);
-    t.gather_grad(pr, first, count);
-
     BlockSoftmax<acc_t> softmax;
     for (int u = 0; u < kVectorsPerBlock; ++u) {
       softmax.max[u] = OnlineSoftmax<Vec>::initial_max();
       softmax.log_normalizer[u] = Vec::loadu(log_normalizer_in + first + u * W, lanes_left<acc_t>(count, u));
     }
+    Vec entropy[kVectorsPerBlock];
+    for (int u = 0; u < kVectorsPerBlock; ++u) entropy[u] = Vec(0);
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
+      if (is_pixel_quad_block<scalar_t, acc_t>(g, count)) {  // as the forward reads these blocks
+        const float* run = input + in_offset;
+        float* logits = thread_buffer(staging_buffer, pixel_quad_values(C));
+        const RunPrefetch next_block = pixel_quad_prefetch(run, C);
+        for (int u = 0; u < kVectorsPerBlock; ++u) {
+          softmax.max[u] = stage_pixel_quad_group(run, C, u, next_block, logits, nullptr);
+        }
+        const SpreadOverQuads max(softmax.max), log_normalizer(softmax.log_normalizer);
+        const auto log_p = [&](int u, int64_t quad, int r) {
+          return log_probability(Vec(_mm512_loadu_ps(logits + pixel_quad_vector(u, quad, r, C) * kTile)),
+                                 Vec(max(u, r)), Vec(log_normalizer(u, r)));
+        };
+        if constexpr (kSource == UncertaintySource::kEntropy) {
+          for (int u = 0; u < kVectorsPerBlock; ++u) {
+            __m512 sum[kQuad];
+            for (int r = 0; r < kQuad; ++r) sum[r] = _mm512_setzero_ps();
+            for (int64_t quad = 0; quad < quad_count(C); ++quad) {
+              const __mmask16 fresh = fresh_elements(quad, C);
+              for (int r = 0; r < kQuad; ++r) {
+                const Vec log_p_ur = log_p(u, quad, r);
+                sum[r] = _mm512_mask_add_ps(sum[r], fresh, sum[r], entropy_term(L::exp(log_p_ur), log_p_ur));
+              }
+            }
+            entropy[u] = quad_sums(sum);
+          }
+        }
+        BlockTargets<acc_t> t;
+        t.template gather<false, kSource>(pr, BlockRows<acc_t>{nullptr, 0}, first, count);  // targets only
+        t.gather_grad(pr, first, count);
+        for (int u = 0; u < kVectorsPerBlock; ++u) {
+          softmax.weight[u] = pixel_weight<acc_t, kSource>(pr, entropy[u], t.uncertainty + u * W);
+        }
+        write_pixel_quad_gradient<kSmoothing>(pr, t, softmax, [&](int u, int64_t quad, int r) {
+          return L::exp(log_p(u, quad, r));
+        }, class_weight_total, out_offset);
+        return;
+      }
+    }
+#endif
+    const BlockRows<acc_t> rows = load_rows(g, input, in_offset, count, thread_buffer(staging_buffer, C * P));
+    BlockTargets<acc_t> t;
+    t.template gather<false, kSource>(pr, rows, first, count);
+    t.gather_grad(pr, first, count);
     for (int64_t c = 0; c < C; ++c) {
       for (int u = 0; u < kVectorsPerBlock; ++u) {
         softmax.max[u] = OnlineSoftmax<Vec>::running_max(softmax.max[u], Vec::loadu(rows.row(c) + u * W));
       }
     }
-    Vec entropy[kVectorsPerBlock];
-    for (int u = 0; u < kVectorsPerBlock; ++u) entropy[u] = Vec(0);
     if constexpr (kSource == UncertaintySource::kEntropy) {
       for (int64_t c = 0; c < C; ++c) {
         for (int u = 0; u < kVectorsPerBlock; ++u) {
@@ -566,7 +688,6 @@ void cross_entropy_gradient_from_probabilities(const CrossEntropyProblem& pr) {
 #if defined(CPU_CAPABILITY_AVX512)
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (lanes && count == P) {
-        prefetch_next_block(probabilities + in_offset, 1, 0, P * C, P * C);  // as load_rows does
         BlockTargets<acc_t> t;
         // No rows: without kNeedLogit the gather reads targets only.
         t.template gather<false, UncertaintySource::kNone>(pr, BlockRows<acc_t>{nullptr, 0}, first, count);

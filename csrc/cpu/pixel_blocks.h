@@ -35,17 +35,48 @@ constexpr int kVectorsPerBlock = 4;
 // (see load_rows). 8 is below the ways of an L1 set on the CPUs AVX2/AVX512 builds target.
 constexpr int64_t kInPlaceRows = 8;
 
+constexpr int64_t kCacheLine = 64;
+
+// Requests the pixel-major run that follows `run` (the next block of a thread, which works through
+// its blocks in memory order) into L2, one share at a time: share(i) of `shares` as the i-th step of
+// this block's work starts. All at once as a block starts, the requests queued behind each other and
+// the run's first loads still waited on memory; spread over the block's work they arrive in the
+// order it reads them (see "Prefetching the next block" in docs/performance.md). Addresses past the
+// tensor's end are harmless: a prefetch never faults.
+class RunPrefetch {
+ public:
+  RunPrefetch(const void* run, int64_t run_bytes, int64_t shares)
+      : next_(static_cast<const char*>(run) + run_bytes),
+        run_bytes_(run_bytes),
+        shares_(shares) {}
+
+  // The lines starting in [i, i + 1) * run_bytes / shares, and the one that share begins in.
+  void share(int64_t i) const {
+    const int64_t end = run_bytes_ * (i + 1) / shares_;
+    for (int64_t b = (run_bytes_ * i / shares_) & ~(kCacheLine - 1); b < end; b += kCacheLine) {
+      __builtin_prefetch(next_ + b, /*rw=*/0, /*locality: L2=*/2);
+    }
+  }
+
+ private:
+  const char* next_;
+  int64_t run_bytes_, shares_;
+};
+
 template <typename acc_t>
 constexpr int pixels_per_block() {
   return kVectorsPerBlock * Vectorized<acc_t>::size();
 }
 
-// A block's logits as C rows of pixels_per_block() accumulation-type values.
+// A block's logits as C rows of pixels_per_block() accumulation-type values; value(c, l) also reads a
+// pixel-major run (row_stride 1, pixel_stride C) where rows are not needed.
 template <typename acc_t>
 struct BlockRows {
   const acc_t* data;
   int64_t row_stride;
+  int64_t pixel_stride = 1;
   const acc_t* row(int64_t c) const { return data + c * row_stride; }
+  acc_t value(int64_t c, int64_t l) const { return data[c * row_stride + l * pixel_stride]; }
 };
 
 // Runs body(block_index, first_pixel, count, in_offset, out_offset) over all blocks in parallel.
@@ -84,9 +115,10 @@ acc_t* thread_buffer(std::vector<acc_t>& buffer, int64_t size) {
 }
 
 // Channels-last blocks. A full block of pixels is one contiguous pixel-major run (pixel l's C values
-// at l * C); the kernels work on class rows (class c's P pixels at c * P). With AVX-512 and float
-// values of at least 4 classes the two orders are converted by in-register transposes (below);
-// otherwise by vector gathers from an L1-resident copy.
+// at l * C); most kernels work on class rows (class c's P pixels at c * P). With AVX-512 and float
+// values of at least 4 classes the two orders are converted by in-register transposes (below), and
+// the loss kernels skip the conversion ("pixel quads", below); otherwise by vector gathers from an
+// L1-resident copy.
 template <typename acc_t>
 using IndexVec = Vectorized<at::vec::int_same_size_t<acc_t>>;
 
@@ -212,15 +244,121 @@ inline int64_t quad_count(int64_t C) { return (C + kQuad - 1) / kQuad; }
 // straddle the copy's stores).
 inline void transpose_to_class_rows(const float* run, int64_t C, float* rows) {
   constexpr int P = pixels_per_block<float>();
+  const RunPrefetch next_block(run, P * C * int64_t(sizeof(float)), (P / kTile) * quad_count(C));
   __m512 z[kQuad];
   for (int group = 0; group < P / kTile; ++group) {
     for (int64_t quad = 0; quad < quad_count(C); ++quad) {
+      next_block.share(group * quad_count(C) + quad);
       const int64_t c0 = quad_start(quad, C);
       load_pixel_quads(run + group * kTile * C, C, c0, z);
       transpose_lane_quads(z);
       for (int k = 0; k < kQuad; ++k) _mm512_storeu_ps(rows + (c0 + k) * P + group * kTile, z[k]);
     }
   }
+}
+
+// Channels-last float blocks worked on in the order load_pixel_quads gives them, with no transpose
+// either way ("pixel quads", docs/performance.md#channels-last-logits): vector (quad k, r) of a
+// 16-pixel group holds in its 128-bit lane q pixel 4q + r's classes quad_start(k) .. + 3. A sum over
+// classes adds the vectors of all quads element by element, then quad_totals finishes each lane and
+// gathers the four vectors' totals into one vector of 16 pixels (lane l = pixel l), the layout the
+// per-pixel math runs on; a per-pixel value enters the quad layout by one in-lane broadcast per r.
+// The last quad of a C not divisible by 4 overlaps its neighbour: fresh_elements masks its repeated
+// classes out of sums, and storing it writes the same values twice.
+using PixelQuads = __m512[kQuad];
+
+// The lane elements of quad `quad` that no earlier quad holds, in every lane.
+inline __mmask16 fresh_elements(int64_t quad, int64_t C) {
+  const int64_t repeated = quad * kQuad - quad_start(quad, C);  // 0 but for an overlapping last quad
+  return static_cast<__mmask16>(((0xF << repeated) & 0xF) * 0x1111);
+}
+
+// Class indices of quad `quad` in every lane.
+inline __m512 quad_classes(int64_t quad, int64_t C) {
+  return _mm512_add_ps(_mm512_set1_ps(static_cast<float>(quad_start(quad, C))), _mm512_set4_ps(3.0f, 2.0f, 1.0f, 0.0f));
+}
+
+// Per-pixel values (lane l: pixel l) in the layout of vector r: lane q's four elements all pixel 4q + r's.
+inline __m512 spread_over_quad(__m512 per_pixel, int r) {
+  switch (r) {
+    case 0: return _mm512_permute_ps(per_pixel, 0x00);
+    case 1: return _mm512_permute_ps(per_pixel, 0x55);
+    case 2: return _mm512_permute_ps(per_pixel, 0xAA);
+    default: return _mm512_permute_ps(per_pixel, 0xFF);
+  }
+}
+
+// Per-pixel totals of the four vectors r of a group: lane l = pixel l's total over the four
+// elements of vector (l mod 4)'s lane l / 4, combined by `op` (add or max). Two rounds of unpacks,
+// 6 shuffles in all.
+template <typename Op>
+__m512 quad_totals(const PixelQuads& v, Op op) {
+  // Round 1, lane q: (v0[0] + v0[2], v1[0] + v1[2], v0[1] + v0[3], v1[1] + v1[3]) and the same of v2, v3.
+  const __m512 low = op(_mm512_unpacklo_ps(v[0], v[1]), _mm512_unpackhi_ps(v[0], v[1]));
+  const __m512 high = op(_mm512_unpacklo_ps(v[2], v[3]), _mm512_unpackhi_ps(v[2], v[3]));
+  // Round 2, lane q: the totals of v0, v1, v2, v3, pixels 4q .. 4q + 3.
+  const __m512d low_pd = _mm512_castps_pd(low), high_pd = _mm512_castps_pd(high);
+  return op(_mm512_castpd_ps(_mm512_unpacklo_pd(low_pd, high_pd)),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(low_pd, high_pd)));
+}
+inline __m512 quad_sums(const PixelQuads& v) {
+  return quad_totals(v, [](__m512 a, __m512 b) { return _mm512_add_ps(a, b); });
+}
+// Max as OnlineSoftmax::running_max keeps it (_mm512_max_ps(z, m) is z > m ? z : m: NaN never wins).
+inline __m512 quad_maxima(const PixelQuads& v) {
+  return quad_totals(v, [](__m512 a, __m512 b) { return _mm512_max_ps(b, a); });
+}
+
+// Values of a full channels-last float block in pixel-quad layout, group after group: vector
+// (u, quad, r) at (u quad_count(C) + quad) kQuad + r.
+inline int64_t pixel_quad_vector(int u, int64_t quad, int r, int64_t C) {
+  return (u * quad_count(C) + quad) * kQuad + r;
+}
+
+// How many values a block of pixel quads holds (the overlapping last quad's included).
+inline int64_t pixel_quad_values(int64_t C) { return quad_count(C) * kQuad * pixels_per_block<float>(); }
+
+// A block's per-pixel vectors (one per 16-pixel group) spread over the quad layout, each r once.
+struct SpreadOverQuads {
+  __m512 v[kVectorsPerBlock][kQuad];
+  explicit SpreadOverQuads(const Vectorized<float> (&per_pixel)[kVectorsPerBlock]) {
+    for (int u = 0; u < kVectorsPerBlock; ++u) {
+      for (int r = 0; r < kQuad; ++r) v[u][r] = spread_over_quad(per_pixel[u], r);
+    }
+  }
+  __m512 operator()(int u, int r) const { return v[u][r]; }
+};
+
+// Loads 16-pixel group u of a full channels-last float block (pixel l's C >= 4 logits at run + l C)
+// into `logits` as pixel quads (pixel_quad_vector order), requesting the next block's share as each
+// quad is read. Returns each pixel's max logit (lane l: pixel l) and, when logit_sum is not null,
+// stores the sum of each pixel's logits there (for softmax_nan_guard).
+inline __m512 stage_pixel_quad_group(const float* run, int64_t C, int u, const RunPrefetch& next_block, float* logits,
+                                     __m512* logit_sum) {
+  __m512 max[kQuad], sum[kQuad];
+  for (int r = 0; r < kQuad; ++r) {
+    max[r] = _mm512_set1_ps(std::numeric_limits<float>::lowest());  // OnlineSoftmax::initial_max
+    sum[r] = _mm512_setzero_ps();
+  }
+  for (int64_t quad = 0; quad < quad_count(C); ++quad) {
+    next_block.share(u * quad_count(C) + quad);
+    __m512 z[kQuad];
+    load_pixel_quads(run + u * kTile * C, C, quad_start(quad, C), z);
+    const __mmask16 fresh = fresh_elements(quad, C);
+    for (int r = 0; r < kQuad; ++r) {
+      _mm512_storeu_ps(logits + pixel_quad_vector(u, quad, r, C) * kTile, z[r]);
+      max[r] = _mm512_max_ps(z[r], max[r]);
+      if (logit_sum) sum[r] = _mm512_mask_add_ps(sum[r], fresh, sum[r], z[r]);
+    }
+  }
+  if (logit_sum) *logit_sum = quad_sums(sum);
+  return quad_maxima(max);
+}
+
+// The RunPrefetch of a full channels-last float block read as pixel quads: one share per quad of
+// each 16-pixel group.
+inline RunPrefetch pixel_quad_prefetch(const float* run, int64_t C) {
+  return RunPrefetch(run, pixels_per_block<float>() * C * int64_t(sizeof(float)), kVectorsPerBlock * quad_count(C));
 }
 #endif
 
@@ -247,7 +385,6 @@ const at::vec::int_same_size_t<acc_t>* pixel_major_sources(int64_t C) {
 // never faults.
 template <typename T>
 void prefetch_next_block(const T* block, int64_t rows, int64_t row_stride, int64_t run_values, int64_t block_step) {
-  constexpr int64_t kCacheLine = 64;
   const uintptr_t next = reinterpret_cast<uintptr_t>(block) + static_cast<uintptr_t>(block_step * int64_t(sizeof(T)));
   const int64_t run_bytes = run_values * int64_t(sizeof(T));
   for (int64_t r = 0; r < rows; ++r) {
@@ -281,15 +418,15 @@ BlockRows<acc_t> load_rows(const PixelGeometry& g, const scalar_t* input, int64_
       return {staging, P};
     }
     if (cs == 1 && ps == C && count == P) {  // channels-last: the block is one pixel-major run of P * C
-      prefetch_next_block(input + offset, 1, 0, P * C, P * C);
 #if defined(CPU_CAPABILITY_AVX512)
       if constexpr (std::is_same_v<acc_t, float>) {
         if (C >= kQuad) {
-          transpose_to_class_rows(input + offset, C, staging);
+          transpose_to_class_rows(input + offset, C, staging);  // prefetches the next block as it goes
           return {staging, P};
         }
       }
 #endif
+      prefetch_next_block(input + offset, 1, 0, P * C, P * C);
       // Copied first: a sequential read streams the run in at memory speed, where gathers straight
       // from memory would wait on up to W lines each.
       thread_local std::vector<acc_t> run_buffer;
@@ -414,7 +551,60 @@ void write_channels_last_block(const PixelGeometry& g, float* out, int64_t out_o
     for (int64_t m = 0; m < kTile * C; m += W) store_vector(Vectorized<float>::loadu(group_run + m), dst + m, path);
   }
 }
+
+// Writes a full channels-last float block from pixel quads: value(u, quad, r) is vector (quad, r) of
+// 16-pixel group u (a pure function). Each group's quads are stored to a pixel-major copy in L1 and
+// then written out in whole vectors (streamed when large), as write_channels_last_block does.
+template <typename Value>
+void write_pixel_quads(const PixelGeometry& g, float* out, int64_t out_offset, Value&& value) {
+  constexpr int W = Vectorized<float>::size();
+  const int64_t C = g.num_classes;
+  float* run = out + out_offset;
+  const OutputPath path = run_output_path(g, run);
+  thread_local std::vector<float> group_buffer;
+  float* group_run = thread_buffer(group_buffer, kTile * C);
+  const int64_t full_tiles = C / kTile;
+  for (int u = 0; u < kVectorsPerBlock; ++u) {
+    // 16 classes at a time: the four quads' vectors r hold pixels 4q + r in lane q; exchanging
+    // 128-bit lanes (8 shuffles) gives each of the four pixels its 16 values in one vector.
+    for (int64_t tile = 0; tile < full_tiles; ++tile) {
+      for (int r = 0; r < kQuad; ++r) {
+        const int64_t quad = tile * (kTile / kQuad);
+        const __m512 a0 = value(u, quad, r), a1 = value(u, quad + 1, r);
+        const __m512 a2 = value(u, quad + 2, r), a3 = value(u, quad + 3, r);
+        const __m512 low01 = _mm512_shuffle_f32x4(a0, a1, 0x44), high01 = _mm512_shuffle_f32x4(a0, a1, 0xEE);
+        const __m512 low23 = _mm512_shuffle_f32x4(a2, a3, 0x44), high23 = _mm512_shuffle_f32x4(a2, a3, 0xEE);
+        float* pixel_r = group_run + r * C + tile * kTile;
+        _mm512_storeu_ps(pixel_r, _mm512_shuffle_f32x4(low01, low23, 0x88));
+        _mm512_storeu_ps(pixel_r + 4 * C, _mm512_shuffle_f32x4(low01, low23, 0xDD));
+        _mm512_storeu_ps(pixel_r + 8 * C, _mm512_shuffle_f32x4(high01, high23, 0x88));
+        _mm512_storeu_ps(pixel_r + 12 * C, _mm512_shuffle_f32x4(high01, high23, 0xDD));
+      }
+    }
+    for (int64_t quad = full_tiles * (kTile / kQuad); quad < quad_count(C); ++quad) {  // the classes left over
+      __m512 z[kQuad];
+      for (int r = 0; r < kQuad; ++r) z[r] = value(u, quad, r);
+      store_pixel_quads(z, C, quad_start(quad, C), group_run);
+    }
+    float* dst = run + u * kTile * C;
+    for (int64_t m = 0; m < kTile * C; m += W) store_vector(Vectorized<float>::loadu(group_run + m), dst + m, path);
+  }
+}
 #endif
+
+// Whether a block is worked on as pixel quads (above): with AVX-512, a full block of float logits
+// with at least 4 classes, read and written channels-last.
+template <typename scalar_t, typename acc_t>
+bool is_pixel_quad_block(const PixelGeometry& g, int64_t count) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
+    const int64_t C = g.num_classes;
+    return count == pixels_per_block<float>() && C >= kQuad && g.in_channel_stride == 1 &&
+           g.in_stride[g.ndim - 1] == C && g.out_channel_stride == 1 && g.out_stride[g.ndim - 1] == C;
+  }
+#endif
+  return false;
+}
 
 // Writes a block of rows shaped like the logits: value(c, u) is the u-th vector of class c's row
 // (a pure function: it may be asked for in any order, and twice). Stored straight into `out`,
@@ -484,6 +674,46 @@ struct BlockSoftmaxTerms {
       }
     }
   }
+
+#if defined(CPU_CAPABILITY_AVX512)
+  // compute<false, kDot>() for a full channels-last float block whose pixel l's C >= 4 logits are at
+  // run + l C, worked on as pixel quads (above): the logits are kept in `quads` and the terms, when
+  // asked for, in `terms`, both in pixel_quad_vector order. The same results as compute() on its
+  // class rows up to the order of the additions.
+  template <bool kDot>
+  void compute_pixel_quads(const float* run, int64_t C, float* quads, float* terms) {
+    static_assert(std::is_same_v<acc_t, float>);
+    const __m512 lowest = _mm512_set1_ps(std::numeric_limits<float>::lowest());
+    const RunPrefetch next_block = pixel_quad_prefetch(run, C);
+    for (int u = 0; u < kVectorsPerBlock; ++u) {
+      __m512 logit_sum;
+      max[u] = stage_pixel_quad_group(run, C, u, next_block, quads, &logit_sum);
+      nan[u] = softmax_nan_guard(Vec(logit_sum), max[u]);
+      sum_squares[u] = Vec(0.0f);
+      __m512 max_spread[kQuad], sum[kQuad], dot[kQuad];
+      for (int r = 0; r < kQuad; ++r) {
+        max_spread[r] = spread_over_quad(max[u], r);
+        sum[r] = dot[r] = _mm512_setzero_ps();
+      }
+      for (int64_t quad = 0; quad < quad_count(C); ++quad) {
+        const __mmask16 fresh = fresh_elements(quad, C);
+        for (int r = 0; r < kQuad; ++r) {
+          const int64_t at = pixel_quad_vector(u, quad, r, C) * kTile;
+          // KnownMaxSums::add, term by term, with the repeated classes masked out of the sums.
+          const __m512 shift = _mm512_sub_ps(_mm512_loadu_ps(quads + at), max_spread[r]);
+          const __m512 e = Lanes<Vec>::exp(Vec(shift));
+          if (terms) _mm512_storeu_ps(terms + at, e);
+          sum[r] = _mm512_mask_add_ps(sum[r], fresh, sum[r], e);
+          if constexpr (kDot) {
+            dot[r] = _mm512_mask_add_ps(dot[r], fresh, dot[r], _mm512_mul_ps(e, _mm512_max_ps(lowest, shift)));
+          }
+        }
+      }
+      sums[u].sum = quad_sums(sum);
+      sums[u].dot = kDot ? Vec(quad_sums(dot)) : Vec(0.0f);
+    }
+  }
+#endif
 };
 
 }  // namespace
