@@ -252,8 +252,9 @@ void write_block_gradient(const CrossEntropyProblem& pr, const BlockTargets<acc_
 // The same gradient from a full channels-last block of float probabilities, computed in the run's
 // own pixel-major order and written over it: each of a 16-pixel group's C vectors takes its lanes'
 // per-pixel factors with one permute each (PixelMajorLanes), where the class-row route would cost
-// a transpose of the block in and another out. class_weight_lanes: c_c per lane of the C vectors,
-// null when c_c is 1 or unused (only the label-smoothing term reads it).
+// a transpose of the block in and another out; it requests the next block a line per vector as it
+// goes (RunPrefetch). class_weight_lanes: c_c per lane of the C vectors, null when c_c is 1 or
+// unused (only the label-smoothing term reads it).
 template <bool kSmoothing>
 void write_pixel_major_gradient(const PixelGeometry& g, float* run, const GradientCoefficients<float>& k,
                                 const PixelMajorLanes& lanes, const float* class_weight_lanes,
