@@ -494,7 +494,7 @@ void cross_entropy_backward(const CrossEntropyProblem& pr) {
       if (is_pixel_quad_block<scalar_t, acc_t>(g, count)) {  // as the forward reads these blocks
         const float* run = input + in_offset;
         float* logits = thread_buffer(staging_buffer, pixel_quad_values(C));
-        const RunPrefetch next_block = pixel_quad_prefetch(run, C);
+        const RunPrefetch next_block = quad_prefetch(run, C);
         for (int u = 0; u < kVectorsPerBlock; ++u) {
           softmax.max[u] = stage_pixel_quad_group(run, C, u, next_block, logits, nullptr);
         }

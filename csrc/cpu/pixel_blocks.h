@@ -37,16 +37,18 @@ constexpr int64_t kInPlaceRows = 8;
 
 constexpr int64_t kCacheLine = 64;
 
-// Requests the pixel-major run that follows `run` (the next block of a thread, which works through
-// its blocks in memory order) into L2, one share at a time: share(i) of `shares` as the i-th step of
-// this block's work starts. All at once as a block starts, the requests queued behind each other and
-// the run's first loads still waited on memory; spread over the block's work they arrive in the
-// order it reads them (see "Prefetching the next block" in docs/performance.md). Addresses past the
-// tensor's end are harmless: a prefetch never faults.
+// Requests the run of bytes that follows `run` (the same run of the next block: a thread works
+// through its blocks in memory order) into L2, one share at a time: share(i) of `shares` as the i-th
+// step of this block's work starts. With the hardware prefetchers alone a block's loads still waited
+// on memory, most of all for a channels-last block, one short pixel-major run; and a channels-last
+// run's requests issued all at once as a block starts queued behind each other, where spread over the
+// block's work they arrive in the order it reads them (see "Prefetching the next block" in
+// docs/performance.md). Addresses are kept as integers: they may lie past the tensor's end, which is
+// harmless, as a prefetch never faults.
 class RunPrefetch {
  public:
   RunPrefetch(const void* run, int64_t run_bytes, int64_t shares)
-      : next_(static_cast<const char*>(run) + run_bytes),
+      : next_(reinterpret_cast<uintptr_t>(run) + static_cast<uintptr_t>(run_bytes)),
         run_bytes_(run_bytes),
         shares_(shares) {}
 
@@ -54,14 +56,22 @@ class RunPrefetch {
   void share(int64_t i) const {
     const int64_t end = run_bytes_ * (i + 1) / shares_;
     for (int64_t b = (run_bytes_ * i / shares_) & ~(kCacheLine - 1); b < end; b += kCacheLine) {
-      __builtin_prefetch(next_ + b, /*rw=*/0, /*locality: L2=*/2);
+      __builtin_prefetch(reinterpret_cast<const void*>(next_ + static_cast<uintptr_t>(b)), /*rw=*/0,
+                         /*locality: L2=*/2);
     }
   }
 
  private:
-  const char* next_;
+  uintptr_t next_;
   int64_t run_bytes_, shares_;
 };
+
+// The next block's `rows` runs of `run_values` values (`row_stride` apart) all at once, as this block
+// starts: what the class rows of a contiguous block need (spreading these changed nothing).
+template <typename T>
+void prefetch_next_block(const T* block, int64_t rows, int64_t row_stride, int64_t run_values) {
+  for (int64_t r = 0; r < rows; ++r) RunPrefetch(block + r * row_stride, run_values * int64_t(sizeof(T)), 1).share(0);
+}
 
 template <typename acc_t>
 constexpr int pixels_per_block() {
@@ -239,12 +249,18 @@ struct PixelMajorLanes {
 inline int64_t quad_start(int64_t quad, int64_t C) { return std::min<int64_t>(quad * kQuad, C - kQuad); }
 inline int64_t quad_count(int64_t C) { return (C + kQuad - 1) / kQuad; }
 
+// The RunPrefetch of a full channels-last float block read four classes at a time: one share per
+// quad of each 16-pixel group.
+inline RunPrefetch quad_prefetch(const float* run, int64_t C) {
+  return RunPrefetch(run, pixels_per_block<float>() * C * int64_t(sizeof(float)), kVectorsPerBlock * quad_count(C));
+}
+
 // Class rows (row c, pixel l at c * P + l) of a full block whose pixel l's C >= 4 values are at
 // run + l C, read in place (copying the run into L1 first was slower: its 128-bit loads then
 // straddle the copy's stores).
 inline void transpose_to_class_rows(const float* run, int64_t C, float* rows) {
   constexpr int P = pixels_per_block<float>();
-  const RunPrefetch next_block(run, P * C * int64_t(sizeof(float)), (P / kTile) * quad_count(C));
+  const RunPrefetch next_block = quad_prefetch(run, C);
   __m512 z[kQuad];
   for (int group = 0; group < P / kTile; ++group) {
     for (int64_t quad = 0; quad < quad_count(C); ++quad) {
@@ -355,11 +371,6 @@ inline __m512 stage_pixel_quad_group(const float* run, int64_t C, int u, const R
   return quad_maxima(max);
 }
 
-// The RunPrefetch of a full channels-last float block read as pixel quads: one share per quad of
-// each 16-pixel group.
-inline RunPrefetch pixel_quad_prefetch(const float* run, int64_t C) {
-  return RunPrefetch(run, pixels_per_block<float>() * C * int64_t(sizeof(float)), kVectorsPerBlock * quad_count(C));
-}
 #endif
 
 // Where each value of a pixel-major run of P * C comes from in the class rows: position m = l C + c
@@ -377,24 +388,6 @@ const at::vec::int_same_size_t<acc_t>* pixel_major_sources(int64_t C) {
   return sources.data();
 }
 
-// Requests the next block's logits into L2 while this one is worked on: `rows` runs of `run_values`
-// values, `row_stride` apart, the next block's runs `block_step` values further. A thread works
-// through its blocks in memory order, yet with the hardware prefetchers alone a block's loads still
-// waited on memory, most of all for a channels-last block, one short pixel-major run (see "Prefetching
-// the next block" in docs/performance.md). Addresses past the tensor's end are harmless: a prefetch
-// never faults.
-template <typename T>
-void prefetch_next_block(const T* block, int64_t rows, int64_t row_stride, int64_t run_values, int64_t block_step) {
-  const uintptr_t next = reinterpret_cast<uintptr_t>(block) + static_cast<uintptr_t>(block_step * int64_t(sizeof(T)));
-  const int64_t run_bytes = run_values * int64_t(sizeof(T));
-  for (int64_t r = 0; r < rows; ++r) {
-    const uintptr_t run = next + static_cast<uintptr_t>(r * row_stride * int64_t(sizeof(T)));
-    for (int64_t b = 0; b < run_bytes; b += kCacheLine) {
-      __builtin_prefetch(reinterpret_cast<const void*>(run + static_cast<uintptr_t>(b)), /*rw=*/0, /*locality: L2=*/2);
-    }
-  }
-}
-
 // Reads a block of logits: in place when they already are contiguous accumulation-type rows,
 // otherwise converted / gathered into `staging` (reduced precision, channels-last, strided views,
 // and the last partial block, whose missing lanes are padded with 0). `single_look`: the caller
@@ -408,7 +401,7 @@ BlockRows<acc_t> load_rows(const PixelGeometry& g, const scalar_t* input, int64_
   const int64_t ps = g.in_stride[g.ndim - 1];
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     if (ps == 1 && count == P) {
-      prefetch_next_block(input + offset, C, cs, P, P);
+      prefetch_next_block(input + offset, C, cs, P);
       // A block's C rows lie a whole channel plane apart. With more rows than a cache set has
       // ways they evict each other between the block's looks (a plane of 2^k bytes puts every row
       // in one L1 set, and in one L2 set too when the pages are huge). A contiguous copy is read
@@ -426,7 +419,7 @@ BlockRows<acc_t> load_rows(const PixelGeometry& g, const scalar_t* input, int64_
         }
       }
 #endif
-      prefetch_next_block(input + offset, 1, 0, P * C, P * C);
+      prefetch_next_block(input + offset, 1, 0, P * C);
       // Copied first: a sequential read streams the run in at memory speed, where gathers straight
       // from memory would wait on up to W lines each.
       thread_local std::vector<acc_t> run_buffer;
@@ -521,19 +514,24 @@ void store_rows(const PixelGeometry& g, scalar_t* out, int64_t offset, int64_t c
 }
 
 #if defined(CPU_CAPABILITY_AVX512)
+// Writes 16 pixels' pixel-major copy (kTile * C values, in L1) to `dst` in whole vectors, streamed
+// when `path` says so: every output line is written once, whole.
+inline void write_group_run(const float* group_run, int64_t C, float* dst, OutputPath path) {
+  for (int64_t m = 0; m < kTile * C; m += kTile) store_vector(Vectorized<float>::loadu(group_run + m), dst + m, path);
+}
+
 // A full channels-last block of float output with at least 4 classes, without staging its class
 // rows: each group of 16 pixels is transposed into a pixel-major copy in L1 (see kTile above) and
 // written out in order (streamed when large).
 template <typename Value>
 void write_channels_last_block(const PixelGeometry& g, float* out, int64_t out_offset, Value&& value) {
-  constexpr int W = Vectorized<float>::size();
   const int64_t C = g.num_classes;
   const int64_t full_tiles = C / kTile;
   float* run = out + out_offset;
   const OutputPath path = run_output_path(g, run);
   thread_local std::vector<float> group_buffer;
   float* group_run = thread_buffer(group_buffer, kTile * C);
-  for (int u = 0; u < kVectorsPerBlock; ++u) {  // W == kTile pixels each
+  for (int u = 0; u < kVectorsPerBlock; ++u) {  // kTile pixels each (one vector)
     __m512 v[kTile];
     for (int64_t tile = 0; tile < full_tiles; ++tile) {
       for (int k = 0; k < kTile; ++k) v[k] = value(tile * kTile + k, u);
@@ -547,8 +545,7 @@ void write_channels_last_block(const PixelGeometry& g, float* out, int64_t out_o
       transpose_lane_quads(z);
       store_pixel_quads(z, C, c0, group_run);
     }
-    float* dst = run + u * kTile * C;
-    for (int64_t m = 0; m < kTile * C; m += W) store_vector(Vectorized<float>::loadu(group_run + m), dst + m, path);
+    write_group_run(group_run, C, run + u * kTile * C, path);
   }
 }
 
@@ -557,7 +554,6 @@ void write_channels_last_block(const PixelGeometry& g, float* out, int64_t out_o
 // then written out in whole vectors (streamed when large), as write_channels_last_block does.
 template <typename Value>
 void write_pixel_quads(const PixelGeometry& g, float* out, int64_t out_offset, Value&& value) {
-  constexpr int W = Vectorized<float>::size();
   const int64_t C = g.num_classes;
   float* run = out + out_offset;
   const OutputPath path = run_output_path(g, run);
@@ -586,8 +582,7 @@ void write_pixel_quads(const PixelGeometry& g, float* out, int64_t out_offset, V
       for (int r = 0; r < kQuad; ++r) z[r] = value(u, quad, r);
       store_pixel_quads(z, C, quad_start(quad, C), group_run);
     }
-    float* dst = run + u * kTile * C;
-    for (int64_t m = 0; m < kTile * C; m += W) store_vector(Vectorized<float>::loadu(group_run + m), dst + m, path);
+    write_group_run(group_run, C, run + u * kTile * C, path);
   }
 }
 #endif
@@ -684,7 +679,7 @@ struct BlockSoftmaxTerms {
   void compute_pixel_quads(const float* run, int64_t C, float* quads, float* terms) {
     static_assert(std::is_same_v<acc_t, float>);
     const __m512 lowest = _mm512_set1_ps(std::numeric_limits<float>::lowest());
-    const RunPrefetch next_block = pixel_quad_prefetch(run, C);
+    const RunPrefetch next_block = quad_prefetch(run, C);
     for (int u = 0; u < kVectorsPerBlock; ++u) {
       __m512 logit_sum;
       max[u] = stage_pixel_quad_group(run, C, u, next_block, quads, &logit_sum);

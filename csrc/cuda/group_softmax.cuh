@@ -21,11 +21,12 @@ struct GroupSoftmax {
   KnownMaxSums<acc_t> sums;  // sum, and dot when kDot
   acc_t nan_guard;           // the pixel's softmax_nan_guard: NaN where its softmax is
   acc_t log_normalizer;      // log(sum) plus nan_guard
+  acc_t sum_squares;         // sum_c e^(2 (z_c - max)) when kSquares (for ||p||^2), else 0
 };
 
 // A lane looks at classes lane, lane + lanes, ... below num_classes (0 for a pixel past the end), at
 // most kMaxGroupClasses of them (an int index).
-template <bool kDot, typename acc_t, typename scalar_t>
+template <bool kDot, typename acc_t, bool kSquares = false, typename scalar_t>
 __device__ __forceinline__ GroupSoftmax<acc_t> group_softmax(const PixelGroup& grp, const scalar_t* z,
                                                              int64_t num_classes, int64_t channel_stride) {
   acc_t max = OnlineSoftmax<acc_t>::initial_max(), logit_sum = 0;
@@ -37,13 +38,16 @@ __device__ __forceinline__ GroupSoftmax<acc_t> group_softmax(const PixelGroup& g
   max = group_max(max, grp.lanes);
   logit_sum = group_sum(logit_sum, grp.lanes);
   KnownMaxSums<acc_t> sums;
+  acc_t sum_squares = 0;
   for (int c = grp.lane; c < num_classes; c += grp.lanes) {
-    sums.template add<kDot>(static_cast<acc_t>(z[c * channel_stride]), max);
+    const acc_t e = sums.template add<kDot>(static_cast<acc_t>(z[c * channel_stride]), max);
+    if constexpr (kSquares) sum_squares += e * e;
   }
   sums.sum = group_sum(sums.sum, grp.lanes);
   if constexpr (kDot) sums.dot = group_sum(sums.dot, grp.lanes);
+  if constexpr (kSquares) sum_squares = group_sum(sum_squares, grp.lanes);
   const acc_t nan_guard = softmax_nan_guard(logit_sum, max);
-  return {max, sums, nan_guard, sums.log_normalizer(nan_guard)};
+  return {max, sums, nan_guard, sums.log_normalizer(nan_guard), sum_squares};
 }
 
 }  // namespace uaal::cuda

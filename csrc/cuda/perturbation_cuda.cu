@@ -99,16 +99,11 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t C = grp.num_classes;
   const scalar_t* z = static_cast<const scalar_t*>(pr.clean) + grp.in_offset;
   const int64_t zs = g.in_channel_stride;
-  const GroupSoftmax<acc_t> clean = group_softmax</*kDot=*/false, acc_t>(grp, z, C, zs);
+  const GroupSoftmax<acc_t> clean = group_softmax</*kDot=*/false, acc_t, /*kSquares=*/true>(grp, z, C, zs);
   acc_t nan = clean.nan_guard;
   const acc_t inv_sum = acc_t(1) / clean.sums.sum;
   auto probability = [&](int c) { return Lanes<acc_t>::exp(static_cast<acc_t>(z[c * zs]) - clean.max) * inv_sum; };
-  acc_t exp_squares = 0;  // sum_c e^(2 (z_c - max)), for ||p||^2
-  for (int c = grp.lane; c < C; c += grp.lanes) {
-    const acc_t e = Lanes<acc_t>::exp(static_cast<acc_t>(z[c * zs]) - clean.max);
-    exp_squares += e * e;
-  }
-  const acc_t clean_norm_squared = probability_norm_squared(group_sum(exp_squares, grp.lanes), clean.sums.sum);
+  const acc_t clean_norm_squared = probability_norm_squared(clean.sum_squares, clean.sums.sum);
 
   DeviationSums<acc_t> deviations;
   for (int64_t k = 0; k < pr.num_samples; ++k) {
